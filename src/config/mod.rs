@@ -1,0 +1,199 @@
+//! The configuration: `zkrender.toml` -> [`Config`].
+//!
+//! Two steps: [`raw`] mirrors the TOML with serde (`deny_unknown_fields`, spans kept), and
+//! [`validate`] turns it into the types below: relative paths resolved against the config
+//! file's directory, defaults applied, owner/group names resolved, every problem collected
+//! with file, line, column and key. After validation nothing that has a default is an
+//! `Option`, and nothing here touches ZooKeeper.
+
+pub mod raw;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::model::ZnodePath;
+
+pub use validate::{ConfigError, Problem};
+
+/// Default config path when `-c` is not given.
+pub const DEFAULT_PATH: &str = "zkrender.toml";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (absolute), for messages and hot reload.
+    pub path: PathBuf,
+    pub zookeeper: ZkConfig,
+    pub agent: AgentConfig,
+    /// In config order; a file's index here is its [`TargetId`].
+    pub files: Vec<FileSpec>,
+}
+
+/// `[zookeeper]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZkConfig {
+    /// `host:port` entries, in order (from a connect string or an array).
+    pub hosts: Vec<String>,
+    /// Every znode path in the config and templates is under this.
+    pub chroot: Option<ZnodePath>,
+    pub session_timeout: Duration,
+    pub watch: WatchMode,
+}
+
+impl ZkConfig {
+    /// The connect string the client library takes: `h1:p1,h2:p2[/chroot]`.
+    pub fn connect_string(&self) -> String {
+        let mut s = self.hosts.join(",");
+        if let Some(chroot) = &self.chroot
+            && chroot.as_str() != "/"
+        {
+            s.push_str(chroot.as_str());
+        }
+        s
+    }
+}
+
+/// `[zookeeper] watch`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchMode {
+    /// One-shot watches, re-armed by the read that fetches the new value.
+    #[default]
+    Oneshot,
+    /// ZooKeeper 3.6+ persistent watches (`addWatch`).
+    Persistent,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Quiescence: render once no change has arrived for this long.
+    pub wait: Duration,
+    /// Never later than this after the first change of a cycle (4 × wait by default).
+    pub max_wait: Duration,
+    /// Anti-entropy period (plus up to 10% jitter); zero disables.
+    pub resync: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig { wait: Duration::ZERO, max_wait: Duration::ZERO, resync: Duration::from_secs(600) }
+    }
+}
+
+/// Index of a `[[file]]` entry in [`Config::files`].
+pub type TargetId = usize;
+
+/// One `[[file]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    /// Absolute destination path.
+    pub dest: PathBuf,
+    pub source: FileSource,
+    /// Permission bits, applied to the temp file before any byte is written.
+    pub mode: u32,
+    /// Numeric ids, resolved from names at validation.
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub on_delete: OnDelete,
+    /// argv with `{file}` placeholders, run on the staged file before install.
+    pub check: Option<Vec<String>>,
+    /// How long `check` may run before it is killed and counted as failed.
+    pub check_timeout: Duration,
+    /// Keep the previous version as `DEST.bak`.
+    pub backup: bool,
+    pub install: InstallMode,
+    /// Allow replacing a non-empty file with empty contents.
+    pub allow_empty: bool,
+    pub reload: Option<ReloadSpec>,
+}
+
+/// Where a file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileSource {
+    /// `znode = "..."`: the znode's bytes, unchanged.
+    Raw { znode: ZnodePath },
+    /// `template = "..."` or `inline = "..."`.
+    Template(TemplateSpec),
+}
+
+/// A template's text and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// Name used in messages: the template path as written in the config, or
+    /// `inline template of DEST` for `inline`.
+    pub name: String,
+    /// The resolved template file (None for `inline`); watched by hot reload.
+    pub path: Option<PathBuf>,
+    /// The template source, read at load time.
+    pub text: String,
+    /// Relative znode paths in the template resolve under this.
+    pub prefix: Option<ZnodePath>,
+}
+
+/// `on_delete`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnDelete {
+    #[default]
+    Keep,
+    Remove,
+}
+
+/// `install`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstallMode {
+    /// Temp file + fsync + rename (the default, always safe).
+    #[default]
+    Atomic,
+    /// Rewrite the destination in place, for single-file bind mounts (`subPath`).
+    InPlace,
+}
+
+/// `[file.reload]`: what to do after the file changed on disk.
+///
+/// `Eq + Hash` so that identical reloads of files changed in one cycle run once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReloadSpec {
+    pub action: ReloadAction,
+    /// Extra attempts after the first; backoff doubles from 100 ms.
+    pub retries: u32,
+    /// Per attempt, for `http` and `command` (default 10 s).
+    pub timeout: Duration,
+}
+
+/// The kinds of reload.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReloadAction {
+    Signal { signal: Signal, target: SignalTarget },
+    Http { url: String, method: String },
+    Command { argv: Vec<String> },
+}
+
+/// Who receives a reload signal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SignalTarget {
+    Pid(i32),
+    /// The pid is read from this file at each reload.
+    PidFile(PathBuf),
+    /// Every process whose `/proc/PID/comm` is this name and whose parent's is not.
+    Process(String),
+}
+
+/// Reads, parses and validates the config file at `path`.
+///
+/// # Errors
+/// [`ConfigError`] naming the file and, for each problem, line, column and key.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    validate::load(path)
+}
+
+/// Parses and validates config text as if read from `path` (relative paths resolve
+/// against `path`'s directory). Templates named by `template =` are read from disk.
+///
+/// # Errors
+/// As [`load`].
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    validate::parse(path, text)
+}

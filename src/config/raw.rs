@@ -1,0 +1,1 @@
+//! Serde mirror of the TOML (owned by the config helper).

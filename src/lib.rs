@@ -1,0 +1,23 @@
+//! zkrender: keep local files equal to what ZooKeeper holds, and tell the application.
+//!
+//! ```text
+//! zkrender.toml -> config -> runtime --spawns--+-> source (ZooKeeper session + watches)
+//!                                              |     | SourceEvent::Update { dep, value }
+//!                                              |     v (mpsc)        ^ Command::Watch(deps)
+//!                                              +-> pipeline: store -> render -> sink -> notify
+//!                                                    (one task; owns all state; no shared locks)
+//! ```
+//!
+//! Modules are listed in pipeline order.
+
+pub mod cli;
+pub mod config;
+pub mod model;
+pub mod source;
+pub mod store;
+pub mod render;
+pub mod sink;
+pub mod notify;
+pub mod pipeline;
+pub mod runtime;
+pub mod error;

@@ -1,0 +1,177 @@
+//! Values shared by every stage: znode paths, dependencies and what was read from them.
+//!
+//! These types carry no behaviour beyond validation; they are the vocabulary in which
+//! `source` reports what ZooKeeper holds and `render`/`pipeline` decide what to write.
+
+use std::fmt;
+
+/// An absolute, normalised znode path (`/a/b`, or `/` for the root).
+///
+/// Built only through [`ZnodePath::parse`] or [`ZnodePath::resolve`], so every value in the
+/// program is valid: starts with `/`, no empty or `.`/`..` components, no trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ZnodePath(String);
+
+/// Why a string is not a usable znode path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ZnodePathError {
+    #[error("znode path {0:?} must start with \"/\"")]
+    NotAbsolute(String),
+    #[error("znode path {0:?} has an empty component (\"//\")")]
+    EmptyComponent(String),
+    #[error("znode path {0:?} may not contain \".\" or \"..\" components")]
+    DotComponent(String),
+    #[error("znode path {0:?} contains a NUL character")]
+    Nul(String),
+    #[error("relative znode path {0:?} needs a `prefix` on the file to resolve against")]
+    NoPrefix(String),
+}
+
+impl ZnodePath {
+    /// The root znode, `/`.
+    pub fn root() -> Self {
+        ZnodePath("/".to_owned())
+    }
+
+    /// Parses an absolute path. A trailing `/` is dropped (`/a/` is `/a`).
+    pub fn parse(s: &str) -> Result<Self, ZnodePathError> {
+        if !s.starts_with('/') {
+            return Err(ZnodePathError::NotAbsolute(s.to_owned()));
+        }
+        if s.contains('\0') {
+            return Err(ZnodePathError::Nul(s.to_owned()));
+        }
+        let trimmed = if s.len() > 1 { s.strip_suffix('/').unwrap_or(s) } else { s };
+        if trimmed == "/" {
+            return Ok(Self::root());
+        }
+        for part in trimmed[1..].split('/') {
+            match part {
+                "" => return Err(ZnodePathError::EmptyComponent(s.to_owned())),
+                "." | ".." => return Err(ZnodePathError::DotComponent(s.to_owned())),
+                _ => {}
+            }
+        }
+        Ok(ZnodePath(trimmed.to_owned()))
+    }
+
+    /// Resolves `s` against `prefix` when it is relative (no leading `/`).
+    pub fn resolve(prefix: Option<&ZnodePath>, s: &str) -> Result<Self, ZnodePathError> {
+        if s.starts_with('/') {
+            return Self::parse(s);
+        }
+        let Some(prefix) = prefix else {
+            return Err(ZnodePathError::NoPrefix(s.to_owned()));
+        };
+        if s.is_empty() {
+            return Ok(prefix.clone());
+        }
+        Self::parse(&format!("{}/{}", prefix.0.trim_end_matches('/'), s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `self` with `child` appended as one more component.
+    pub fn join(&self, child: &str) -> Result<Self, ZnodePathError> {
+        Self::parse(&format!("{}/{}", self.0.trim_end_matches('/'), child))
+    }
+}
+
+impl fmt::Display for ZnodePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What of a znode a file depends on, which decides the kind of watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DepKind {
+    /// Its data and existence (`znode()`, `exists()`, raw mappings): a data/exists watch.
+    Data,
+    /// Its list of children (`children()`): a child watch.
+    Children,
+}
+
+/// One thing a file depends on: a znode and which aspect of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dep {
+    pub znode: ZnodePath,
+    pub kind: DepKind,
+}
+
+impl Dep {
+    pub fn data(znode: ZnodePath) -> Self {
+        Dep { znode, kind: DepKind::Data }
+    }
+    pub fn children(znode: ZnodePath) -> Self {
+        Dep { znode, kind: DepKind::Children }
+    }
+}
+
+impl fmt::Display for Dep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            DepKind::Data => write!(f, "{}", self.znode),
+            DepKind::Children => write!(f, "{} (children)", self.znode),
+        }
+    }
+}
+
+/// The state of one dependency as last read from ZooKeeper. A missing znode is a value too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// The znode does not exist.
+    Missing,
+    /// The znode's data. `mzxid`/`version` come from its Stat.
+    Data { data: Vec<u8>, mzxid: i64, version: i32 },
+    /// The znode's children, sorted by name. `pzxid`/`cversion` come from its Stat.
+    Children { names: Vec<String>, pzxid: i64, cversion: i32 },
+}
+
+impl Value {
+    /// The zxid that produced this value, used to drop reads older than one already seen.
+    pub fn zxid(&self) -> Option<i64> {
+        match self {
+            Value::Missing => None,
+            Value::Data { mzxid, .. } => Some(*mzxid),
+            Value::Children { pzxid, .. } => Some(*pzxid),
+        }
+    }
+}
+
+/// A fresh read of one dependency, sent from `source` to the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub dep: Dep,
+    pub value: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_normalises_trailing_slash() {
+        assert_eq!(ZnodePath::parse("/a/b/").unwrap().as_str(), "/a/b");
+        assert_eq!(ZnodePath::parse("/").unwrap().as_str(), "/");
+    }
+
+    #[test]
+    fn parse_rejects_bad_paths() {
+        assert!(matches!(ZnodePath::parse("a"), Err(ZnodePathError::NotAbsolute(_))));
+        assert!(matches!(ZnodePath::parse("/a//b"), Err(ZnodePathError::EmptyComponent(_))));
+        assert!(matches!(ZnodePath::parse("/a/../b"), Err(ZnodePathError::DotComponent(_))));
+    }
+
+    #[test]
+    fn resolve_relative_under_prefix() {
+        let p = ZnodePath::parse("/app").unwrap();
+        assert_eq!(ZnodePath::resolve(Some(&p), "db/host").unwrap().as_str(), "/app/db/host");
+        assert_eq!(ZnodePath::resolve(Some(&p), "/x").unwrap().as_str(), "/x");
+        assert!(matches!(ZnodePath::resolve(None, "x"), Err(ZnodePathError::NoPrefix(_))));
+        let root = ZnodePath::root();
+        assert_eq!(ZnodePath::resolve(Some(&root), "x").unwrap().as_str(), "/x");
+    }
+}
