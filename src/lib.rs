@@ -12,12 +12,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod model;
-pub mod source;
-pub mod store;
-pub mod render;
-pub mod sink;
 pub mod notify;
 pub mod pipeline;
+pub mod render;
 pub mod runtime;
-pub mod error;
+pub mod sink;
+pub mod source;
+pub mod store;
