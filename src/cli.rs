@@ -1,1 +1,88 @@
-//! cli
+//! The command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Keep local files equal to what ZooKeeper holds, and reload the application when they change.
+///
+/// zkrender watches znodes, renders them into files (raw copies or Jinja2 templates), installs
+/// each file atomically and reloads the application with a signal, an HTTP hook or a command.
+#[derive(Debug, Parser)]
+#[command(name = "zkrender", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(short = 'c', long = "config", global = true, default_value = crate::config::DEFAULT_PATH, env = "ZKRENDER_CONFIG")]
+    pub config: PathBuf,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ZKRENDER_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log level: error, warn, info, debug, trace, or a tracing filter such as
+    /// `zkrender=debug`. RUST_LOG, when set, wins.
+    #[arg(long, global = true, default_value = "info", env = "ZKRENDER_LOG_LEVEL")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: CommandKind,
+}
+
+/// `--log-format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommandKind {
+    /// Run the agent: write every file, then keep each equal to ZooKeeper and reload on change.
+    Run,
+    /// Render and install every file once, then exit (for init containers). Runs no reloads.
+    ///
+    /// Exits 0 when every file was written (or already correct), 1 otherwise, naming the znode
+    /// or error that kept each file from rendering.
+    Once {
+        /// How long to wait for ZooKeeper and for missing znodes to appear.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Validate the configuration and compile every template, without touching ZooKeeper.
+    ///
+    /// Exits 2 on any error.
+    Check,
+    /// Render against ZooKeeper and print to stdout instead of writing files.
+    Render {
+        /// Print only this file's exact bytes (its `dest` as in the config, or the resolved path).
+        #[arg(long)]
+        dest: Option<PathBuf>,
+        /// How long to wait for ZooKeeper and for missing znodes to appear.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["zkrender", "once", "-c", "x.toml", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.config, PathBuf::from("x.toml"));
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(matches!(cli.command, CommandKind::Once { timeout } if timeout == Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

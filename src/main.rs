@@ -1,1 +1,58 @@
-fn main() {}
+//! `zkrender`: parse the command line, set up logging, run the command, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use zkrender::cli::{Cli, CommandKind, LogFormat};
+use zkrender::error::{AgentError, report};
+use zkrender::{config, runtime};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", report(&e));
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), AgentError> {
+    let config = config::load(&cli.config)?;
+    if let CommandKind::Check = cli.command {
+        runtime::compile(&config)?;
+        eprintln!("{}: ok ({} files)", config.path.display(), config.files.len());
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        runtime::spawn_signal_handler(shutdown.clone());
+        match cli.command {
+            CommandKind::Run => runtime::run(config, shutdown).await,
+            CommandKind::Once { timeout } => runtime::once(config, timeout, shutdown).await,
+            CommandKind::Render { dest, timeout } => runtime::render(config, dest, timeout, shutdown).await,
+            CommandKind::Check => unreachable!("handled above"),
+        }
+    })
+}

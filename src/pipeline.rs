@@ -1,1 +1,531 @@
-//! pipeline
+//! Decides what to write from the values the source reads, and carries it out.
+//!
+//! Two halves. [`Core`] is pure: it takes updates and returns a [`Plan`] (files to install or
+//! remove, dependencies to start or stop watching); it does no I/O and reads no clock, so it is
+//! unit-tested with plain values. [`run`] is the one task that owns the core: it receives
+//! updates, batches them into cycles (quiescence `wait`/`max_wait`), installs files through
+//! [`crate::sink`] on blocking threads, and hands reloads to a notifier task so a slow reload
+//! never holds back the next change.
+//!
+//! Why one task: as the only owner of all state it needs no locks and has no ordering races.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{FileSource, FileSpec, OnDelete, ReloadSpec, TargetId};
+use crate::model::{Dep, Update, Value};
+use crate::render::{RenderError, RenderOutcome, Snapshot, Template};
+use crate::sink::{self, WriteError, WriteOutcome};
+use crate::source::{Command, Connection, SourceEvent};
+use crate::store::Store;
+
+/// How a file is produced.
+#[derive(Debug)]
+enum Producer {
+    Raw { dep: Dep },
+    Template(Template),
+}
+
+/// Where a file stands, as operators (and `once`) see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Its dependencies have not all been read yet.
+    Pending,
+    /// The file on disk equals the last rendering (written, or found correct).
+    Ok,
+    /// The last attempt failed; the file keeps its last good contents.
+    Failed(Failure),
+}
+
+/// Why a file could not be brought up to date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Short stable label: `znode_missing`, `render`, `check_failed`, `empty_refused`, ...
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    /// True when waiting (for a znode to appear) may fix it.
+    pub fn is_waiting(&self) -> bool {
+        self.kind == "znode_missing"
+    }
+}
+
+/// One `[[file]]` and its state.
+#[derive(Debug)]
+pub struct Target {
+    pub spec: FileSpec,
+    producer: Producer,
+    /// What the last render read.
+    deps: BTreeSet<Dep>,
+    pub status: Status,
+    /// Set once the file has been written or found correct.
+    pub settled_once: bool,
+}
+
+/// One thing to do to the file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Install { target: TargetId, contents: Vec<u8> },
+    Remove { target: TargetId },
+}
+
+/// What one cycle decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub watch: Vec<Dep>,
+    pub unwatch: Vec<Dep>,
+}
+
+/// The pure core: values, targets, and the set of targets to re-render.
+#[derive(Debug)]
+pub struct Core {
+    targets: Vec<Target>,
+    store: Store,
+    dirty: BTreeSet<TargetId>,
+}
+
+impl Core {
+    /// Compiles every template.
+    ///
+    /// # Errors
+    /// Every template that does not compile.
+    pub fn new(files: &[FileSpec]) -> Result<Core, Vec<RenderError>> {
+        let mut targets = Vec::with_capacity(files.len());
+        let mut errors = Vec::new();
+        for spec in files {
+            let producer = match &spec.source {
+                FileSource::Raw { znode } => Producer::Raw { dep: Dep::data(znode.clone()) },
+                FileSource::Template(t) => match Template::compile(t) {
+                    Ok(t) => Producer::Template(t),
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                },
+            };
+            targets.push(Target {
+                spec: spec.clone(),
+                producer,
+                deps: BTreeSet::new(),
+                status: Status::Pending,
+                settled_once: false,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let dirty = (0..targets.len()).collect();
+        Ok(Core { targets, store: Store::new(), dirty })
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Records a value read from ZooKeeper and marks the files that depend on it.
+    pub fn on_update(&mut self, update: Update) {
+        self.dirty.extend(self.store.apply(update));
+    }
+
+    /// Marks every file for re-rendering (anti-entropy: repairs files changed on disk).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.extend(0..self.targets.len());
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Renders every marked file whose dependencies are all known, and says what to do.
+    pub fn plan(&mut self) -> Plan {
+        let mut plan = Plan::default();
+        for id in std::mem::take(&mut self.dirty) {
+            let target = &mut self.targets[id];
+            // A file renders only once everything it read last time has been read again:
+            // rendering with half the values would only produce a file we throw away.
+            if !self.store.all_known(&target.deps) {
+                continue;
+            }
+            let (deps, outcome) = match &target.producer {
+                Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(&self.store, dep)),
+                Producer::Template(t) => {
+                    let r = t.render(&self.store);
+                    (r.deps, r.outcome)
+                }
+            };
+            if deps != target.deps {
+                let (added, removed) = self.store.set_deps(id, &target.deps, &deps);
+                plan.watch.extend(added);
+                plan.unwatch.extend(removed);
+                target.deps = deps;
+            }
+            match outcome {
+                RenderOutcome::Done(contents) => plan.actions.push(Action::Install { target: id, contents }),
+                RenderOutcome::Pending => {
+                    if target.status != Status::Pending && !target.settled_once {
+                        target.status = Status::Pending;
+                    }
+                }
+                RenderOutcome::Failed(err) => {
+                    let kind = if is_missing_znode(&err) { "znode_missing" } else { "render" };
+                    // A raw file whose znode is gone follows `on_delete`.
+                    if let (Producer::Raw { .. }, OnDelete::Remove) = (&target.producer, target.spec.on_delete)
+                    {
+                        plan.actions.push(Action::Remove { target: id });
+                    }
+                    target.status = Status::Failed(Failure { kind, message: err.to_string() });
+                }
+            }
+        }
+        plan
+    }
+
+    /// Records the result of carrying out an action.
+    pub fn on_result(&mut self, id: TargetId, result: &Result<(), Failure>) {
+        let target = &mut self.targets[id];
+        match result {
+            Ok(()) => {
+                target.status = Status::Ok;
+                target.settled_once = true;
+            }
+            Err(f) => target.status = Status::Failed(f.clone()),
+        }
+    }
+
+    /// Every dependency watched now (for a resync).
+    pub fn deps(&self) -> impl Iterator<Item = &Dep> {
+        self.store.deps()
+    }
+
+    /// True when no file is waiting for data: each is settled or failed for a reason that
+    /// waiting does not fix (`once` stops then).
+    pub fn all_settled(&self) -> bool {
+        self.targets.iter().all(|t| match &t.status {
+            Status::Ok => true,
+            Status::Pending => false,
+            Status::Failed(f) => !f.is_waiting(),
+        })
+    }
+}
+
+/// A raw mapping's contents from its znode's value.
+fn raw_outcome(store: &Store, dep: &Dep) -> RenderOutcome {
+    match store.get(dep) {
+        None => RenderOutcome::Pending,
+        Some(Value::Data { data, .. }) => RenderOutcome::Done(data.clone()),
+        Some(Value::Missing) => RenderOutcome::Failed(RenderError::MissingZnode {
+            template: "raw mapping".to_owned(),
+            line: None,
+            znode: dep.znode.to_string(),
+        }),
+        Some(Value::Children { .. }) => {
+            panic!("bug: a data dependency got a children value")
+        }
+    }
+}
+
+fn is_missing_znode(err: &RenderError) -> bool {
+    matches!(err, RenderError::MissingZnode { .. })
+}
+
+/// What the pipeline does with rendered files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The agent: install, reload, keep going.
+    Run,
+    /// Install every file once, no reloads; stop when all settled (or the deadline).
+    Once,
+    /// Print instead of installing; stop when all settled (or the deadline).
+    Render,
+}
+
+/// Settings of the task loop.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    pub wait: Duration,
+    pub max_wait: Duration,
+    /// Zero disables.
+    pub resync: Duration,
+    /// For `once`/`render`: give up waiting for missing znodes then.
+    pub deadline: Option<Instant>,
+    /// Parallel installs (each fsyncs).
+    pub write_parallelism: usize,
+}
+
+/// How the loop ended, with each file's final state (for `once` and `render`).
+#[derive(Debug)]
+pub struct Summary {
+    pub files: Vec<(PathBuf, Status)>,
+    /// `render`: each file's rendering, in config order.
+    pub rendered: Vec<(PathBuf, Vec<u8>)>,
+}
+
+/// The pipeline task. Returns when its input closes (shutdown), or in `once`/`render` mode
+/// when every file is settled or the deadline passed.
+pub async fn run(
+    mut core: Core,
+    mut events: mpsc::Receiver<SourceEvent>,
+    source: mpsc::UnboundedSender<Command>,
+    opts: Options,
+) -> Summary {
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel::<Vec<ReloadSpec>>();
+    let notifier = (opts.mode == Mode::Run).then(|| tokio::spawn(notifier(reload_rx)));
+    let mut rendered: HashMap<TargetId, Vec<u8>> = HashMap::new();
+    let mut cycle_start: Option<Instant> = None;
+    let mut last_change = Instant::now();
+    let mut resync_at = next_resync(opts.resync);
+    let mut input_open = true;
+    // The first cycle runs at once: every file starts marked, to discover what it reads.
+    let mut due = true;
+    loop {
+        if due {
+            due = false;
+            cycle_start = None;
+            run_cycle(&mut core, &source, &opts, &reload_tx, &mut rendered).await;
+            if opts.mode != Mode::Run && core.all_settled() {
+                break;
+            }
+        }
+        if !input_open {
+            break;
+        }
+        let deadline = cycle_start.map(|first| (last_change + opts.wait).min(first + opts.max_wait));
+        tokio::select! {
+            // Cancel safety: `recv` loses nothing when another branch wins.
+            ev = events.recv() => match ev {
+                None => {
+                    // Shutdown: finish what is pending, then stop.
+                    input_open = false;
+                    due = core.has_dirty() && opts.mode == Mode::Run;
+                }
+                Some(ev) => {
+                    handle_event(&mut core, ev);
+                    // With wait = 0, everything already queued joins this cycle.
+                    while let Ok(ev) = events.try_recv() {
+                        handle_event(&mut core, ev);
+                    }
+                    if core.has_dirty() {
+                        let now = Instant::now();
+                        last_change = now;
+                        if opts.wait.is_zero() {
+                            due = true;
+                        } else if cycle_start.is_none() {
+                            cycle_start = Some(now);
+                        }
+                    }
+                }
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => due = true,
+            _ = sleep_until(resync_at), if resync_at.is_some() => {
+                debug!("resync: re-reading every dependency and checking every file");
+                let _ = source.send(Command::Resync);
+                core.mark_all_dirty();
+                due = true;
+                resync_at = next_resync(opts.resync);
+            }
+            _ = sleep_until(opts.deadline), if opts.deadline.is_some() => break,
+        }
+    }
+    drop(reload_tx);
+    if let Some(n) = notifier {
+        let _ = n.await;
+    }
+    let files = core.targets().iter().map(|t| (t.spec.dest.clone(), t.status.clone())).collect();
+    let mut rendered: Vec<_> = rendered.into_iter().collect();
+    rendered.sort_by_key(|(id, _)| *id);
+    let rendered =
+        rendered.into_iter().map(|(id, bytes)| (core.targets()[id].spec.dest.clone(), bytes)).collect();
+    Summary { files, rendered }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next resync time: the period plus up to 10% jitter, so a fleet does not resync at once.
+fn next_resync(period: Duration) -> Option<Instant> {
+    if period.is_zero() {
+        return None;
+    }
+    let jitter = period.mul_f64(rand::random::<f64>() * 0.1);
+    Some(Instant::now() + period + jitter)
+}
+
+fn handle_event(core: &mut Core, ev: SourceEvent) {
+    match ev {
+        SourceEvent::Update(u) => core.on_update(u),
+        SourceEvent::Connection(Connection::Expired) => {
+            // Every watch is re-established by the source and every value re-read; values
+            // that did not change are dropped by the store, so nothing is rewritten for them.
+        }
+        SourceEvent::Connection(_) => {}
+    }
+}
+
+/// Plans one cycle and carries it out: watches, installs, reloads.
+async fn run_cycle(
+    core: &mut Core,
+    source: &mpsc::UnboundedSender<Command>,
+    opts: &Options,
+    reloads: &mpsc::UnboundedSender<Vec<ReloadSpec>>,
+    rendered: &mut HashMap<TargetId, Vec<u8>>,
+) {
+    let before: Vec<Status> = core.targets().iter().map(|t| t.status.clone()).collect();
+    let plan = core.plan();
+    if !plan.unwatch.is_empty() {
+        let _ = source.send(Command::Unwatch(plan.unwatch));
+    }
+    if !plan.watch.is_empty() {
+        let _ = source.send(Command::Watch(plan.watch));
+    }
+    let mut to_reload: Vec<ReloadSpec> = Vec::new();
+    if opts.mode == Mode::Render {
+        for action in plan.actions {
+            if let Action::Install { target, contents } = action {
+                rendered.insert(target, contents);
+                core.on_result(target, &Ok(()));
+            }
+        }
+    } else {
+        let results = carry_out(core, plan.actions, opts.write_parallelism).await;
+        for (id, changed, result) in results {
+            let failure = result.as_ref().err().map(|e| Failure { kind: e.kind(), message: e.to_string() });
+            core.on_result(id, &failure.clone().map_or(Ok(()), Err));
+            if changed && let Some(reload) = &core.targets()[id].spec.reload {
+                // Identical reloads of files changed in one cycle run once.
+                if !to_reload.contains(reload) {
+                    to_reload.push(reload.clone());
+                }
+            }
+        }
+    }
+    log_transitions(core, &before);
+    if !to_reload.is_empty() && opts.mode == Mode::Run {
+        let _ = reloads.send(to_reload);
+    }
+}
+
+/// Logs each file whose status changed: once per cause, not once per event.
+fn log_transitions(core: &Core, before: &[Status]) {
+    for (t, old) in core.targets().iter().zip(before) {
+        if &t.status == old {
+            continue;
+        }
+        let dest = t.spec.dest.display();
+        match (&t.status, old) {
+            (Status::Failed(f), _) => {
+                error!(dest = %dest, cause = f.kind, error = %f.message, "file not updated; it keeps its last good contents")
+            }
+            (Status::Ok, Status::Failed(_)) => info!(dest = %dest, "file recovered"),
+            (Status::Pending, _) => {
+                debug!(dest = %dest, "waiting for znodes to be read")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Installs or removes files on blocking threads, a few at a time. Returns, per action,
+/// whether the file on disk changed, and the error if any.
+async fn carry_out(
+    core: &Core,
+    actions: Vec<Action>,
+    parallelism: usize,
+) -> Vec<(TargetId, bool, Result<(), WriteError>)> {
+    let permits = Arc::new(Semaphore::new(parallelism.max(1)));
+    let mut jobs = JoinSet::new();
+    for action in actions {
+        let (id, spec) = match &action {
+            Action::Install { target, .. } | Action::Remove { target } => {
+                (*target, core.targets()[*target].spec.clone())
+            }
+        };
+        let permits = permits.clone();
+        jobs.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("bug: semaphore closed");
+            let joined = tokio::task::spawn_blocking(move || match action {
+                Action::Install { contents, .. } => {
+                    let r = sink::install(&spec, &contents);
+                    if let Ok(WriteOutcome::Written) = r {
+                        info!(dest = %spec.dest.display(), bytes = contents.len(), "file written");
+                    }
+                    r.map(|o| o == WriteOutcome::Written)
+                }
+                Action::Remove { .. } => {
+                    let r = sink::remove(&spec);
+                    if let Ok(true) = r {
+                        warn!(dest = %spec.dest.display(), "znode deleted; file removed (on_delete = \"remove\")");
+                    }
+                    r
+                }
+            })
+            .await;
+            match joined {
+                Ok(Ok(changed)) => (id, changed, Ok(())),
+                Ok(Err(e)) => (id, false, Err(e)),
+                Err(e) => panic!("bug: install task failed: {e}"),
+            }
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = jobs.join_next().await {
+        results.push(r.expect("bug: install job panicked"));
+    }
+    results.sort_by_key(|(id, _, _)| *id);
+    results
+}
+
+/// Runs reload batches one after another; batches queued meanwhile are merged, so a burst of
+/// changes during a slow reload costs one more reload, not one per change.
+async fn notifier(mut batches: mpsc::UnboundedReceiver<Vec<ReloadSpec>>) {
+    while let Some(mut batch) = batches.recv().await {
+        while let Ok(more) = batches.try_recv() {
+            for r in more {
+                if !batch.contains(&r) {
+                    batch.push(r);
+                }
+            }
+        }
+        let mut running = JoinSet::new();
+        for spec in batch {
+            running.spawn(async move {
+                let started = Instant::now();
+                match crate::notify::reload(&spec).await {
+                    Ok(()) => info!(reload = %spec.action, took = ?started.elapsed(), "application reloaded"),
+                    Err(e) => error!(reload = %spec.action, error = %e, "reload failed after all retries"),
+                }
+            });
+        }
+        while running.join_next().await.is_some() {}
+    }
+}
+
+/// Prints renderings for `zkrender render`: one file's exact bytes, or each under a header.
+pub fn print_rendered(rendered: &[(PathBuf, Vec<u8>)], headers: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for (i, (dest, bytes)) in rendered.iter().enumerate() {
+        if headers {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "==> {} <==", dest.display())?;
+        }
+        out.write_all(bytes)?;
+    }
+    out.flush()
+}

@@ -18,6 +18,8 @@ pub trait Snapshot {
 pub enum RenderError {
     #[error("template {template}: {message}")]
     Template { template: String, line: Option<usize>, message: String },
+    #[error("{template}: znode {znode} does not exist")]
+    MissingZnode { template: String, line: Option<usize>, znode: String },
 }
 
 /// Result of one render pass.

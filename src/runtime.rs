@@ -1,1 +1,185 @@
-//! runtime
+//! Wires the stages together: spawns the source and the pipeline, owns the cancellation token,
+//! handles OS signals, and maps each command's outcome to a result.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::error::AgentError;
+use crate::pipeline::{self, Core, Mode, Status, Summary};
+use crate::source;
+
+/// How long the pipeline may take to finish the install in progress after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Compiles every template of `config` (what `check` does after loading the config).
+///
+/// # Errors
+/// [`AgentError::Templates`] listing every template that does not compile.
+pub fn compile(config: &Config) -> Result<Core, AgentError> {
+    Core::new(&config.files).map_err(AgentError::Templates)
+}
+
+/// The agent: runs until `shutdown` is cancelled.
+///
+/// # Errors
+/// Template errors at start-up, or a source failure no retry fixes.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let core = compile(&config)?;
+    info!(config = %config.path.display(), files = config.files.len(), watch = ?config.zookeeper.watch, "zkrender starting");
+    drive(&config, core, Mode::Run, None, shutdown).await.map(|_| ())
+}
+
+/// `once`: installs every file, no reloads.
+///
+/// # Errors
+/// [`AgentError::NotAllWritten`] naming each file not written and why.
+pub async fn once(config: Config, timeout: Duration, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let core = compile(&config)?;
+    let summary = drive(&config, core, Mode::Once, Some(timeout), shutdown).await?;
+    settled_or_error(&summary)
+}
+
+/// `render`: prints each file (or only `dest`) instead of installing.
+///
+/// # Errors
+/// As [`once`], for the files asked for.
+pub async fn render(
+    config: Config,
+    dest: Option<PathBuf>,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let mut config = config;
+    if let Some(dest) = &dest {
+        let wanted = resolve_dest(&config.path, dest);
+        config.files.retain(|f| f.dest == wanted);
+        if config.files.is_empty() {
+            return Err(AgentError::NotAllWritten {
+                count: 1,
+                total: 1,
+                details: format!("  {}: no [[file]] has this dest", wanted.display()),
+            });
+        }
+    }
+    let core = compile(&config)?;
+    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown).await?;
+    pipeline::print_rendered(&summary.rendered, dest.is_none()).map_err(AgentError::Stdout)?;
+    settled_or_error(&summary)
+}
+
+/// A `--dest` as given, or resolved against the config's directory like `dest` keys are.
+fn resolve_dest(config_path: &Path, dest: &Path) -> PathBuf {
+    if dest.is_absolute() {
+        return dest.to_owned();
+    }
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    base.join(dest)
+}
+
+fn settled_or_error(summary: &Summary) -> Result<(), AgentError> {
+    let failed: Vec<String> = summary
+        .files
+        .iter()
+        .filter_map(|(dest, status)| match status {
+            Status::Ok => None,
+            Status::Pending => Some(format!("  {}: its znodes could not all be read in time", dest.display())),
+            Status::Failed(f) => Some(format!("  {}: {}", dest.display(), f.message)),
+        })
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(AgentError::NotAllWritten { count: failed.len(), total: summary.files.len(), details: failed.join("\n") })
+}
+
+/// Runs source and pipeline until the pipeline returns.
+async fn drive(
+    config: &Config,
+    core: Core,
+    mode: Mode,
+    timeout: Option<Duration>,
+    shutdown: CancellationToken,
+) -> Result<Summary, AgentError> {
+    let (events_tx, events_rx) = mpsc::channel(4096);
+    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    let source_stop = shutdown.child_token();
+    let opts = source::Options { connect_deadline: timeout };
+    let mut source = tokio::spawn(source::run(
+        config.zookeeper.clone(),
+        opts,
+        commands_rx,
+        events_tx,
+        source_stop.clone(),
+    ));
+    let popts = pipeline::Options {
+        mode,
+        wait: config.agent.wait,
+        max_wait: config.agent.max_wait,
+        resync: if mode == Mode::Run { config.agent.resync } else { Duration::ZERO },
+        deadline: timeout.map(|t| Instant::now() + t),
+        write_parallelism: 8,
+    };
+    let mut pipeline = tokio::spawn(pipeline::run(core, events_rx, commands_tx, popts));
+
+    // The source ends when cancelled or on a fatal error, dropping its sender either way; the
+    // pipeline then finishes the cycle in progress and returns. In once/render mode the
+    // pipeline returns first, and the source is stopped after it.
+    let source_result = tokio::select! {
+        joined = &mut source => joined.map_err(AgentError::TaskPanicked)?,
+        joined = &mut pipeline => {
+            let summary = joined.map_err(AgentError::TaskPanicked)?;
+            source_stop.cancel();
+            let source_result = source.await.map_err(AgentError::TaskPanicked)?;
+            if mode != Mode::Run && let Err(e) = source_result {
+                // A source that never connected explains every pending file better.
+                if summary.files.iter().any(|(_, s)| *s == Status::Pending) {
+                    return Err(e.into());
+                }
+            }
+            return Ok(summary);
+        }
+    };
+    let summary = match tokio::time::timeout(SHUTDOWN_GRACE, &mut pipeline).await {
+        Ok(joined) => joined.map_err(AgentError::TaskPanicked)?,
+        Err(_) => {
+            warn!(grace = ?SHUTDOWN_GRACE, "pipeline still busy; exiting anyway");
+            pipeline.abort();
+            Summary { files: Vec::new(), rendered: Vec::new() }
+        }
+    };
+    source_result?;
+    Ok(summary)
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT; exits at once on the second.
+pub fn spawn_signal_handler(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            warn!("cannot install SIGTERM/SIGINT handlers");
+            return;
+        };
+        let mut count = 0;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            count += 1;
+            if count == 1 {
+                info!(signal = name, "shutting down: finishing the install in progress");
+                token.cancel();
+            } else {
+                warn!(signal = name, "second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
+}

@@ -20,3 +20,9 @@ pub fn install(spec: &FileSpec, _contents: &[u8]) -> Result<WriteOutcome, WriteE
 pub fn remove(spec: &FileSpec) -> Result<bool, WriteError> {
     Err(WriteError::Todo { dest: spec.dest.clone() })
 }
+
+impl WriteError {
+    pub fn kind(&self) -> &'static str {
+        "io"
+    }
+}

@@ -1,1 +1,120 @@
-//! store
+//! The last value read for each dependency, and which files depend on what. Pure: no I/O.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::config::TargetId;
+use crate::model::{Dep, Update, Value};
+use crate::render::Snapshot;
+
+/// Dependency values and the reverse index dependency -> files.
+#[derive(Debug, Default)]
+pub struct Store {
+    values: HashMap<Dep, Value>,
+    dependents: HashMap<Dep, BTreeSet<TargetId>>,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a value; returns the files to re-render, empty when nothing changed (the same
+    /// value read again, e.g. after a resync or a new session) or nobody depends on it.
+    pub fn apply(&mut self, update: Update) -> Vec<TargetId> {
+        let Some(targets) = self.dependents.get(&update.dep) else {
+            // Nobody depends on it any more (an unwatch crossed this read): drop it.
+            return Vec::new();
+        };
+        if self.values.get(&update.dep) == Some(&update.value) {
+            return Vec::new();
+        }
+        let targets = targets.iter().copied().collect();
+        self.values.insert(update.dep, update.value);
+        targets
+    }
+
+    /// Sets the dependencies of `target` to `deps`. Returns (dependencies nobody watched
+    /// before, dependencies nobody needs any more), for the source.
+    pub fn set_deps(
+        &mut self,
+        target: TargetId,
+        old: &BTreeSet<Dep>,
+        new: &BTreeSet<Dep>,
+    ) -> (Vec<Dep>, Vec<Dep>) {
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for dep in new.difference(old) {
+            let users = self.dependents.entry(dep.clone()).or_default();
+            if users.is_empty() {
+                added.push(dep.clone());
+            }
+            users.insert(target);
+        }
+        for dep in old.difference(new) {
+            if let Some(users) = self.dependents.get_mut(dep) {
+                users.remove(&target);
+                if users.is_empty() {
+                    self.dependents.remove(dep);
+                    self.values.remove(dep);
+                    removed.push(dep.clone());
+                }
+            }
+        }
+        (added, removed)
+    }
+
+    /// True when every one of `deps` has been read at least once.
+    pub fn all_known(&self, deps: &BTreeSet<Dep>) -> bool {
+        deps.iter().all(|d| self.values.contains_key(d))
+    }
+
+    /// Every dependency anyone needs.
+    pub fn deps(&self) -> impl Iterator<Item = &Dep> {
+        self.dependents.keys()
+    }
+}
+
+impl Snapshot for Store {
+    fn get(&self, dep: &Dep) -> Option<&Value> {
+        self.values.get(dep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ZnodePath;
+
+    fn dep(p: &str) -> Dep {
+        Dep::data(ZnodePath::parse(p).unwrap())
+    }
+    fn data(s: &str, v: i32) -> Value {
+        Value::Data { data: s.as_bytes().to_vec(), mzxid: v as i64, version: v }
+    }
+
+    #[test]
+    fn same_value_twice_touches_nothing() {
+        let mut s = Store::new();
+        s.set_deps(0, &BTreeSet::new(), &[dep("/a")].into());
+        assert_eq!(s.apply(Update { dep: dep("/a"), value: data("x", 1) }), vec![0]);
+        assert!(s.apply(Update { dep: dep("/a"), value: data("x", 1) }).is_empty());
+        assert_eq!(s.apply(Update { dep: dep("/a"), value: Value::Missing }), vec![0]);
+    }
+
+    #[test]
+    fn shared_dep_is_watched_once_and_released_by_last_user() {
+        let mut s = Store::new();
+        let a: BTreeSet<Dep> = [dep("/a")].into();
+        assert_eq!(s.set_deps(0, &BTreeSet::new(), &a).0, vec![dep("/a")]);
+        assert!(s.set_deps(1, &BTreeSet::new(), &a).0.is_empty());
+        assert!(s.set_deps(0, &a, &BTreeSet::new()).1.is_empty());
+        assert_eq!(s.set_deps(1, &a, &BTreeSet::new()).1, vec![dep("/a")]);
+    }
+
+    #[test]
+    fn update_for_unwatched_dep_is_dropped() {
+        let mut s = Store::new();
+        assert!(s.apply(Update { dep: dep("/a"), value: data("x", 1) }).is_empty());
+        assert!(!s.all_known(&[dep("/a")].into()));
+    }
+}

@@ -10,3 +10,9 @@ pub enum NotifyError {
 pub async fn reload(_spec: &ReloadSpec) -> Result<(), NotifyError> {
     Err(NotifyError::Todo)
 }
+
+impl std::fmt::Display for crate::config::ReloadAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}

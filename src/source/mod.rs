@@ -1,1 +1,300 @@
-//! source
+//! The ZooKeeper side: one session, one watch task per dependency. The ONLY module that
+//! imports the ZooKeeper client crate.
+//!
+//! The pipeline tells the source what to watch ([`Command`]); the source sends back every value
+//! it reads ([`SourceEvent::Update`]) and the connection's state. Values are state, not events:
+//! the pipeline only ever needs the latest one.
+//!
+//! Session lifecycle (see `run`):
+//! - connect (retrying with backoff until it works or shutdown);
+//! - start a watch task for every dependency known so far and for each new one;
+//! - on disconnect: nothing to do; the files stay and the library reconnects;
+//! - on expiry: every watch is gone with the session. Stop all tasks, open a new session,
+//!   start every task again (each re-reads and re-arms), and the pipeline drops values that
+//!   did not change.
+
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use zookeeper_client as zk;
+
+use crate::config::{WatchMode, ZkConfig};
+use crate::model::{Dep, Update};
+
+/// What the pipeline asks of the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Start watching these dependencies (already watched ones are ignored).
+    Watch(Vec<Dep>),
+    /// Stop watching these dependencies.
+    Unwatch(Vec<Dep>),
+    /// Re-read every dependency now (anti-entropy).
+    Resync,
+}
+
+/// The connection as the pipeline and operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// A session is established and the connection is up.
+    Connected,
+    /// The connection dropped; the session may still be alive.
+    Disconnected,
+    /// The session expired; a new one is being opened and every watch re-established.
+    Expired,
+}
+
+/// What the source sends to the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    Update(Update),
+    Connection(Connection),
+}
+
+/// Failures that stop the source. Everything else is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(
+        "the ZooKeeper server does not support persistent watches (addWatch needs ZooKeeper 3.6 or newer); \
+         set `watch = \"oneshot\"` in [zookeeper]"
+    )]
+    PersistentUnsupported,
+    #[error("zookeeper at {hosts}: authentication failed")]
+    AuthFailed { hosts: String },
+    #[error("zookeeper at {hosts}: no session within {timeout:?}")]
+    ConnectTimeout { hosts: String, timeout: Duration },
+}
+
+/// Options for [`run`] beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Give up connecting after this long (for `once`/`render`); `None` retries forever.
+    pub connect_deadline: Option<Duration>,
+}
+
+/// Runs the source until `stop` is cancelled, the command channel closes, or a fatal error.
+///
+/// # Errors
+/// [`SourceError`] for failures no retry fixes.
+pub async fn run(
+    cfg: ZkConfig,
+    opts: Options,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    out: mpsc::Sender<SourceEvent>,
+    stop: CancellationToken,
+) -> Result<(), SourceError> {
+    let hosts = cfg.connect_string();
+    let started = tokio::time::Instant::now();
+    let mut deps: Vec<Dep> = Vec::new();
+    let mut first = true;
+    loop {
+        let Some(client) = connect(&cfg, &hosts, &stop, opts.connect_deadline.map(|d| started + d)).await?
+        else {
+            return Ok(());
+        };
+        if first {
+            info!(hosts = %hosts, session = %client.session_id(), timeout = ?client.session_timeout(), "connected to zookeeper");
+        } else {
+            info!(hosts = %hosts, session = %client.session_id(), watches = deps.len(), "new zookeeper session; re-establishing every watch");
+        }
+        first = false;
+        let _ = out.send(SourceEvent::Connection(Connection::Connected)).await;
+        let mut session =
+            Session::new(client, cfg.watch, out.clone(), stop.child_token(), cfg.session_timeout);
+        for dep in &deps {
+            session.watch(dep.clone());
+        }
+        let ended = session.serve(&mut commands, &mut deps, &stop).await;
+        session.shutdown().await;
+        match ended {
+            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Fatal(e) => return Err(e),
+            SessionEnd::Expired => {
+                error!(hosts = %hosts, "zookeeper session expired; opening a new session (files keep their last good contents)");
+                let _ = out.send(SourceEvent::Connection(Connection::Expired)).await;
+            }
+        }
+    }
+}
+
+/// Connects, retrying with backoff. `Ok(None)` when stopped first.
+async fn connect(
+    cfg: &ZkConfig,
+    hosts: &str,
+    stop: &CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Option<zk::Client>, SourceError> {
+    let mut backoff = watch::Backoff::new();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let connector = zk::Client::connector()
+            .with_session_timeout(cfg.session_timeout)
+            .with_connection_timeout(cfg.session_timeout.min(Duration::from_secs(5)))
+            .with_fail_eagerly();
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            r = tokio::time::timeout(cfg.session_timeout * 2, connector.connect(hosts)) => r,
+        };
+        let why = match attempt {
+            Ok(Ok(client)) => return Ok(Some(client)),
+            Ok(Err(zk::Error::AuthFailed)) => return Err(SourceError::AuthFailed { hosts: hosts.to_owned() }),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        // First failures are common while an ensemble starts; say it loudly only when it lasts.
+        if attempts >= 3 {
+            error!(hosts = %hosts, attempt = attempts, error = %why, "cannot connect to zookeeper; files keep their last good contents; retrying");
+        } else {
+            warn!(hosts = %hosts, attempt = attempts, error = %why, "cannot connect to zookeeper; retrying");
+        }
+        let pause = backoff.next().max(Duration::from_millis(200));
+        if let Some(deadline) = deadline
+            && tokio::time::Instant::now() + pause >= deadline
+        {
+            return Err(SourceError::ConnectTimeout {
+                hosts: hosts.to_owned(),
+                timeout: deadline.duration_since(tokio::time::Instant::now()),
+            });
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Expired,
+    Fatal(SourceError),
+}
+
+/// One session's watch tasks.
+struct Session {
+    client: zk::Client,
+    mode: WatchMode,
+    out: mpsc::Sender<SourceEvent>,
+    stop: CancellationToken,
+    call_timeout: Duration,
+    tasks: JoinSet<watch::Ended>,
+    /// Per dependency: its task's cancel token and resync trigger.
+    watching: HashMap<Dep, (CancellationToken, Arc<Notify>)>,
+}
+
+impl Session {
+    fn new(
+        client: zk::Client,
+        mode: WatchMode,
+        out: mpsc::Sender<SourceEvent>,
+        stop: CancellationToken,
+        session_timeout: Duration,
+    ) -> Self {
+        Session {
+            client,
+            mode,
+            out,
+            stop,
+            // Long enough for a slow ensemble, short enough that a dead connection is retried.
+            call_timeout: session_timeout.max(Duration::from_secs(1)),
+            tasks: JoinSet::new(),
+            watching: HashMap::new(),
+        }
+    }
+
+    fn watch(&mut self, dep: Dep) {
+        if self.watching.contains_key(&dep) {
+            return;
+        }
+        let stop = self.stop.child_token();
+        let poke = Arc::new(Notify::new());
+        let ctx = watch::WatchCtx {
+            client: self.client.clone(),
+            mode: self.mode,
+            out: self.out.clone(),
+            call_timeout: self.call_timeout,
+            stop: stop.clone(),
+            poke: poke.clone(),
+        };
+        self.watching.insert(dep.clone(), (stop, poke));
+        self.tasks.spawn(watch::run(ctx, dep));
+    }
+
+    fn unwatch(&mut self, dep: &Dep) {
+        if let Some((stop, _)) = self.watching.remove(dep) {
+            stop.cancel();
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+        deps: &mut Vec<Dep>,
+        stop: &CancellationToken,
+    ) -> SessionEnd {
+        let mut state = self.client.state_watcher();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return SessionEnd::Shutdown,
+                cmd = commands.recv() => match cmd {
+                    None => return SessionEnd::Shutdown,
+                    Some(Command::Watch(new)) => {
+                        for dep in new {
+                            if !self.watching.contains_key(&dep) {
+                                deps.push(dep.clone());
+                                self.watch(dep);
+                            }
+                        }
+                    }
+                    Some(Command::Unwatch(old)) => {
+                        for dep in &old {
+                            self.unwatch(dep);
+                        }
+                        deps.retain(|d| !old.contains(d));
+                    }
+                    Some(Command::Resync) => {
+                        debug!(watches = self.watching.len(), "resync: re-reading every dependency");
+                        for (_, poke) in self.watching.values() {
+                            poke.notify_one();
+                        }
+                    }
+                },
+                s = state.changed() => match s {
+                    zk::SessionState::Disconnected => {
+                        warn!("zookeeper connection lost; files keep their last good contents; reconnecting");
+                        let _ = self.out.send(SourceEvent::Connection(Connection::Disconnected)).await;
+                    }
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        info!(session = %self.client.session_id(), "zookeeper connection restored (same session)");
+                        let _ = self.out.send(SourceEvent::Connection(Connection::Connected)).await;
+                    }
+                    zk::SessionState::AuthFailed => {
+                        return SessionEnd::Fatal(SourceError::AuthFailed { hosts: String::new() });
+                    }
+                    zk::SessionState::Expired | zk::SessionState::Closed => return SessionEnd::Expired,
+                },
+                Some(joined) = self.tasks.join_next() => match joined {
+                    Ok(watch::Ended::Fatal(e)) => return SessionEnd::Fatal(e),
+                    Ok(watch::Ended::SessionEnded) => return SessionEnd::Expired,
+                    Ok(watch::Ended::Stopped) => {}
+                    Err(e) if e.is_panic() => {
+                        error!(error = %e, "bug: a watch task panicked; opening a new session to recover");
+                        return SessionEnd::Expired;
+                    }
+                    Err(_) => {}
+                },
+            }
+        }
+    }
+
+    async fn shutdown(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,286 @@
+//! One task per dependency: read it, keep a watch on it, send every new value.
+//!
+//! ZooKeeper rules encoded here, each where it applies:
+//! - A one-shot watch fires once. The task re-arms it with the same call that reads the new
+//!   value, so no change between the fire and the re-arm is lost: intermediate values may be
+//!   skipped, the latest never is.
+//! - A missing znode is a value ([`Value::Missing`]) watched with an exists-watch.
+//! - Disconnected is not expired. One-shot watches are restored by the client library after a
+//!   reconnect within the session (it sends SetWatches with the last zxid seen, and the server
+//!   fires whatever changed meanwhile), so a one-shot task just keeps waiting. Persistent watches
+//!   are not restored by zookeeper-client 0.11 (only the one-shot lists go into SetWatches), so a
+//!   persistent task adds its watch again and re-reads after every reconnect.
+//! - While disconnected, calls block until reconnect or expiry: every call is bounded by a
+//!   timeout and retried, so a task never hangs on a dead connection.
+//! - After a terminal session event (expired, closed, auth failed) a task returns: the session
+//!   task replaces the client and starts new watch tasks. A persistent watcher must not be
+//!   polled again after a terminal event (the library panics).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use zookeeper_client as zk;
+
+use super::{SourceError, SourceEvent};
+use crate::config::WatchMode;
+use crate::model::{Dep, DepKind, Update, Value};
+
+/// Everything a watch task needs; cheap to clone (the client is a handle).
+#[derive(Clone)]
+pub(super) struct WatchCtx {
+    pub client: zk::Client,
+    pub mode: WatchMode,
+    pub out: mpsc::Sender<SourceEvent>,
+    /// Bound on every ZooKeeper call, so a blocked call is retried rather than awaited forever.
+    pub call_timeout: Duration,
+    /// Cancelled when the session ends (expiry, shutdown) or the dependency is dropped.
+    pub stop: CancellationToken,
+    /// Asks the task to re-read now (anti-entropy resync).
+    pub poke: Arc<Notify>,
+}
+
+/// How a watch task ended.
+pub(super) enum Ended {
+    /// Cancelled, or the pipeline is gone.
+    Stopped,
+    /// The session is over; the session task opens a new one.
+    SessionEnded,
+    /// A problem no retry fixes (persistent watches unsupported by the server).
+    Fatal(SourceError),
+}
+
+/// Runs until cancelled or the session ends, sending each value read for `dep`.
+pub(super) async fn run(ctx: WatchCtx, dep: Dep) -> Ended {
+    match ctx.mode {
+        WatchMode::Oneshot => oneshot(ctx, dep).await,
+        WatchMode::Persistent => persistent(ctx, dep).await,
+    }
+}
+
+/// What a failed call means for the task.
+enum CallFailure {
+    /// Connection lost or the call timed out: retry after a short pause.
+    Retry(String),
+    /// Session expired or client closed: stop, the session task takes over.
+    SessionEnded,
+    /// Anything else (e.g. no permission): reported, then retried slowly.
+    Error(zk::Error),
+}
+
+fn classify(err: zk::Error) -> CallFailure {
+    match err {
+        zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed => {
+            CallFailure::SessionEnded
+        }
+        zk::Error::ConnectionLoss | zk::Error::Timeout => CallFailure::Retry(err.to_string()),
+        other => CallFailure::Error(other),
+    }
+}
+
+/// Runs `fut` with the context's timeout; a timeout is a retryable failure.
+async fn bounded<T>(
+    ctx: &WatchCtx,
+    fut: impl Future<Output = Result<T, zk::Error>>,
+) -> Result<T, CallFailure> {
+    match tokio::time::timeout(ctx.call_timeout, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(e)),
+        Err(_) => Err(CallFailure::Retry(format!("no answer within {:?}", ctx.call_timeout))),
+    }
+}
+
+/// One-shot mode: read-and-watch, send, wait for the watch, repeat.
+async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
+    let mut backoff = Backoff::new();
+    loop {
+        let read = tokio::select! {
+            // Cancel safety: dropping an in-flight read also drops its watcher, which the
+            // library unregisters; nothing is half-applied.
+            _ = ctx.stop.cancelled() => return Ended::Stopped,
+            read = read_and_watch(&ctx, &dep) => read,
+        };
+        let (value, watcher) = match read {
+            Ok(v) => v,
+            Err(failure) => match on_failure(&ctx, &dep, failure, &mut backoff).await {
+                Some(ended) => return ended,
+                None => continue,
+            },
+        };
+        backoff.reset();
+        if !send(&ctx, &dep, value).await {
+            return Ended::Stopped;
+        }
+        tokio::select! {
+            _ = ctx.stop.cancelled() => return Ended::Stopped,
+            _ = ctx.poke.notified() => debug!(dep = %dep, "resync: re-reading"),
+            event = watcher.changed() => {
+                if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
+                    return Ended::SessionEnded;
+                }
+                debug!(dep = %dep, event = ?event.event_type, "watch fired; re-reading and re-arming");
+            }
+        }
+    }
+}
+
+/// Persistent mode: add the watch, then read (so nothing between is missed), then re-read on
+/// every node event. After a reconnect the watch is added again and the value re-read.
+async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
+    let mut backoff = Backoff::new();
+    'session: loop {
+        let added = tokio::select! {
+            _ = ctx.stop.cancelled() => return Ended::Stopped,
+            added = bounded(&ctx, ctx.client.watch(dep.znode.as_str(), zk::AddWatchMode::Persistent)) => added,
+        };
+        let mut watcher = match added {
+            Ok(w) => w,
+            Err(CallFailure::Error(zk::Error::Unimplemented)) => {
+                return Ended::Fatal(SourceError::PersistentUnsupported);
+            }
+            Err(failure) => match on_failure(&ctx, &dep, failure, &mut backoff).await {
+                Some(ended) => return ended,
+                None => continue 'session,
+            },
+        };
+        let mut reread = true;
+        loop {
+            if reread {
+                let read = tokio::select! {
+                    _ = ctx.stop.cancelled() => return Ended::Stopped,
+                    read = read_plain(&ctx, &dep) => read,
+                };
+                match read {
+                    Ok(value) => {
+                        backoff.reset();
+                        if !send(&ctx, &dep, value).await {
+                            return Ended::Stopped;
+                        }
+                    }
+                    Err(failure) => match on_failure(&ctx, &dep, failure, &mut backoff).await {
+                        Some(ended) => return ended,
+                        // Re-add too: the failure may have been a reconnect that lost the watch.
+                        None => continue 'session,
+                    },
+                }
+            }
+            let event = tokio::select! {
+                _ = ctx.stop.cancelled() => return Ended::Stopped,
+                _ = ctx.poke.notified() => { reread = true; continue; }
+                event = watcher.changed() => event,
+            };
+            reread = match event.event_type {
+                zk::EventType::Session => match event.session_state {
+                    // Never poll this watcher again after a terminal state: the library panics.
+                    s if s.is_terminated() => return Ended::SessionEnded,
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        debug!(dep = %dep, "reconnected; adding the persistent watch again");
+                        continue 'session;
+                    }
+                    _ => false,
+                },
+                // A persistent watch on a node fires for both data and child events; each
+                // dependency re-reads only for what it depends on.
+                zk::EventType::NodeChildrenChanged => dep.kind == DepKind::Children,
+                zk::EventType::NodeDataChanged => dep.kind == DepKind::Data,
+                zk::EventType::NodeCreated | zk::EventType::NodeDeleted => true,
+            };
+        }
+    }
+}
+
+/// Handles a failed call: `Some` ends the task, `None` means retry (after a pause).
+async fn on_failure(
+    ctx: &WatchCtx,
+    dep: &Dep,
+    failure: CallFailure,
+    backoff: &mut Backoff,
+) -> Option<Ended> {
+    match failure {
+        CallFailure::SessionEnded => return Some(Ended::SessionEnded),
+        CallFailure::Retry(why) => debug!(dep = %dep, reason = %why, "read failed; retrying"),
+        CallFailure::Error(err) => {
+            warn!(znode = %dep.znode, error = %err, "reading znode failed; the file keeps its last good contents; retrying")
+        }
+    }
+    tokio::select! {
+        _ = ctx.stop.cancelled() => Some(Ended::Stopped),
+        _ = tokio::time::sleep(backoff.next()) => None,
+    }
+}
+
+/// Sends a value to the pipeline; false when the pipeline is gone.
+async fn send(ctx: &WatchCtx, dep: &Dep, value: Value) -> bool {
+    ctx.out.send(SourceEvent::Update(Update { dep: dep.clone(), value })).await.is_ok()
+}
+
+/// Reads `dep` and arms a one-shot watch in the same call.
+async fn read_and_watch(ctx: &WatchCtx, dep: &Dep) -> Result<(Value, zk::OneshotWatcher), CallFailure> {
+    let path = dep.znode.as_str();
+    loop {
+        let read = match dep.kind {
+            DepKind::Data => bounded(ctx, ctx.client.get_and_watch_data(path))
+                .await
+                .map(|(data, stat, w)| (data_value(data, &stat), w)),
+            DepKind::Children => bounded(ctx, ctx.client.get_and_watch_children(path))
+                .await
+                .map(|(names, stat, w)| (children_value(names, &stat), w)),
+        };
+        match read {
+            Err(CallFailure::Error(zk::Error::NoNode)) => {}
+            other => return other,
+        }
+        // Missing: watch for its creation with an exists-watch. If it was created between the
+        // two calls, the exists call sees it and we read again.
+        match bounded(ctx, ctx.client.check_and_watch_stat(path)).await? {
+            (None, watcher) => return Ok((Value::Missing, watcher)),
+            (Some(_), _) => continue,
+        }
+    }
+}
+
+/// Reads `dep` without a watch (persistent mode, where the watch is already in place).
+async fn read_plain(ctx: &WatchCtx, dep: &Dep) -> Result<Value, CallFailure> {
+    let path = dep.znode.as_str();
+    let read = match dep.kind {
+        DepKind::Data => bounded(ctx, ctx.client.get_data(path)).await.map(|(d, s)| data_value(d, &s)),
+        DepKind::Children => {
+            bounded(ctx, ctx.client.get_children(path)).await.map(|(n, s)| children_value(n, &s))
+        }
+    };
+    match read {
+        Err(CallFailure::Error(zk::Error::NoNode)) => Ok(Value::Missing),
+        other => other,
+    }
+}
+
+fn data_value(data: Vec<u8>, stat: &zk::Stat) -> Value {
+    Value::Data { data, mzxid: stat.mzxid, version: stat.version }
+}
+
+fn children_value(mut names: Vec<String>, stat: &zk::Stat) -> Value {
+    names.sort_unstable();
+    Value::Children { names, pzxid: stat.pzxid, cversion: stat.cversion }
+}
+
+/// Retry pauses: 50 ms doubling to 2 s.
+pub(super) struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(2);
+
+    pub(super) fn new() -> Self {
+        Backoff(Self::FIRST)
+    }
+    pub(super) fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        d
+    }
+    pub(super) fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+}
