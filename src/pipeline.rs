@@ -180,7 +180,8 @@ impl Core {
                 RenderOutcome::Failed(err) => {
                     let kind = if is_missing_znode(&err) { "znode_missing" } else { "render" };
                     // A raw file whose znode is gone follows `on_delete`.
-                    if let (Producer::Raw { .. }, OnDelete::Remove) = (&target.producer, target.spec.on_delete)
+                    if let (Producer::Raw { .. }, OnDelete::Remove) =
+                        (&target.producer, target.spec.on_delete)
                     {
                         plan.actions.push(Action::Remove { target: id });
                     }

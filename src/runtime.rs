@@ -88,14 +88,20 @@ fn settled_or_error(summary: &Summary) -> Result<(), AgentError> {
         .iter()
         .filter_map(|(dest, status)| match status {
             Status::Ok => None,
-            Status::Pending => Some(format!("  {}: its znodes could not all be read in time", dest.display())),
+            Status::Pending => {
+                Some(format!("  {}: its znodes could not all be read in time", dest.display()))
+            }
             Status::Failed(f) => Some(format!("  {}: {}", dest.display(), f.message)),
         })
         .collect();
     if failed.is_empty() {
         return Ok(());
     }
-    Err(AgentError::NotAllWritten { count: failed.len(), total: summary.files.len(), details: failed.join("\n") })
+    Err(AgentError::NotAllWritten {
+        count: failed.len(),
+        total: summary.files.len(),
+        details: failed.join("\n"),
+    })
 }
 
 /// Runs source and pipeline until the pipeline returns.

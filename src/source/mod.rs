@@ -144,7 +144,9 @@ async fn connect(
         };
         let why = match attempt {
             Ok(Ok(client)) => return Ok(Some(client)),
-            Ok(Err(zk::Error::AuthFailed)) => return Err(SourceError::AuthFailed { hosts: hosts.to_owned() }),
+            Ok(Err(zk::Error::AuthFailed)) => {
+                return Err(SourceError::AuthFailed { hosts: hosts.to_owned() });
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_owned(),
         };
@@ -281,7 +283,7 @@ impl Session {
                 },
                 Some(joined) = self.tasks.join_next() => match joined {
                     Ok(watch::Ended::Fatal(e)) => return SessionEnd::Fatal(e),
-                    Ok(watch::Ended::SessionEnded) => return SessionEnd::Expired,
+                    Ok(watch::Ended::SessionOver) => return SessionEnd::Expired,
                     Ok(watch::Ended::Stopped) => {}
                     Err(e) if e.is_panic() => {
                         error!(error = %e, "bug: a watch task panicked; opening a new session to recover");

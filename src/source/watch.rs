@@ -47,7 +47,7 @@ pub(super) enum Ended {
     /// Cancelled, or the pipeline is gone.
     Stopped,
     /// The session is over; the session task opens a new one.
-    SessionEnded,
+    SessionOver,
     /// A problem no retry fixes (persistent watches unsupported by the server).
     Fatal(SourceError),
 }
@@ -65,7 +65,7 @@ enum CallFailure {
     /// Connection lost or the call timed out: retry after a short pause.
     Retry(String),
     /// Session expired or client closed: stop, the session task takes over.
-    SessionEnded,
+    SessionOver,
     /// Anything else (e.g. no permission): reported, then retried slowly.
     Error(zk::Error),
 }
@@ -73,7 +73,7 @@ enum CallFailure {
 fn classify(err: zk::Error) -> CallFailure {
     match err {
         zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed => {
-            CallFailure::SessionEnded
+            CallFailure::SessionOver
         }
         zk::Error::ConnectionLoss | zk::Error::Timeout => CallFailure::Retry(err.to_string()),
         other => CallFailure::Error(other),
@@ -118,7 +118,7 @@ async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
             _ = ctx.poke.notified() => debug!(dep = %dep, "resync: re-reading"),
             event = watcher.changed() => {
                 if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
-                    return Ended::SessionEnded;
+                    return Ended::SessionOver;
                 }
                 debug!(dep = %dep, event = ?event.event_type, "watch fired; re-reading and re-arming");
             }
@@ -174,7 +174,7 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
             reread = match event.event_type {
                 zk::EventType::Session => match event.session_state {
                     // Never poll this watcher again after a terminal state: the library panics.
-                    s if s.is_terminated() => return Ended::SessionEnded,
+                    s if s.is_terminated() => return Ended::SessionOver,
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
                         debug!(dep = %dep, "reconnected; adding the persistent watch again");
                         continue 'session;
@@ -192,14 +192,9 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
 }
 
 /// Handles a failed call: `Some` ends the task, `None` means retry (after a pause).
-async fn on_failure(
-    ctx: &WatchCtx,
-    dep: &Dep,
-    failure: CallFailure,
-    backoff: &mut Backoff,
-) -> Option<Ended> {
+async fn on_failure(ctx: &WatchCtx, dep: &Dep, failure: CallFailure, backoff: &mut Backoff) -> Option<Ended> {
     match failure {
-        CallFailure::SessionEnded => return Some(Ended::SessionEnded),
+        CallFailure::SessionOver => return Some(Ended::SessionOver),
         CallFailure::Retry(why) => debug!(dep = %dep, reason = %why, "read failed; retrying"),
         CallFailure::Error(err) => {
             warn!(znode = %dep.znode, error = %err, "reading znode failed; the file keeps its last good contents; retrying")
