@@ -1207,9 +1207,3 @@ mod tests {
         assert_no_temp_files(dir.path());
     }
 }
-
-impl WriteError {
-    pub fn kind(&self) -> &'static str {
-        "io"
-    }
-}
