@@ -403,9 +403,3 @@ mod tests {
         assert!(elapsed < Duration::from_millis(1500), "no more retries after success, took {elapsed:?}");
     }
 }
-
-impl std::fmt::Display for crate::config::ReloadAction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
-    }
-}
