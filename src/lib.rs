@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod status;
 pub mod error;
 pub mod model;
 pub mod notify;
