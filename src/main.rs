@@ -1,5 +1,6 @@
 //! `zkrender`: parse the command line, set up logging, run the command, map errors to exit codes.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -22,10 +23,19 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
+    // The ZooKeeper client logs every (re)connect at info; keep it at warn unless asked.
+    let level = if cli.log_level.contains('=') || matches!(cli.log_level.as_str(), "debug" | "trace") {
+        cli.log_level.clone()
+    } else {
+        format!("{},zookeeper_client=warn", cli.log_level)
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .or_else(|_| EnvFilter::try_new(&level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -13,9 +13,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -24,6 +24,7 @@ use crate::config::{FileSource, FileSpec, OnDelete, ReloadSpec, TargetId};
 use crate::model::{Dep, Update, Value};
 use crate::render::{RenderError, RenderOutcome, Snapshot, Template};
 use crate::sink::{self, WriteError, WriteOutcome};
+use crate::status::{DepStatus, FileStatus, ReloadStatus, StatusReport, ZkStatus};
 use crate::source::{Command, Connection, SourceEvent};
 use crate::store::Store;
 
@@ -134,8 +135,10 @@ impl Core {
     }
 
     /// Records a value read from ZooKeeper and marks the files that depend on it.
-    pub fn on_update(&mut self, update: Update) {
-        self.dirty.extend(self.store.apply(update));
+    pub fn on_update(&mut self, update: Update) -> Vec<TargetId> {
+        let touched = self.store.apply(update);
+        self.dirty.extend(touched.iter().copied());
+        touched
     }
 
     /// Marks every file for re-rendering (anti-entropy: repairs files changed on disk).
@@ -263,6 +266,10 @@ pub struct Options {
     pub deadline: Option<Instant>,
     /// Parallel installs (each fsyncs).
     pub write_parallelism: usize,
+    /// Where the status report is published after every change (HTTP endpoint, readiness).
+    pub status: Option<watch::Sender<Arc<StatusReport>>>,
+    /// The connect string, for the report.
+    pub hosts: String,
 }
 
 /// How the loop ended, with each file's final state (for `once` and `render`).
@@ -281,8 +288,10 @@ pub async fn run(
     source: mpsc::UnboundedSender<Command>,
     opts: Options,
 ) -> Summary {
-    let (reload_tx, reload_rx) = mpsc::unbounded_channel::<Vec<ReloadSpec>>();
-    let notifier = (opts.mode == Mode::Run).then(|| tokio::spawn(notifier(reload_rx)));
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel::<Vec<ReloadJob>>();
+    let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<ReloadOutcome>();
+    let notifier = (opts.mode == Mode::Run).then(|| tokio::spawn(notifier(reload_rx, outcome_tx)));
+    let mut telemetry = Telemetry::new(core.targets().len(), &opts.hosts);
     let mut rendered: HashMap<TargetId, Vec<u8>> = HashMap::new();
     let mut cycle_start: Option<Instant> = None;
     let mut last_change = Instant::now();
@@ -294,7 +303,8 @@ pub async fn run(
         if due {
             due = false;
             cycle_start = None;
-            run_cycle(&mut core, &source, &opts, &reload_tx, &mut rendered).await;
+            run_cycle(&mut core, &source, &opts, &reload_tx, &mut rendered, &mut telemetry).await;
+            publish(&core, &telemetry, &opts);
             if opts.mode != Mode::Run && core.all_settled() {
                 break;
             }
@@ -312,10 +322,13 @@ pub async fn run(
                     due = core.has_dirty() && opts.mode == Mode::Run;
                 }
                 Some(ev) => {
-                    handle_event(&mut core, ev);
+                    let mut connection_changed = handle_event(&mut core, &mut telemetry, ev);
                     // With wait = 0, everything already queued joins this cycle.
                     while let Ok(ev) = events.try_recv() {
-                        handle_event(&mut core, ev);
+                        connection_changed |= handle_event(&mut core, &mut telemetry, ev);
+                    }
+                    if connection_changed {
+                        publish(&core, &telemetry, &opts);
                     }
                     if core.has_dirty() {
                         let now = Instant::now();
@@ -336,6 +349,10 @@ pub async fn run(
                 due = true;
                 resync_at = next_resync(opts.resync);
             }
+            Some(outcome) = outcomes.recv() => {
+                telemetry.on_reload(outcome);
+                publish(&core, &telemetry, &opts);
+            }
             _ = sleep_until(opts.deadline), if opts.deadline.is_some() => break,
         }
     }
@@ -343,6 +360,10 @@ pub async fn run(
     if let Some(n) = notifier {
         let _ = n.await;
     }
+    while let Ok(outcome) = outcomes.try_recv() {
+        telemetry.on_reload(outcome);
+    }
+    publish(&core, &telemetry, &opts);
     let files = core.targets().iter().map(|t| (t.spec.dest.clone(), t.status.clone())).collect();
     let mut rendered: Vec<_> = rendered.into_iter().collect();
     rendered.sort_by_key(|(id, _)| *id);
@@ -367,14 +388,19 @@ fn next_resync(period: Duration) -> Option<Instant> {
     Some(Instant::now() + period + jitter)
 }
 
-fn handle_event(core: &mut Core, ev: SourceEvent) {
+/// Applies one event; true when the connection state changed (worth publishing at once).
+fn handle_event(core: &mut Core, telemetry: &mut Telemetry, ev: SourceEvent) -> bool {
     match ev {
-        SourceEvent::Update(u) => core.on_update(u),
-        SourceEvent::Connection(Connection::Expired) => {
-            // Every watch is re-established by the source and every value re-read; values
-            // that did not change are dropped by the store, so nothing is rewritten for them.
+        SourceEvent::Update(u) => {
+            let now = Instant::now();
+            for id in core.on_update(u) {
+                telemetry.changed_at[id].get_or_insert(now);
+            }
+            false
         }
-        SourceEvent::Connection(_) => {}
+        // On expiry every watch is re-established by the source and every value re-read;
+        // values that did not change are dropped by the store, so nothing is rewritten.
+        SourceEvent::Connection(c) => telemetry.on_connection(c),
     }
 }
 
@@ -383,8 +409,9 @@ async fn run_cycle(
     core: &mut Core,
     source: &mpsc::UnboundedSender<Command>,
     opts: &Options,
-    reloads: &mpsc::UnboundedSender<Vec<ReloadSpec>>,
+    reloads: &mpsc::UnboundedSender<Vec<ReloadJob>>,
     rendered: &mut HashMap<TargetId, Vec<u8>>,
+    telemetry: &mut Telemetry,
 ) {
     let before: Vec<Status> = core.targets().iter().map(|t| t.status.clone()).collect();
     let plan = core.plan();
@@ -394,7 +421,7 @@ async fn run_cycle(
     if !plan.watch.is_empty() {
         let _ = source.send(Command::Watch(plan.watch));
     }
-    let mut to_reload: Vec<ReloadSpec> = Vec::new();
+    let mut to_reload: Vec<ReloadJob> = Vec::new();
     if opts.mode == Mode::Render {
         for action in plan.actions {
             if let Action::Install { target, contents } = action {
@@ -404,13 +431,16 @@ async fn run_cycle(
         }
     } else {
         let results = carry_out(core, plan.actions, opts.write_parallelism).await;
+        let now = SystemTime::now();
         for (id, changed, result) in results {
             let failure = result.as_ref().err().map(|e| Failure { kind: e.kind(), message: e.to_string() });
             core.on_result(id, &failure.clone().map_or(Ok(()), Err));
+            telemetry.on_result(id, changed, failure.is_none(), now);
             if changed && let Some(reload) = &core.targets()[id].spec.reload {
                 // Identical reloads of files changed in one cycle run once.
-                if !to_reload.contains(reload) {
-                    to_reload.push(reload.clone());
+                match to_reload.iter_mut().find(|job| &job.spec == reload) {
+                    Some(job) => job.targets.push(id),
+                    None => to_reload.push(ReloadJob { spec: reload.clone(), targets: vec![id] }),
                 }
             }
         }
@@ -491,28 +521,187 @@ async fn carry_out(
     results
 }
 
+/// One reload to run, and the files whose change asked for it.
+#[derive(Debug, Clone)]
+struct ReloadJob {
+    spec: ReloadSpec,
+    targets: Vec<TargetId>,
+}
+
+/// How a reload went, reported back to the pipeline for the status.
+#[derive(Debug)]
+struct ReloadOutcome {
+    targets: Vec<TargetId>,
+    at: SystemTime,
+    error: Option<String>,
+}
+
 /// Runs reload batches one after another; batches queued meanwhile are merged, so a burst of
 /// changes during a slow reload costs one more reload, not one per change.
-async fn notifier(mut batches: mpsc::UnboundedReceiver<Vec<ReloadSpec>>) {
+async fn notifier(mut batches: mpsc::UnboundedReceiver<Vec<ReloadJob>>, outcomes: mpsc::UnboundedSender<ReloadOutcome>) {
     while let Some(mut batch) = batches.recv().await {
         while let Ok(more) = batches.try_recv() {
-            for r in more {
-                if !batch.contains(&r) {
-                    batch.push(r);
+            for job in more {
+                match batch.iter_mut().find(|j| j.spec == job.spec) {
+                    Some(j) => j.targets.extend(job.targets),
+                    None => batch.push(job),
                 }
             }
         }
         let mut running = JoinSet::new();
-        for spec in batch {
+        for job in batch {
+            let outcomes = outcomes.clone();
             running.spawn(async move {
                 let started = Instant::now();
-                match crate::notify::reload(&spec).await {
-                    Ok(()) => info!(reload = %spec.action, took = ?started.elapsed(), "application reloaded"),
-                    Err(e) => error!(reload = %spec.action, error = %e, "reload failed after all retries"),
+                let result = crate::notify::reload(&job.spec).await;
+                match &result {
+                    Ok(()) => info!(reload = %job.spec.action, took = ?started.elapsed(), "application reloaded"),
+                    Err(e) => error!(reload = %job.spec.action, error = %e, "reload failed after all retries"),
                 }
+                let error = result.err().map(|e| crate::error::report(&e));
+                let _ = outcomes.send(ReloadOutcome { targets: job.targets, at: SystemTime::now(), error });
             });
         }
         while running.join_next().await.is_some() {}
+    }
+}
+
+/// What the loop knows beyond the pure core: times, connection, reload outcomes.
+#[derive(Debug)]
+struct Telemetry {
+    hosts: String,
+    connection: &'static str,
+    expirations: u64,
+    reconnects: u64,
+    /// Per file: when a change it depends on first arrived and is not on disk yet.
+    changed_at: Vec<Option<Instant>>,
+    last_write: Vec<Option<SystemTime>>,
+    stale_since: Vec<Option<SystemTime>>,
+    last_reload: Vec<Option<ReloadStatus>>,
+}
+
+impl Telemetry {
+    fn new(n: usize, hosts: &str) -> Self {
+        Telemetry {
+            hosts: hosts.to_owned(),
+            connection: "connecting",
+            expirations: 0,
+            reconnects: 0,
+            changed_at: vec![None; n],
+            last_write: vec![None; n],
+            stale_since: vec![None; n],
+            last_reload: vec![None; n],
+        }
+    }
+
+    fn on_connection(&mut self, c: Connection) -> bool {
+        let state = match c {
+            Connection::Connected => "connected",
+            Connection::Disconnected => "disconnected",
+            Connection::Expired => "expired",
+        };
+        if c == Connection::Connected && matches!(self.connection, "disconnected" | "expired") {
+            self.reconnects += 1;
+        }
+        if c == Connection::Expired {
+            self.expirations += 1;
+        }
+        let changed = self.connection != state;
+        self.connection = state;
+        changed
+    }
+
+    fn on_result(&mut self, id: TargetId, changed: bool, ok: bool, now: SystemTime) {
+        if ok {
+            self.changed_at[id] = None;
+            self.stale_since[id] = None;
+            if changed {
+                self.last_write[id] = Some(now);
+            }
+        } else {
+            self.stale_since[id].get_or_insert(now);
+        }
+    }
+
+    fn on_reload(&mut self, outcome: ReloadOutcome) {
+        let status = ReloadStatus {
+            outcome: if outcome.error.is_none() { "ok" } else { "failed" }.to_owned(),
+            at: unix(outcome.at),
+            error: outcome.error,
+        };
+        for id in outcome.targets {
+            self.last_reload[id] = Some(status.clone());
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Builds the status report and publishes it (no-op without a receiver).
+fn publish(core: &Core, telemetry: &Telemetry, opts: &Options) {
+    let Some(tx) = &opts.status else { return };
+    tx.send_replace(Arc::new(report(core, telemetry)));
+}
+
+fn report(core: &Core, telemetry: &Telemetry) -> StatusReport {
+    let files: Vec<FileStatus> = core
+        .targets()
+        .iter()
+        .enumerate()
+        .map(|(id, t)| {
+            let (state, reason, last_error) = match &t.status {
+                Status::Ok => ("ok", None, None),
+                Status::Pending => ("pending", Some("waiting for znodes to be read".to_owned()), None),
+                Status::Failed(f) => ("failed", Some(f.kind.to_owned()), Some(f.message.clone())),
+            };
+            let deps = t
+                .deps
+                .iter()
+                .map(|d| {
+                    let value = core.store.get(d);
+                    DepStatus {
+                        znode: d.znode.to_string(),
+                        kind: match d.kind {
+                            crate::model::DepKind::Data => "data",
+                            crate::model::DepKind::Children => "children",
+                        }
+                        .to_owned(),
+                        exists: value.map(|v| *v != Value::Missing),
+                        mzxid: value.and_then(Value::zxid),
+                        version: match value {
+                            Some(Value::Data { version, .. }) => Some(*version),
+                            Some(Value::Children { cversion, .. }) => Some(*cversion),
+                            _ => None,
+                        },
+                    }
+                })
+                .collect();
+            FileStatus {
+                dest: t.spec.dest.display().to_string(),
+                state: state.to_owned(),
+                settled: t.settled_once,
+                reason,
+                last_error,
+                deps,
+                last_write: telemetry.last_write[id].map(unix),
+                stale_since: telemetry.stale_since[id].map(unix),
+                last_reload: telemetry.last_reload[id].clone(),
+            }
+        })
+        .collect();
+    let ready = files.iter().all(|f| f.settled);
+    StatusReport {
+        ready,
+        degraded: ready && telemetry.connection != "connected",
+        zookeeper: ZkStatus {
+            hosts: telemetry.hosts.clone(),
+            state: telemetry.connection.to_owned(),
+            session_expirations: telemetry.expirations,
+            reconnects: telemetry.reconnects,
+        },
+        files,
     }
 }
 

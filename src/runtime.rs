@@ -130,6 +130,8 @@ async fn drive(
         resync: if mode == Mode::Run { config.agent.resync } else { Duration::ZERO },
         deadline: timeout.map(|t| Instant::now() + t),
         write_parallelism: 8,
+        status: None,
+        hosts: config.zookeeper.connect_string(),
     };
     let mut pipeline = tokio::spawn(pipeline::run(core, events_rx, commands_tx, popts));
 
