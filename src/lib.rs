@@ -12,7 +12,6 @@
 
 pub mod cli;
 pub mod config;
-pub mod status;
 pub mod error;
 pub mod model;
 pub mod notify;
@@ -21,4 +20,5 @@ pub mod render;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod store;

@@ -24,8 +24,8 @@ use crate::config::{FileSource, FileSpec, OnDelete, ReloadSpec, TargetId};
 use crate::model::{Dep, Update, Value};
 use crate::render::{RenderError, RenderOutcome, Snapshot, Template};
 use crate::sink::{self, WriteError, WriteOutcome};
-use crate::status::{DepStatus, FileStatus, ReloadStatus, StatusReport, ZkStatus};
 use crate::source::{Command, Connection, SourceEvent};
+use crate::status::{DepStatus, FileStatus, ReloadStatus, StatusReport, ZkStatus};
 use crate::store::Store;
 
 /// How a file is produced.
@@ -164,7 +164,15 @@ impl Core {
                 Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(&self.store, dep)),
                 Producer::Template(t) => {
                     let r = t.render(&self.store);
-                    (r.deps, r.outcome)
+                    let outcome = match r.outcome {
+                        RenderOutcome::Done(bytes) => Outcome::Done(bytes),
+                        RenderOutcome::Pending => Outcome::Pending,
+                        RenderOutcome::Failed(e) => Outcome::Failed(Failure {
+                            kind: if e.is_missing_znode() { "znode_missing" } else { "render" },
+                            message: e.to_string(),
+                        }),
+                    };
+                    (r.deps, outcome)
                 }
             };
             if deps != target.deps {
@@ -174,21 +182,20 @@ impl Core {
                 target.deps = deps;
             }
             match outcome {
-                RenderOutcome::Done(contents) => plan.actions.push(Action::Install { target: id, contents }),
-                RenderOutcome::Pending => {
+                Outcome::Done(contents) => plan.actions.push(Action::Install { target: id, contents }),
+                Outcome::Pending => {
                     if target.status != Status::Pending && !target.settled_once {
                         target.status = Status::Pending;
                     }
                 }
-                RenderOutcome::Failed(err) => {
-                    let kind = if is_missing_znode(&err) { "znode_missing" } else { "render" };
+                Outcome::Failed(failure) => {
                     // A raw file whose znode is gone follows `on_delete`.
                     if let (Producer::Raw { .. }, OnDelete::Remove) =
                         (&target.producer, target.spec.on_delete)
                     {
                         plan.actions.push(Action::Remove { target: id });
                     }
-                    target.status = Status::Failed(Failure { kind, message: err.to_string() });
+                    target.status = Status::Failed(failure);
                 }
             }
         }
@@ -223,24 +230,24 @@ impl Core {
     }
 }
 
-/// A raw mapping's contents from its znode's value.
-fn raw_outcome(store: &Store, dep: &Dep) -> RenderOutcome {
-    match store.get(dep) {
-        None => RenderOutcome::Pending,
-        Some(Value::Data { data, .. }) => RenderOutcome::Done(data.clone()),
-        Some(Value::Missing) => RenderOutcome::Failed(RenderError::MissingZnode {
-            template: "raw mapping".to_owned(),
-            line: None,
-            znode: dep.znode.to_string(),
-        }),
-        Some(Value::Children { .. }) => {
-            panic!("bug: a data dependency got a children value")
-        }
-    }
+/// What rendering one file gave.
+enum Outcome {
+    Done(Vec<u8>),
+    Pending,
+    Failed(Failure),
 }
 
-fn is_missing_znode(err: &RenderError) -> bool {
-    matches!(err, RenderError::MissingZnode { .. })
+/// A raw mapping's contents from its znode's value.
+fn raw_outcome(store: &Store, dep: &Dep) -> Outcome {
+    match store.get(dep) {
+        None => Outcome::Pending,
+        Some(Value::Data { data, .. }) => Outcome::Done(data.clone()),
+        Some(Value::Missing) => Outcome::Failed(Failure {
+            kind: "znode_missing",
+            message: format!("znode {} does not exist", dep.znode),
+        }),
+        Some(Value::Children { .. }) => panic!("bug: a data dependency got a children value"),
+    }
 }
 
 /// What the pipeline does with rendered files.
@@ -538,7 +545,10 @@ struct ReloadOutcome {
 
 /// Runs reload batches one after another; batches queued meanwhile are merged, so a burst of
 /// changes during a slow reload costs one more reload, not one per change.
-async fn notifier(mut batches: mpsc::UnboundedReceiver<Vec<ReloadJob>>, outcomes: mpsc::UnboundedSender<ReloadOutcome>) {
+async fn notifier(
+    mut batches: mpsc::UnboundedReceiver<Vec<ReloadJob>>,
+    outcomes: mpsc::UnboundedSender<ReloadOutcome>,
+) {
     while let Some(mut batch) = batches.recv().await {
         while let Ok(more) = batches.try_recv() {
             for job in more {
@@ -555,8 +565,12 @@ async fn notifier(mut batches: mpsc::UnboundedReceiver<Vec<ReloadJob>>, outcomes
                 let started = Instant::now();
                 let result = crate::notify::reload(&job.spec).await;
                 match &result {
-                    Ok(()) => info!(reload = %job.spec.action, took = ?started.elapsed(), "application reloaded"),
-                    Err(e) => error!(reload = %job.spec.action, error = %e, "reload failed after all retries"),
+                    Ok(()) => {
+                        info!(reload = %job.spec.action, took = ?started.elapsed(), "application reloaded")
+                    }
+                    Err(e) => {
+                        error!(reload = %job.spec.action, error = %e, "reload failed after all retries")
+                    }
                 }
                 let error = result.err().map(|e| crate::error::report(&e));
                 let _ = outcomes.send(ReloadOutcome { targets: job.targets, at: SystemTime::now(), error });
