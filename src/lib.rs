@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod hotreload;
 pub mod model;
 pub mod notify;
 pub mod pipeline;

@@ -214,6 +214,22 @@ impl Core {
         }
     }
 
+    /// Takes over the values a previous configuration's core read, so the new configuration
+    /// renders at once. Returns what the old core watched; once the new core has planned, the
+    /// caller unwatches what is no longer needed ([`Core::finish_adoption`]).
+    pub fn adopt(&mut self, old: Core) -> BTreeSet<Dep> {
+        let watched = old.store.deps().cloned().collect();
+        self.store.adopt_values(old.store);
+        watched
+    }
+
+    /// After the first plan of an adopted core: the old dependencies nobody needs any more.
+    pub fn finish_adoption(&mut self, old_deps: BTreeSet<Dep>) -> Vec<Dep> {
+        self.store.forget_unused();
+        let now: BTreeSet<&Dep> = self.store.deps().collect();
+        old_deps.into_iter().filter(|d| !now.contains(d)).collect()
+    }
+
     /// Every dependency watched now (for a resync).
     pub fn deps(&self) -> impl Iterator<Item = &Dep> {
         self.store.deps()
@@ -287,13 +303,23 @@ pub struct Summary {
     pub rendered: Vec<(PathBuf, Vec<u8>)>,
 }
 
+/// A new configuration for a running pipeline (config hot reload).
+pub struct Reconfigure {
+    pub core: Core,
+    pub wait: Duration,
+    pub max_wait: Duration,
+    pub resync: Duration,
+}
+
 /// The pipeline task. Returns when its input closes (shutdown), or in `once`/`render` mode
-/// when every file is settled or the deadline passed.
+/// when every file is settled or the deadline passed. A [`Reconfigure`] received on
+/// `reconfigure` replaces the files and timings without touching the ZooKeeper session.
 pub async fn run(
     mut core: Core,
     mut events: mpsc::Receiver<SourceEvent>,
     source: mpsc::UnboundedSender<Command>,
-    opts: Options,
+    mut opts: Options,
+    mut reconfigure: mpsc::UnboundedReceiver<Reconfigure>,
 ) -> Summary {
     let (reload_tx, reload_rx) = mpsc::unbounded_channel::<Vec<ReloadJob>>();
     let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<ReloadOutcome>();
@@ -304,6 +330,7 @@ pub async fn run(
     let mut last_change = Instant::now();
     let mut resync_at = next_resync(opts.resync);
     let mut input_open = true;
+    let mut adopted: Option<BTreeSet<Dep>> = None;
     // The first cycle runs at once: every file starts marked, to discover what it reads.
     let mut due = true;
     loop {
@@ -311,6 +338,12 @@ pub async fn run(
             due = false;
             cycle_start = None;
             run_cycle(&mut core, &source, &opts, &reload_tx, &mut rendered, &mut telemetry).await;
+            if let Some(old_deps) = adopted.take() {
+                let unused = core.finish_adoption(old_deps);
+                if !unused.is_empty() {
+                    let _ = source.send(Command::Unwatch(unused));
+                }
+            }
             publish(&core, &telemetry, &opts);
             if opts.mode != Mode::Run && core.all_settled() {
                 break;
@@ -355,6 +388,20 @@ pub async fn run(
                 core.mark_all_dirty();
                 due = true;
                 resync_at = next_resync(opts.resync);
+            }
+            Some(new) = reconfigure.recv() => {
+                let old = std::mem::replace(&mut core, new.core);
+                adopted = Some(core.adopt(old));
+                telemetry = telemetry.renew(core.targets().len());
+                rendered.clear();
+                opts.wait = new.wait;
+                opts.max_wait = new.max_wait;
+                if opts.resync != new.resync {
+                    opts.resync = new.resync;
+                    resync_at = next_resync(opts.resync);
+                }
+                info!(files = core.targets().len(), "new configuration in effect");
+                due = true;
             }
             Some(outcome) = outcomes.recv() => {
                 telemetry.on_reload(outcome);
@@ -605,6 +652,16 @@ impl Telemetry {
             last_write: vec![None; n],
             stale_since: vec![None; n],
             last_reload: vec![None; n],
+        }
+    }
+
+    /// A fresh per-file state for a new configuration; the connection state carries over.
+    fn renew(self, n: usize) -> Self {
+        Telemetry {
+            connection: self.connection,
+            expirations: self.expirations,
+            reconnects: self.reconnects,
+            ..Telemetry::new(n, &self.hosts)
         }
     }
 

@@ -4,15 +4,19 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::AgentError;
+use crate::hotreload;
 use crate::pipeline::{self, Core, Mode, Status, Summary};
 use crate::source;
+use crate::status::StatusReport;
 
 /// How long the pipeline may take to finish the install in progress after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -104,7 +108,7 @@ fn settled_or_error(summary: &Summary) -> Result<(), AgentError> {
     })
 }
 
-/// Runs source and pipeline until the pipeline returns.
+/// Runs source and pipeline (and, for `run`, the config reloader) until the pipeline returns.
 async fn drive(
     config: &Config,
     core: Core,
@@ -114,6 +118,8 @@ async fn drive(
 ) -> Result<Summary, AgentError> {
     let (events_tx, events_rx) = mpsc::channel(4096);
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+    let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
+    let (status_tx, _status_rx) = watch::channel(Arc::new(StatusReport::default()));
     let source_stop = shutdown.child_token();
     let opts = source::Options { connect_deadline: timeout };
     let mut source = tokio::spawn(source::run(
@@ -130,10 +136,15 @@ async fn drive(
         resync: if mode == Mode::Run { config.agent.resync } else { Duration::ZERO },
         deadline: timeout.map(|t| Instant::now() + t),
         write_parallelism: 8,
-        status: None,
+        status: Some(status_tx.clone()),
         hosts: config.zookeeper.connect_string(),
     };
-    let mut pipeline = tokio::spawn(pipeline::run(core, events_rx, commands_tx, popts));
+    let mut pipeline = tokio::spawn(pipeline::run(core, events_rx, commands_tx, popts, reconfigure_rx));
+    if mode == Mode::Run {
+        tokio::spawn(hotreload::run(config.clone(), reconfigure_tx, |_applied| {}, shutdown.child_token()));
+    } else {
+        drop(reconfigure_tx);
+    }
 
     // The source ends when cancelled or on a fatal error, dropping its sender either way; the
     // pipeline then finishes the cycle in progress and returns. In once/render mode the

@@ -63,6 +63,18 @@ impl Store {
         (added, removed)
     }
 
+    /// Takes the values of `old` (nobody depends on them yet): after a config reload the new
+    /// files render at once from what was already read, without asking ZooKeeper again.
+    pub fn adopt_values(&mut self, old: Store) {
+        self.values = old.values;
+    }
+
+    /// Drops values nobody depends on (after the first cycle of an adopted store).
+    pub fn forget_unused(&mut self) {
+        let dependents = &self.dependents;
+        self.values.retain(|dep, _| dependents.contains_key(dep));
+    }
+
     /// True when every one of `deps` has been read at least once.
     pub fn all_known(&self, deps: &BTreeSet<Dep>) -> bool {
         deps.iter().all(|d| self.values.contains_key(d))

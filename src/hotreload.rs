@@ -1,0 +1,161 @@
+//! Reloading zkrender's own configuration: on SIGHUP, or when the config file or a template
+//! file changes on disk (watched with `notify`, debounced), re-read and validate everything.
+//! Invalid: log every problem and keep running the old configuration. Valid: hand a new
+//! pipeline core to the running pipeline, which keeps the ZooKeeper session and the values
+//! already read, re-renders, and writes only what changed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{self, Config, FileSource};
+use crate::error::report;
+use crate::pipeline::{Core, Reconfigure};
+
+/// Editors save in several steps (write temp, rename, chmod); wait for the burst to end.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Why a reload was attempted, for the log.
+#[derive(Debug, Clone, Copy)]
+enum Trigger {
+    Sighup,
+    FileChanged,
+}
+
+/// Watches for SIGHUP and config/template changes until `stop`; sends each valid new
+/// configuration to the pipeline. `on_outcome` is told whether each attempt was applied.
+pub async fn run(
+    mut current: Config,
+    pipeline: mpsc::UnboundedSender<Reconfigure>,
+    on_outcome: impl Fn(bool) + Send + 'static,
+    stop: CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "cannot install a SIGHUP handler; config reload on SIGHUP is off");
+            None
+        }
+    };
+    let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+    let mut watcher = FileWatcher::new(changed_tx);
+    watcher.watch(&watched_files(&current));
+    loop {
+        let trigger = tokio::select! {
+            _ = stop.cancelled() => return,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Sighup,
+            Some(()) = changed.recv() => {
+                // Debounce: wait until no event has arrived for DEBOUNCE.
+                loop {
+                    match tokio::time::timeout(DEBOUNCE, changed.recv()).await {
+                        Ok(Some(())) => continue,
+                        _ => break,
+                    }
+                }
+                Trigger::FileChanged
+            }
+        };
+        info!(trigger = ?trigger, config = %current.path.display(), "reloading the configuration");
+        match load(&current.path) {
+            Err(message) => {
+                error!(config = %current.path.display(), error = %message, "new configuration is invalid; still running the previous one");
+                on_outcome(false);
+            }
+            Ok((config, core)) => {
+                if config.zookeeper != current.zookeeper {
+                    warn!(
+                        "[zookeeper] settings changed; they take effect at the next restart (the session is kept)"
+                    );
+                }
+                let reconf = Reconfigure {
+                    core,
+                    wait: config.agent.wait,
+                    max_wait: config.agent.max_wait,
+                    resync: config.agent.resync,
+                };
+                if pipeline.send(reconf).is_err() {
+                    return;
+                }
+                watcher.watch(&watched_files(&config));
+                current = config;
+                on_outcome(true);
+            }
+        }
+    }
+}
+
+/// Loads and compiles; the error is the full report of every problem.
+fn load(path: &Path) -> Result<(Config, Core), String> {
+    let config = config::load(path).map_err(|e| report(&e))?;
+    let core = Core::new(&config.files)
+        .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
+    Ok((config, core))
+}
+
+/// The config file and every template file.
+fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
+    let mut files = BTreeSet::from([config.path.clone()]);
+    for f in &config.files {
+        if let FileSource::Template(t) = &f.source
+            && let Some(p) = &t.path
+        {
+            files.insert(p.clone());
+        }
+    }
+    files
+}
+
+/// Watches the directories holding a set of files (editors replace files by rename, which a
+/// watch on the file itself would miss) and reports changes to those files only.
+struct FileWatcher {
+    inner: Option<notify::RecommendedWatcher>,
+    tx: mpsc::UnboundedSender<()>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl FileWatcher {
+    fn new(tx: mpsc::UnboundedSender<()>) -> Self {
+        FileWatcher { inner: None, tx, dirs: BTreeSet::new() }
+    }
+
+    /// Replaces the watched set.
+    fn watch(&mut self, files: &BTreeSet<PathBuf>) {
+        use notify::Watcher as _;
+        let files = files.clone();
+        let tx = self.tx.clone();
+        let wanted = files.clone();
+        let handler = move |res: notify::Result<notify::Event>| match res {
+            Ok(event) => {
+                if event.kind.is_access() {
+                    return;
+                }
+                if event.paths.iter().any(|p| wanted.contains(p)) {
+                    let _ = tx.send(());
+                }
+            }
+            Err(e) => debug!(error = %e, "config file watcher error"),
+        };
+        let mut watcher = match notify::recommended_watcher(handler) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the config files; reload with SIGHUP instead");
+                self.inner = None;
+                return;
+            }
+        };
+        let dirs: BTreeSet<PathBuf> =
+            files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        for dir in &dirs {
+            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                warn!(dir = %dir.display(), error = %e, "cannot watch directory for config changes");
+            }
+        }
+        self.dirs = dirs;
+        self.inner = Some(watcher);
+    }
+}
