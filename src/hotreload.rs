@@ -51,12 +51,7 @@ pub async fn run(
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Sighup,
             Some(()) = changed.recv() => {
                 // Debounce: wait until no event has arrived for DEBOUNCE.
-                loop {
-                    match tokio::time::timeout(DEBOUNCE, changed.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, changed.recv()).await {}
                 Trigger::FileChanged
             }
         };
