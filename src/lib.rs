@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod hotreload;
 pub mod model;
 pub mod notify;

@@ -21,6 +21,9 @@ pub use validate::{ConfigError, Problem};
 /// Default config path when `-c` is not given.
 pub const DEFAULT_PATH: &str = "zkrender.toml";
 
+/// Default `[agent] listen`: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9102";
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -41,6 +44,39 @@ pub struct ZkConfig {
     pub chroot: Option<ZnodePath>,
     pub session_timeout: Duration,
     pub watch: WatchMode,
+    /// `auth = { scheme = "digest", credentials_file = "..." }`: added to the session at connect.
+    pub auth: Option<ZkAuth>,
+    /// `tls = { ca = "...", cert = "...", key = "..." }`: TLS to every server.
+    pub tls: Option<ZkTls>,
+}
+
+/// `[zookeeper] auth`. The secret lives in a file, never in the config or the logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkAuth {
+    /// `digest` (the only scheme ZooKeeper clients commonly add).
+    pub scheme: String,
+    /// Resolved against the config directory; holds `user:password` (trailing newline trimmed).
+    pub credentials_file: PathBuf,
+}
+
+impl std::fmt::Debug for ZkAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Only the file is named; the secret is read at connect time and never printed.
+        f.debug_struct("ZkAuth")
+            .field("scheme", &self.scheme)
+            .field("credentials_file", &self.credentials_file)
+            .finish()
+    }
+}
+
+/// `[zookeeper] tls`: PEM files, resolved against the config directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZkTls {
+    /// CA bundle that signed the servers' certificates.
+    pub ca: PathBuf,
+    /// Client certificate and key, for servers that require client authentication.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 impl ZkConfig {
@@ -75,11 +111,19 @@ pub struct AgentConfig {
     pub max_wait: Duration,
     /// Anti-entropy period (plus up to 10% jitter); zero disables.
     pub resync: Duration,
+    /// `listen`: address of the HTTP endpoint (health, readiness, metrics, status); `None`
+    /// when disabled with `listen = ""`. Default `127.0.0.1:9102`.
+    pub listen: Option<String>,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        AgentConfig { wait: Duration::ZERO, max_wait: Duration::ZERO, resync: Duration::from_secs(600) }
+        AgentConfig {
+            wait: Duration::ZERO,
+            max_wait: Duration::ZERO,
+            resync: Duration::from_secs(600),
+            listen: Some(DEFAULT_LISTEN.to_owned()),
+        }
     }
 }
 
@@ -107,6 +151,10 @@ pub struct FileSpec {
     pub install: InstallMode,
     /// Allow replacing a non-empty file with empty contents.
     pub allow_empty: bool,
+    /// If the reload after an install fails, put the previous file back and reload again.
+    pub rollback: bool,
+    /// Environment variables the template may read with `env("NAME")`; none by default.
+    pub allow_env: Vec<String>,
     pub reload: Option<ReloadSpec>,
 }
 
@@ -161,14 +209,26 @@ pub struct ReloadSpec {
     pub retries: u32,
     /// Per attempt, for `http` and `command` (default 10 s).
     pub timeout: Duration,
+    /// Wait a random 0..splay before firing, so a fleet does not reload at once (default 0).
+    pub splay: Duration,
 }
 
 /// The kinds of reload.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ReloadAction {
-    Signal { signal: Signal, target: SignalTarget },
-    Http { url: String, method: String },
-    Command { argv: Vec<String> },
+    Signal {
+        signal: Signal,
+        target: SignalTarget,
+    },
+    Http {
+        url: String,
+        method: String,
+    },
+    Command {
+        argv: Vec<String>,
+    },
+    /// `restart = true`: restart the child (`zkrender exec` only).
+    Restart,
 }
 
 /// Who receives a reload signal.
@@ -179,6 +239,8 @@ pub enum SignalTarget {
     PidFile(PathBuf),
     /// Every process whose `/proc/PID/comm` is this name and whose parent's is not.
     Process(String),
+    /// `signal` with no pid, pid_file or process: the child of `zkrender exec`.
+    Child,
 }
 
 /// Reads, parses and validates the config file at `path`.

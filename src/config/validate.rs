@@ -391,7 +391,7 @@ impl Checker<'_> {
             None | Some(RawWatchMode::Oneshot) => WatchMode::Oneshot,
             Some(RawWatchMode::Persistent) => WatchMode::Persistent,
         };
-        ZkConfig { hosts, chroot, session_timeout, watch }
+        ZkConfig { hosts, chroot, session_timeout, watch, auth: None, tls: None }
     }
 
     /// The `host:port` entries, and the chroot suffix of a connect string if any.
@@ -457,7 +457,7 @@ impl Checker<'_> {
             }
         };
         let resync = self.duration(at, "resync", raw.resync.as_ref(), DEFAULT_RESYNC);
-        AgentConfig { wait, max_wait, resync }
+        AgentConfig { wait, max_wait, resync, listen: Some(super::DEFAULT_LISTEN.to_owned()) }
     }
 
     // --- [[file]] ---------------------------------------------------------------------
@@ -505,6 +505,8 @@ impl Checker<'_> {
             backup: raw.backup.unwrap_or(false),
             install,
             allow_empty: raw.allow_empty.unwrap_or(false),
+            rollback: false,
+            allow_env: Vec::new(),
             reload,
         })
     }
@@ -663,7 +665,7 @@ impl Checker<'_> {
         } else {
             panic!("bug: reload kind checked above");
         };
-        Some(ReloadSpec { action, retries, timeout })
+        Some(ReloadSpec { action, retries, timeout, splay: Duration::ZERO })
     }
 
     /// Reports each of `keys` that is set although `owner` is not.

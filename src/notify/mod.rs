@@ -94,6 +94,9 @@ pub async fn attempt(action: &ReloadAction, timeout: Duration) -> Result<(), Not
         ReloadAction::Signal { signal, target } => signal::send(*signal, target),
         ReloadAction::Http { url, method } => http::request(method, url, timeout).await,
         ReloadAction::Command { argv } => command::run(argv, timeout).await,
+        ReloadAction::Restart => {
+            crate::exec::request_restart(timeout).await.map_err(|reason| NotifyError::Restart { reason })
+        }
     }
 }
 
@@ -107,6 +110,7 @@ impl fmt::Display for ReloadAction {
             }
             ReloadAction::Http { url, method } => write!(f, "http {method} {url}"),
             ReloadAction::Command { argv } => write!(f, "command {}", Argv(argv)),
+            ReloadAction::Restart => write!(f, "restart of the child"),
         }
     }
 }
@@ -115,6 +119,14 @@ impl fmt::Display for ReloadAction {
 /// URL or command line) and keeps the underlying cause as its `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
+    /// `signal` without pid, pid_file or process outside `zkrender exec`, or no child running.
+    #[error(
+        "no child process to signal (a signal without pid, pid_file or process goes to the child of `zkrender exec`)"
+    )]
+    NoChild,
+    /// `restart = true` failed.
+    #[error("restarting the child: {reason}")]
+    Restart { reason: String },
     /// A configured pid of 0 or below: `kill(2)` would signal a whole process group.
     #[error("pid {pid} is not a process id")]
     InvalidPid { pid: i32 },
@@ -202,7 +214,9 @@ impl NotifyError {
     /// metric labels.
     pub fn kind(&self) -> &'static str {
         match self {
-            NotifyError::InvalidPid { .. }
+            NotifyError::Restart { .. } => "restart",
+            NotifyError::NoChild
+            | NotifyError::InvalidPid { .. }
             | NotifyError::PidFileRead { .. }
             | NotifyError::PidFileInvalid { .. }
             | NotifyError::NoSuchPid { .. }
@@ -233,6 +247,7 @@ impl fmt::Display for SignalTargetDisplay<'_> {
             SignalTarget::Pid(pid) => write!(f, "pid {pid}"),
             SignalTarget::PidFile(path) => write!(f, "pid file {}", path.display()),
             SignalTarget::Process(name) => write!(f, "process {name}"),
+            SignalTarget::Child => write!(f, "the child"),
         }
     }
 }
@@ -247,6 +262,7 @@ impl fmt::Display for Via<'_> {
             SignalTarget::Pid(_) => Ok(()),
             SignalTarget::PidFile(path) => write!(f, " (from pid file {})", path.display()),
             SignalTarget::Process(name) => write!(f, " (process {name})"),
+            SignalTarget::Child => write!(f, " (the child)"),
         }
     }
 }

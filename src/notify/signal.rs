@@ -33,6 +33,9 @@ pub(super) fn send(signal: Signal, target: &SignalTarget) -> Result<(), NotifyEr
         SignalTarget::Pid(pid) => kill_one(signal, *pid, target),
         SignalTarget::PidFile(path) => kill_one(signal, read_pid_file(path)?, target),
         SignalTarget::Process(name) => kill_masters(signal, name, target),
+        SignalTarget::Child => {
+            kill_one(signal, crate::exec::child_pid().ok_or(NotifyError::NoChild)?, target)
+        }
     }
 }
 
