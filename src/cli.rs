@@ -49,6 +49,20 @@ pub enum CommandKind {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Render every file, then run COMMAND as a child and keep the files up to date while it runs.
+    ///
+    /// For pods without a shared process namespace, and for plain VMs. A `[file.reload]` with
+    /// `signal` and no pid, pid_file or process signals the child; `restart = true` restarts it.
+    /// SIGTERM, SIGINT, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to the child; SIGHUP reloads
+    /// zkrender's own configuration. zkrender exits with the child's exit code.
+    Exec {
+        /// How long to wait for every file to be written before starting the child.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Validate the configuration and compile every template, without touching ZooKeeper.
     ///
     /// Exits 2 on any error.

@@ -52,3 +52,159 @@ pub async fn request_restart(timeout: Duration) -> Result<(), String> {
         Err(_) => Err(format!("not restarted within {timeout:?}")),
     }
 }
+
+/// Signals forwarded to the child. SIGHUP is not among them: it reloads zkrender's own
+/// configuration (send the app a signal through a file's `[file.reload]` instead).
+const FORWARDED: [(tokio::signal::unix::SignalKind, nix::sys::signal::Signal); 5] = {
+    use nix::sys::signal::Signal;
+    use tokio::signal::unix::SignalKind;
+    [
+        (SignalKind::terminate(), Signal::SIGTERM),
+        (SignalKind::interrupt(), Signal::SIGINT),
+        (SignalKind::quit(), Signal::SIGQUIT),
+        (SignalKind::user_defined1(), Signal::SIGUSR1),
+        (SignalKind::user_defined2(), Signal::SIGUSR2),
+    ]
+};
+
+/// How long a child gets to exit after SIGTERM on restart before SIGKILL.
+const RESTART_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `argv` as a child until it exits; returns the exit code zkrender should exit with
+/// (the child's, or 128 + signal). Forwards signals, serves restarts, and reaps orphans when
+/// zkrender is PID 1.
+///
+/// # Errors
+/// The child cannot be started.
+pub async fn supervise(argv: &[String]) -> std::io::Result<i32> {
+    use tokio::signal::unix::signal;
+    let mut restarts = serve_restarts();
+    let mut child = spawn(argv)?;
+    let mut forwarded = Vec::new();
+    for (kind, sig) in FORWARDED {
+        match signal(kind) {
+            Ok(stream) => forwarded.push((stream, sig)),
+            Err(e) => tracing::warn!(signal = %sig, error = %e, "cannot forward this signal to the child"),
+        }
+    }
+    if std::process::id() == 1 {
+        tokio::spawn(reap_orphans());
+    }
+    loop {
+        let next_signal = async {
+            let futs = forwarded.iter_mut().map(|(s, sig)| {
+                let sig = *sig;
+                Box::pin(async move {
+                    s.recv().await;
+                    sig
+                })
+            });
+            futures_select_all(futs).await
+        };
+        tokio::select! {
+            status = child.wait() => {
+                set_child_pid(None);
+                *RESTARTS.lock().expect("bug: restart lock poisoned") = None;
+                let status = status?;
+                let code = exit_code(status);
+                tracing::info!(code, "the child exited; zkrender exits with its code");
+                return Ok(code);
+            }
+            sig = next_signal => {
+                if let Some(pid) = child.id() {
+                    tracing::info!(signal = %sig, pid, "forwarding signal to the child");
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+                }
+            }
+            Some(done) = restarts.recv() => {
+                let result = restart(&mut child, argv).await;
+                let _ = done.send(result.map_err(|e| e.to_string()));
+            }
+        }
+    }
+}
+
+/// Waits for the first of several futures (a tiny `select_all` without the futures crate).
+async fn futures_select_all<F, T>(futs: impl Iterator<Item = std::pin::Pin<Box<F>>>) -> T
+where
+    F: Future<Output = T> + ?Sized,
+{
+    let mut futs: Vec<_> = futs.collect();
+    if futs.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(move |cx| {
+        for f in futs.iter_mut() {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                return std::task::Poll::Ready(v);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+fn spawn(argv: &[String]) -> std::io::Result<tokio::process::Child> {
+    let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("no command given"))?;
+    let child = tokio::process::Command::new(program).args(args).spawn().map_err(|e| {
+        std::io::Error::new(e.kind(), format!("starting {program}: {e}"))
+    })?;
+    set_child_pid(child.id().map(|p| p as i32));
+    tracing::info!(pid = child.id(), command = %program, "started the child");
+    Ok(child)
+}
+
+async fn restart(child: &mut tokio::process::Child, argv: &[String]) -> std::io::Result<()> {
+    if let Some(pid) = child.id() {
+        tracing::info!(pid, "restarting the child: SIGTERM");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(RESTART_GRACE, child.wait()).await.is_err() {
+            tracing::warn!(pid, grace = ?RESTART_GRACE, "the child ignored SIGTERM; SIGKILL");
+            let _ = child.kill().await;
+        }
+    }
+    *child = spawn(argv)?;
+    Ok(())
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// As PID 1, adopted orphans become our zombies. Reap those that stay zombies for a second:
+/// our own children (checks, reload commands, the app) are reaped promptly by their owners,
+/// so waiting a second never steals an exit status someone is waiting for.
+async fn reap_orphans() {
+    use std::collections::HashSet;
+    let mut seen: HashSet<i32> = HashSet::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let zombies = zombie_children();
+        for pid in &zombies {
+            if seen.contains(pid) {
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(*pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+            }
+        }
+        seen = zombies;
+    }
+}
+
+/// Pids of our zombie children, from /proc.
+fn zombie_children() -> std::collections::HashSet<i32> {
+    let me = std::process::id() as i32;
+    let mut out = std::collections::HashSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields after the last ')': state, ppid, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let mut fields = rest.split_whitespace();
+        let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else { continue };
+        if state == "Z" && ppid.parse::<i32>().ok() == Some(me) {
+            out.insert(pid);
+        }
+    }
+    out
+}

@@ -43,26 +43,34 @@ fn init_logging(cli: &Cli) {
 }
 
 fn run(cli: Cli) -> Result<(), AgentError> {
+    if let CommandKind::Exec { timeout, command } = cli.command {
+        let config = config::load(&cli.config)?;
+        let code = runtime()?.block_on(runtime::exec(config, command, timeout))?;
+        std::process::exit(code);
+    }
     let config = config::load(&cli.config)?;
     if let CommandKind::Check = cli.command {
         runtime::compile(&config)?;
         eprintln!("{}: ok ({} files)", config.path.display(), config.files.len());
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(16)
-        .enable_all()
-        .build()
-        .expect("cannot start the tokio runtime");
-    rt.block_on(async move {
+    runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         runtime::spawn_signal_handler(shutdown.clone());
         match cli.command {
             CommandKind::Run => runtime::run(config, shutdown).await,
             CommandKind::Once { timeout } => runtime::once(config, timeout, shutdown).await,
             CommandKind::Render { dest, timeout } => runtime::render(config, dest, timeout, shutdown).await,
-            CommandKind::Check => unreachable!("handled above"),
+            CommandKind::Check | CommandKind::Exec { .. } => unreachable!("handled above"),
         }
     })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .map_err(AgentError::Child)
 }

@@ -609,6 +609,12 @@ async fn notifier(
         for job in batch {
             let outcomes = outcomes.clone();
             running.spawn(async move {
+                if !job.spec.splay.is_zero() {
+                    // A random delay so that a fleet watching the same znode does not reload at once.
+                    let delay = job.spec.splay.mul_f64(rand::random::<f64>());
+                    debug!(reload = %job.spec.action, delay = ?delay, "splay: waiting before the reload");
+                    tokio::time::sleep(delay).await;
+                }
                 let started = Instant::now();
                 let result = crate::notify::reload(&job.spec).await;
                 match &result {

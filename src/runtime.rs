@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ReloadAction, SignalTarget};
 use crate::error::AgentError;
 use crate::hotreload;
 use crate::pipeline::{self, Core, Mode, Status, Summary};
@@ -34,9 +34,66 @@ pub fn compile(config: &Config) -> Result<Core, AgentError> {
 /// # Errors
 /// Template errors at start-up, or a source failure no retry fixes.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    refuse_exec_only(&config)?;
     let core = compile(&config)?;
     info!(config = %config.path.display(), files = config.files.len(), watch = ?config.zookeeper.watch, "zkrender starting");
-    drive(&config, core, Mode::Run, None, shutdown).await.map(|_| ())
+    let (status_tx, _status_rx) = watch::channel(Arc::new(StatusReport::default()));
+    drive(&config, core, Mode::Run, None, shutdown, status_tx).await.map(|_| ())
+}
+
+/// Reloads that only `exec` can carry out (signal to the child, restart) are config errors
+/// for every other command.
+fn refuse_exec_only(config: &Config) -> Result<(), AgentError> {
+    for f in &config.files {
+        if let Some(r) = &f.reload {
+            let exec_only = matches!(
+                r.action,
+                ReloadAction::Restart | ReloadAction::Signal { target: SignalTarget::Child, .. }
+            );
+            if exec_only {
+                return Err(AgentError::ExecOnly { config: config.path.clone(), dest: f.dest.clone() });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `exec`: renders every file, starts `argv` as a child, and keeps the files up to date while
+/// it runs; reloads may signal or restart the child. Returns the child's exit code.
+///
+/// # Errors
+/// Template errors; files not all written within `timeout` (the child is not started then);
+/// the child cannot be started.
+pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Result<i32, AgentError> {
+    let core = compile(&config)?;
+    info!(config = %config.path.display(), files = config.files.len(), "zkrender exec starting");
+    // In exec mode SIGTERM and friends go to the child; zkrender stops when the child exits.
+    let shutdown = CancellationToken::new();
+    let (status_tx, mut status_rx) = watch::channel(Arc::new(StatusReport::default()));
+    let agent = {
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { drive(&config, core, Mode::Run, None, shutdown, status_tx).await })
+    };
+    let ready = matches!(tokio::time::timeout(timeout, status_rx.wait_for(|r| r.ready)).await, Ok(Ok(_)));
+    if !ready {
+        let report = status_rx.borrow().clone();
+        shutdown.cancel();
+        let _ = agent.await;
+        let details: Vec<String> = report
+            .pending()
+            .map(|f| format!("  {}: {}", f.dest, f.last_error.clone().or(f.reason.clone()).unwrap_or_default()))
+            .collect();
+        return Err(AgentError::NotAllWritten { count: details.len(), total: report.files.len(), details: details.join("\n") });
+    }
+    let code = crate::exec::supervise(&argv).await.map_err(AgentError::Child)?;
+    shutdown.cancel();
+    match agent.await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(error = %crate::error::report(&e), "agent stopped with an error"),
+        Err(e) => warn!(error = %e, "agent task failed"),
+    }
+    Ok(code)
 }
 
 /// `once`: installs every file, no reloads.
@@ -45,7 +102,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
 /// [`AgentError::NotAllWritten`] naming each file not written and why.
 pub async fn once(config: Config, timeout: Duration, shutdown: CancellationToken) -> Result<(), AgentError> {
     let core = compile(&config)?;
-    let summary = drive(&config, core, Mode::Once, Some(timeout), shutdown).await?;
+    let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
+    let summary = drive(&config, core, Mode::Once, Some(timeout), shutdown, status_tx).await?;
     settled_or_error(&summary)
 }
 
@@ -72,7 +130,8 @@ pub async fn render(
         }
     }
     let core = compile(&config)?;
-    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown).await?;
+    let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
+    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx).await?;
     pipeline::print_rendered(&summary.rendered, dest.is_none()).map_err(AgentError::Stdout)?;
     settled_or_error(&summary)
 }
@@ -115,11 +174,11 @@ async fn drive(
     mode: Mode,
     timeout: Option<Duration>,
     shutdown: CancellationToken,
+    status_tx: watch::Sender<Arc<StatusReport>>,
 ) -> Result<Summary, AgentError> {
     let (events_tx, events_rx) = mpsc::channel(4096);
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
-    let (status_tx, _status_rx) = watch::channel(Arc::new(StatusReport::default()));
     let source_stop = shutdown.child_token();
     let opts = source::Options { connect_deadline: timeout };
     let mut source = tokio::spawn(source::run(
