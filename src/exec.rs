@@ -146,9 +146,10 @@ where
 
 fn spawn(argv: &[String]) -> std::io::Result<tokio::process::Child> {
     let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("no command given"))?;
-    let child = tokio::process::Command::new(program).args(args).spawn().map_err(|e| {
-        std::io::Error::new(e.kind(), format!("starting {program}: {e}"))
-    })?;
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("starting {program}: {e}")))?;
     set_child_pid(child.id().map(|p| p as i32));
     tracing::info!(pid = child.id(), command = %program, "started the child");
     Ok(child)
@@ -157,7 +158,8 @@ fn spawn(argv: &[String]) -> std::io::Result<tokio::process::Child> {
 async fn restart(child: &mut tokio::process::Child, argv: &[String]) -> std::io::Result<()> {
     if let Some(pid) = child.id() {
         tracing::info!(pid, "restarting the child: SIGTERM");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
         if tokio::time::timeout(RESTART_GRACE, child.wait()).await.is_err() {
             tracing::warn!(pid, grace = ?RESTART_GRACE, "the child ignored SIGTERM; SIGKILL");
             let _ = child.kill().await;
@@ -183,7 +185,10 @@ async fn reap_orphans() {
         let zombies = zombie_children();
         for pid in &zombies {
             if seen.contains(pid) {
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(*pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+                let _ = nix::sys::wait::waitpid(
+                    nix::unistd::Pid::from_raw(*pid),
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                );
             }
         }
         seen = zombies;

@@ -71,6 +71,9 @@ pub struct Target {
     pub status: Status,
     /// Set once the file has been written or found correct.
     pub settled_once: bool,
+    /// `rollback`: contents the application rejected (its reload failed); not installed
+    /// again until the rendering changes.
+    rejected: Option<Vec<u8>>,
 }
 
 /// One thing to do to the file system.
@@ -121,6 +124,7 @@ impl Core {
                 deps: BTreeSet::new(),
                 status: Status::Pending,
                 settled_once: false,
+                rejected: None,
             });
         }
         if !errors.is_empty() {
@@ -182,7 +186,14 @@ impl Core {
                 target.deps = deps;
             }
             match outcome {
-                Outcome::Done(contents) => plan.actions.push(Action::Install { target: id, contents }),
+                Outcome::Done(contents) => {
+                    if target.rejected.as_ref() == Some(&contents) {
+                        // Rolled back before: installing it again would only fail the same way.
+                        continue;
+                    }
+                    target.rejected = None;
+                    plan.actions.push(Action::Install { target: id, contents });
+                }
                 Outcome::Pending => {
                     if target.status != Status::Pending && !target.settled_once {
                         target.status = Status::Pending;
@@ -228,6 +239,14 @@ impl Core {
         self.store.forget_unused();
         let now: BTreeSet<&Dep> = self.store.deps().collect();
         old_deps.into_iter().filter(|d| !now.contains(d)).collect()
+    }
+
+    /// `rollback`: the application rejected `contents` (its reload failed) and the previous
+    /// file was put back. Keeps them out until the rendering changes.
+    pub fn reject(&mut self, id: TargetId, contents: Vec<u8>, reason: String) {
+        let target = &mut self.targets[id];
+        target.rejected = Some(contents);
+        target.status = Status::Failed(Failure { kind: "reload_failed", message: reason });
     }
 
     /// Every dependency watched now (for a resync).
@@ -403,7 +422,11 @@ pub async fn run(
                 info!(files = core.targets().len(), "new configuration in effect");
                 due = true;
             }
-            Some(outcome) = outcomes.recv() => {
+            Some(mut outcome) = outcomes.recv() => {
+                let rollback = std::mem::take(&mut outcome.rollback);
+                if let Some(error) = outcome.error.clone() && !rollback.is_empty() {
+                    roll_back(&mut core, rollback, &outcome.spec, &error, &reload_tx).await;
+                }
                 telemetry.on_reload(outcome);
                 publish(&core, &telemetry, &opts);
             }
@@ -486,15 +509,27 @@ async fn run_cycle(
     } else {
         let results = carry_out(core, plan.actions, opts.write_parallelism).await;
         let now = SystemTime::now();
-        for (id, changed, result) in results {
-            let failure = result.as_ref().err().map(|e| Failure { kind: e.kind(), message: e.to_string() });
+        for Installed { id, changed, result, rollback } in results {
+            let failure =
+                result.as_ref().err().map(|e| Failure { kind: e.kind(), message: crate::error::report(e) });
             core.on_result(id, &failure.clone().map_or(Ok(()), Err));
             telemetry.on_result(id, changed, failure.is_none(), now);
             if changed && let Some(reload) = &core.targets()[id].spec.reload {
                 // Identical reloads of files changed in one cycle run once.
-                match to_reload.iter_mut().find(|job| &job.spec == reload) {
-                    Some(job) => job.targets.push(id),
-                    None => to_reload.push(ReloadJob { spec: reload.clone(), targets: vec![id] }),
+                let job = match to_reload.iter_mut().position(|job| &job.spec == reload) {
+                    Some(i) => &mut to_reload[i],
+                    None => {
+                        to_reload.push(ReloadJob {
+                            spec: reload.clone(),
+                            targets: Vec::new(),
+                            rollback: Vec::new(),
+                        });
+                        to_reload.last_mut().expect("just pushed")
+                    }
+                };
+                job.targets.push(id);
+                if let Some((previous, installed)) = rollback {
+                    job.rollback.push(Rollback { id, previous, installed });
                 }
             }
         }
@@ -503,6 +538,53 @@ async fn run_cycle(
     if !to_reload.is_empty() && opts.mode == Mode::Run {
         let _ = reloads.send(to_reload);
     }
+}
+
+/// The reload after installing `rollback` files failed: put each previous file back, keep the
+/// rejected contents out until the rendering changes, and run the reload again so the
+/// application returns to the configuration it accepted.
+async fn roll_back(
+    core: &mut Core,
+    rollback: Vec<Rollback>,
+    spec: &ReloadSpec,
+    error: &str,
+    reloads: &mpsc::UnboundedSender<Vec<ReloadJob>>,
+) {
+    for Rollback { id, previous, installed } in rollback {
+        let file = core.targets()[id].spec.clone();
+        let dest = file.dest.display().to_string();
+        let Some(previous) = previous else {
+            error!(dest = %dest, error = %error, "reload failed; there was no previous file to roll back to");
+            core.reject(id, installed, format!("reload failed (no previous file to roll back to): {error}"));
+            continue;
+        };
+        let restored = tokio::task::spawn_blocking(move || {
+            // The previous file was accepted once; put it back even if it is empty.
+            let file = FileSpec { check: None, backup: false, allow_empty: true, ..file };
+            sink::install(&file, &previous)
+        })
+        .await
+        .expect("bug: rollback task panicked");
+        match restored {
+            Ok(_) => {
+                error!(dest = %dest, error = %error, "reload failed; previous file restored (rollback)");
+                core.reject(
+                    id,
+                    installed,
+                    format!("reload failed; rolled back to the previous file: {error}"),
+                );
+            }
+            Err(e) => {
+                error!(dest = %dest, error = %crate::error::report(&e), "reload failed and the previous file could not be restored");
+                core.reject(
+                    id,
+                    installed,
+                    format!("reload failed; restoring the previous file failed too: {error}"),
+                );
+            }
+        }
+    }
+    let _ = reloads.send(vec![ReloadJob { spec: spec.clone(), targets: Vec::new(), rollback: Vec::new() }]);
 }
 
 /// Logs each file whose status changed: once per cause, not once per event.
@@ -527,11 +609,17 @@ fn log_transitions(core: &Core, before: &[Status]) {
 
 /// Installs or removes files on blocking threads, a few at a time. Returns, per action,
 /// whether the file on disk changed, and the error if any.
-async fn carry_out(
-    core: &Core,
-    actions: Vec<Action>,
-    parallelism: usize,
-) -> Vec<(TargetId, bool, Result<(), WriteError>)> {
+/// What installing one file did.
+struct Installed {
+    id: TargetId,
+    /// The file on disk changed.
+    changed: bool,
+    result: Result<(), WriteError>,
+    /// For `rollback` files that changed: (previous contents if there was a file, new contents).
+    rollback: Option<(Option<Vec<u8>>, Vec<u8>)>,
+}
+
+async fn carry_out(core: &Core, actions: Vec<Action>, parallelism: usize) -> Vec<Installed> {
     let permits = Arc::new(Semaphore::new(parallelism.max(1)));
     let mut jobs = JoinSet::new();
     for action in actions {
@@ -545,24 +633,28 @@ async fn carry_out(
             let _permit = permits.acquire_owned().await.expect("bug: semaphore closed");
             let joined = tokio::task::spawn_blocking(move || match action {
                 Action::Install { contents, .. } => {
+                    // Keep what is there now, to put it back if the application rejects the new file.
+                    let previous = spec.rollback.then(|| std::fs::read(&spec.dest).ok());
                     let r = sink::install(&spec, &contents);
                     if let Ok(WriteOutcome::Written) = r {
                         info!(dest = %spec.dest.display(), bytes = contents.len(), "file written");
                     }
-                    r.map(|o| o == WriteOutcome::Written)
+                    let changed = matches!(r, Ok(WriteOutcome::Written));
+                    let rollback = if changed { previous.map(|p| (p, contents)) } else { None };
+                    (r.map(|o| o == WriteOutcome::Written), rollback)
                 }
                 Action::Remove { .. } => {
                     let r = sink::remove(&spec);
                     if let Ok(true) = r {
                         warn!(dest = %spec.dest.display(), "znode deleted; file removed (on_delete = \"remove\")");
                     }
-                    r
+                    (r, None)
                 }
             })
             .await;
             match joined {
-                Ok(Ok(changed)) => (id, changed, Ok(())),
-                Ok(Err(e)) => (id, false, Err(e)),
+                Ok((Ok(changed), rollback)) => Installed { id, changed, result: Ok(()), rollback },
+                Ok((Err(e), _)) => Installed { id, changed: false, result: Err(e), rollback: None },
                 Err(e) => panic!("bug: install task failed: {e}"),
             }
         });
@@ -571,7 +663,7 @@ async fn carry_out(
     while let Some(r) = jobs.join_next().await {
         results.push(r.expect("bug: install job panicked"));
     }
-    results.sort_by_key(|(id, _, _)| *id);
+    results.sort_by_key(|r| r.id);
     results
 }
 
@@ -580,14 +672,27 @@ async fn carry_out(
 struct ReloadJob {
     spec: ReloadSpec,
     targets: Vec<TargetId>,
+    /// `rollback` files this reload is for: what to put back if it fails.
+    rollback: Vec<Rollback>,
+}
+
+/// A `rollback` file's previous and new contents.
+#[derive(Debug, Clone)]
+struct Rollback {
+    id: TargetId,
+    /// None when there was no file before (nothing to put back).
+    previous: Option<Vec<u8>>,
+    installed: Vec<u8>,
 }
 
 /// How a reload went, reported back to the pipeline for the status.
 #[derive(Debug)]
 struct ReloadOutcome {
+    spec: ReloadSpec,
     targets: Vec<TargetId>,
     at: SystemTime,
     error: Option<String>,
+    rollback: Vec<Rollback>,
 }
 
 /// Runs reload batches one after another; batches queued meanwhile are merged, so a burst of
@@ -600,7 +705,10 @@ async fn notifier(
         while let Ok(more) = batches.try_recv() {
             for job in more {
                 match batch.iter_mut().find(|j| j.spec == job.spec) {
-                    Some(j) => j.targets.extend(job.targets),
+                    Some(j) => {
+                        j.targets.extend(job.targets);
+                        j.rollback.extend(job.rollback);
+                    }
                     None => batch.push(job),
                 }
             }
@@ -626,7 +734,13 @@ async fn notifier(
                     }
                 }
                 let error = result.err().map(|e| crate::error::report(&e));
-                let _ = outcomes.send(ReloadOutcome { targets: job.targets, at: SystemTime::now(), error });
+                let _ = outcomes.send(ReloadOutcome {
+                    spec: job.spec,
+                    targets: job.targets,
+                    at: SystemTime::now(),
+                    error,
+                    rollback: job.rollback,
+                });
             });
         }
         while running.join_next().await.is_some() {}

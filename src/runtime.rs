@@ -82,9 +82,15 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
         let _ = agent.await;
         let details: Vec<String> = report
             .pending()
-            .map(|f| format!("  {}: {}", f.dest, f.last_error.clone().or(f.reason.clone()).unwrap_or_default()))
+            .map(|f| {
+                format!("  {}: {}", f.dest, f.last_error.clone().or(f.reason.clone()).unwrap_or_default())
+            })
             .collect();
-        return Err(AgentError::NotAllWritten { count: details.len(), total: report.files.len(), details: details.join("\n") });
+        return Err(AgentError::NotAllWritten {
+            count: details.len(),
+            total: report.files.len(),
+            details: details.join("\n"),
+        });
     }
     let code = crate::exec::supervise(&argv).await.map_err(AgentError::Child)?;
     shutdown.cancel();
