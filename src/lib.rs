@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod status;
+pub mod ops;
 pub mod error;
 pub mod model;
 pub mod notify;
