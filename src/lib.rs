@@ -5,22 +5,25 @@
 //!                                              |     | SourceEvent::Update { dep, value }
 //!                                              |     v (mpsc)        ^ Command::Watch(deps)
 //!                                              +-> pipeline: store -> render -> sink -> notify
-//!                                                    (one task; owns all state; no shared locks)
+//!                                              |     (one task; owns all state; no shared locks)
+//!                                              |     | StatusReport (watch channel)
+//!                                              +-> ops: /healthz /readyz /metrics /status
 //! ```
 //!
 //! Modules are listed in pipeline order.
 
 pub mod cli;
 pub mod config;
-pub mod error;
-pub mod exec;
-pub mod hotreload;
 pub mod model;
+pub mod source;
+pub mod store;
+pub mod render;
+pub mod sink;
 pub mod notify;
 pub mod pipeline;
-pub mod render;
-pub mod runtime;
-pub mod sink;
-pub mod source;
 pub mod status;
-pub mod store;
+pub mod ops;
+pub mod hotreload;
+pub mod exec;
+pub mod runtime;
+pub mod error;
