@@ -43,12 +43,15 @@ pub enum ReloadKind {
     Signal,
     Http,
     Command,
+    /// `restart = true` under `zkrender exec`.
+    Restart,
 }
 
 impl ReloadKind {
     /// Every kind, to create their series at start (a counter that appears only after
     /// its first increment breaks `rate()` and `increase()`).
-    pub const ALL: [ReloadKind; 3] = [ReloadKind::Signal, ReloadKind::Http, ReloadKind::Command];
+    pub const ALL: [ReloadKind; 4] =
+        [ReloadKind::Signal, ReloadKind::Http, ReloadKind::Command, ReloadKind::Restart];
 
     /// The label value: `signal`, `http` or `command` (as `NotifyError::kind` spells it).
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl ReloadKind {
             ReloadKind::Signal => "signal",
             ReloadKind::Http => "http",
             ReloadKind::Command => "command",
+            ReloadKind::Restart => "restart",
         }
     }
 }
@@ -66,6 +70,7 @@ impl From<&ReloadAction> for ReloadKind {
             ReloadAction::Signal { .. } => ReloadKind::Signal,
             ReloadAction::Http { .. } => ReloadKind::Http,
             ReloadAction::Command { .. } => ReloadKind::Command,
+            ReloadAction::Restart => ReloadKind::Restart,
         }
     }
 }
