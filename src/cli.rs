@@ -63,6 +63,17 @@ pub enum CommandKind {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Show a running agent's files, their znodes and last writes, as a table.
+    ///
+    /// Asks the agent's HTTP endpoint (`[agent] listen`) for `/status`.
+    Status {
+        /// The agent's `listen` address; by default the one in the config file, else 127.0.0.1:9102.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate the configuration and compile every template, without touching ZooKeeper.
     ///
     /// Exits 2 on any error.

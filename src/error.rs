@@ -30,6 +30,8 @@ pub enum AgentError {
         .config.display(), .dest.display()
     )]
     ExecOnly { config: std::path::PathBuf, dest: std::path::PathBuf },
+    #[error(transparent)]
+    Listen(crate::ops::OpsError),
     #[error("running the child")]
     Child(#[source] std::io::Error),
     #[error("bug: a task panicked")]

@@ -43,6 +43,9 @@ fn init_logging(cli: &Cli) {
 }
 
 fn run(cli: Cli) -> Result<(), AgentError> {
+    if let CommandKind::Status { listen, json } = &cli.command {
+        return status(&cli.config, listen.as_deref(), *json);
+    }
     if let CommandKind::Exec { timeout, command } = cli.command {
         let config = config::load(&cli.config)?;
         let code = runtime()?.block_on(runtime::exec(config, command, timeout))?;
@@ -61,7 +64,9 @@ fn run(cli: Cli) -> Result<(), AgentError> {
             CommandKind::Run => runtime::run(config, shutdown).await,
             CommandKind::Once { timeout } => runtime::once(config, timeout, shutdown).await,
             CommandKind::Render { dest, timeout } => runtime::render(config, dest, timeout, shutdown).await,
-            CommandKind::Check | CommandKind::Exec { .. } => unreachable!("handled above"),
+            CommandKind::Check | CommandKind::Exec { .. } | CommandKind::Status { .. } => {
+                unreachable!("handled above")
+            }
         }
     })
 }
@@ -73,4 +78,24 @@ fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Child)
+}
+
+/// `zkrender status`: fetch `/status` from a running agent and print it.
+fn status(config_path: &std::path::Path, listen: Option<&str>, json: bool) -> Result<(), AgentError> {
+    let listen = match listen {
+        Some(l) => l.to_owned(),
+        None => config::load(config_path)
+            .ok()
+            .and_then(|c| c.agent.listen)
+            .unwrap_or_else(|| config::DEFAULT_LISTEN.to_owned()),
+    };
+    let report = runtime()?
+        .block_on(zkrender::ops::fetch_status(&listen, std::time::Duration::from_secs(5)))
+        .map_err(AgentError::Listen)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        print!("{}", zkrender::ops::render_table(&report, zkrender::ops::unix_now()));
+    }
+    Ok(())
 }

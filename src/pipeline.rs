@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{FileSource, FileSpec, OnDelete, ReloadSpec, TargetId};
 use crate::model::{Dep, Update, Value};
+use crate::ops::{ReloadKind, metrics};
 use crate::render::{RenderError, RenderOutcome, Snapshot, Template};
 use crate::sink::{self, WriteError, WriteOutcome};
 use crate::source::{Command, Connection, SourceEvent};
@@ -89,6 +90,9 @@ pub struct Plan {
     pub actions: Vec<Action>,
     pub watch: Vec<Dep>,
     pub unwatch: Vec<Dep>,
+    /// Templates rendered, and how many of those failed (for metrics).
+    pub renders: u64,
+    pub render_errors: u64,
 }
 
 /// The pure core: values, targets, and the set of targets to re-render.
@@ -168,6 +172,8 @@ impl Core {
                 Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(&self.store, dep)),
                 Producer::Template(t) => {
                     let r = t.render(&self.store);
+                    plan.renders += 1;
+                    plan.render_errors += u64::from(matches!(r.outcome, RenderOutcome::Failed(_)));
                     let outcome = match r.outcome {
                         RenderOutcome::Done(bytes) => Outcome::Done(bytes),
                         RenderOutcome::Pending => Outcome::Pending,
@@ -469,6 +475,7 @@ fn next_resync(period: Duration) -> Option<Instant> {
 fn handle_event(core: &mut Core, telemetry: &mut Telemetry, ev: SourceEvent) -> bool {
     match ev {
         SourceEvent::Update(u) => {
+            metrics().watch_events_total.inc();
             let now = Instant::now();
             for id in core.on_update(u) {
                 telemetry.changed_at[id].get_or_insert(now);
@@ -492,6 +499,8 @@ async fn run_cycle(
 ) {
     let before: Vec<Status> = core.targets().iter().map(|t| t.status.clone()).collect();
     let plan = core.plan();
+    metrics().renders_total.inc_by(plan.renders);
+    metrics().render_errors_total.inc_by(plan.render_errors);
     if !plan.unwatch.is_empty() {
         let _ = source.send(Command::Unwatch(plan.unwatch));
     }
@@ -513,6 +522,15 @@ async fn run_cycle(
             let failure =
                 result.as_ref().err().map(|e| Failure { kind: e.kind(), message: crate::error::report(e) });
             core.on_result(id, &failure.clone().map_or(Ok(()), Err));
+            if changed && let Some(since) = telemetry.changed_at[id] {
+                metrics().record_change_to_write(since.elapsed());
+            }
+            if changed {
+                metrics().files_written_total.inc();
+            }
+            if failure.as_ref().is_some_and(|f| f.kind == "check_failed") {
+                metrics().check_failures_total.inc();
+            }
             telemetry.on_result(id, changed, failure.is_none(), now);
             if changed && let Some(reload) = &core.targets()[id].spec.reload {
                 // Identical reloads of files changed in one cycle run once.
@@ -725,6 +743,11 @@ async fn notifier(
                 }
                 let started = Instant::now();
                 let result = crate::notify::reload(&job.spec).await;
+                metrics().record_reload(
+                    ReloadKind::from(&job.spec.action),
+                    result.is_ok(),
+                    started.elapsed(),
+                );
                 match &result {
                     Ok(()) => {
                         info!(reload = %job.spec.action, took = ?started.elapsed(), "application reloaded")
@@ -791,12 +814,16 @@ impl Telemetry {
             Connection::Disconnected => "disconnected",
             Connection::Expired => "expired",
         };
+        let m = metrics();
         if c == Connection::Connected && matches!(self.connection, "disconnected" | "expired") {
             self.reconnects += 1;
+            m.zk_reconnects_total.inc();
         }
         if c == Connection::Expired {
             self.expirations += 1;
+            m.zk_session_expirations_total.inc();
         }
+        m.zk_connected.set(i64::from(c == Connection::Connected));
         let changed = self.connection != state;
         self.connection = state;
         changed

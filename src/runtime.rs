@@ -5,18 +5,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{Config, ReloadAction, SignalTarget};
 use crate::error::AgentError;
 use crate::hotreload;
 use crate::pipeline::{self, Core, Mode, Status, Summary};
-use crate::source;
 use crate::status::StatusReport;
+use crate::{ops, source};
 
 /// How long the pipeline may take to finish the install in progress after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -37,8 +38,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     refuse_exec_only(&config)?;
     let core = compile(&config)?;
     info!(config = %config.path.display(), files = config.files.len(), watch = ?config.zookeeper.watch, "zkrender starting");
-    let (status_tx, _status_rx) = watch::channel(Arc::new(StatusReport::default()));
-    drive(&config, core, Mode::Run, None, shutdown, status_tx).await.map(|_| ())
+    let (status_tx, status_rx) = watch::channel(Arc::new(StatusReport::default()));
+    let alive = start_ops(&config, status_rx, shutdown.clone()).await?;
+    let result = drive(&config, core, Mode::Run, None, shutdown, status_tx).await.map(|_| ());
+    alive.store(false, Ordering::SeqCst);
+    ops::systemd::notify_stopping();
+    result
+}
+
+/// Starts the HTTP endpoint (when `listen` is set) and the systemd readiness notification.
+/// Returns the flag `/healthz` reports; set it false when the agent stops.
+///
+/// # Errors
+/// The `listen` address cannot be bound.
+async fn start_ops(
+    config: &Config,
+    status: watch::Receiver<Arc<StatusReport>>,
+    shutdown: CancellationToken,
+) -> Result<Arc<AtomicBool>, AgentError> {
+    let alive = Arc::new(AtomicBool::new(true));
+    if let Some(listen) = &config.agent.listen {
+        let listener = ops::bind(listen).await.map_err(AgentError::Listen)?;
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| listen.clone());
+        info!(listen = %addr, "serving /healthz /readyz /metrics /status");
+        let flag = alive.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ops::serve(listener, status, move || flag.load(Ordering::SeqCst), shutdown).await
+            {
+                error!(error = %e, "the HTTP endpoint stopped");
+            }
+        });
+    }
+    // systemd Type=notify: READY=1 once every file has been written (or found correct).
+    let mut status = status;
+    tokio::spawn(async move {
+        if status.wait_for(|r| r.ready).await.is_ok() {
+            info!("ready: every file is written");
+            ops::systemd::notify_ready();
+        }
+    });
+    Ok(alive)
 }
 
 /// Reloads that only `exec` can carry out (signal to the child, restart) are config errors
@@ -70,6 +110,7 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
     // In exec mode SIGTERM and friends go to the child; zkrender stops when the child exits.
     let shutdown = CancellationToken::new();
     let (status_tx, mut status_rx) = watch::channel(Arc::new(StatusReport::default()));
+    let alive = start_ops(&config, status_rx.clone(), shutdown.clone()).await?;
     let agent = {
         let config = config.clone();
         let shutdown = shutdown.clone();
@@ -93,6 +134,8 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
         });
     }
     let code = crate::exec::supervise(&argv).await.map_err(AgentError::Child)?;
+    alive.store(false, Ordering::SeqCst);
+    ops::systemd::notify_stopping();
     shutdown.cancel();
     match agent.await {
         Ok(Ok(_)) => {}
@@ -206,7 +249,11 @@ async fn drive(
     };
     let mut pipeline = tokio::spawn(pipeline::run(core, events_rx, commands_tx, popts, reconfigure_rx));
     if mode == Mode::Run {
-        tokio::spawn(hotreload::run(config.clone(), reconfigure_tx, |_applied| {}, shutdown.child_token()));
+        let on_outcome = |applied: bool| {
+            ops::metrics().record_config_reload(applied);
+            ops::systemd::notify_ready();
+        };
+        tokio::spawn(hotreload::run(config.clone(), reconfigure_tx, on_outcome, shutdown.child_token()));
     } else {
         drop(reconfigure_tx);
     }
