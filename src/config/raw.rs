@@ -36,6 +36,29 @@ pub struct RawZookeeper {
     /// Humantime duration.
     pub session_timeout: Option<Spanned<String>>,
     pub watch: Option<Spanned<RawWatchMode>>,
+    /// `auth = { scheme = "digest", credentials_file = "..." }`
+    pub auth: Option<Spanned<RawAuth>>,
+    /// `tls = { ca = "...", cert = "...", key = "..." }`
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[zookeeper] auth`: both keys required. Only the file's name is here, never the secret.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub scheme: Spanned<String>,
+    /// Relative paths resolve against the config file's directory.
+    pub credentials_file: Spanned<String>,
+}
+
+/// `[zookeeper] tls`: PEM files; relative paths resolve against the config file's directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca: Spanned<String>,
+    /// With `key`, or neither (checked in validation).
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
 }
 
 /// `[zookeeper] hosts`: either form as written.
@@ -90,6 +113,8 @@ pub struct RawAgent {
     pub wait: Option<Spanned<String>>,
     pub max_wait: Option<Spanned<String>>,
     pub resync: Option<Spanned<String>>,
+    /// A socket address, or `""` to disable the HTTP endpoint.
+    pub listen: Option<Spanned<String>>,
 }
 
 /// One `[[file]]`.
@@ -117,6 +142,9 @@ pub struct RawFile {
     pub backup: Option<bool>,
     pub install: Option<Spanned<RawInstallMode>>,
     pub allow_empty: Option<bool>,
+    pub rollback: Option<Spanned<bool>>,
+    /// Environment variable names, each with its own span.
+    pub allow_env: Option<Spanned<Vec<Spanned<String>>>>,
     pub reload: Option<Spanned<RawReload>>,
 }
 
@@ -174,7 +202,8 @@ pub enum RawInstallMode {
     InPlace,
 }
 
-/// `[file.reload]`: exactly one of `signal`, `http` or `command`, checked in validation.
+/// `[file.reload]`: exactly one of `signal`, `http`, `command` or `restart = true`, checked in
+/// validation.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReload {
@@ -188,6 +217,10 @@ pub struct RawReload {
     pub method: Option<Spanned<String>>,
     /// argv, run without a shell.
     pub command: Option<Spanned<Vec<String>>>,
+    /// Restart the child of `zkrender exec`; `false` is the same as absent.
+    pub restart: Option<Spanned<bool>>,
     pub retries: Option<Spanned<i64>>,
     pub timeout: Option<Spanned<String>>,
+    /// Humantime; a random delay of up to this before each reload.
+    pub splay: Option<Spanned<String>>,
 }

@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::fs::File;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -18,12 +20,12 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::raw::{
-    RawAgent, RawConfig, RawFile, RawHosts, RawId, RawInstallMode, RawOnDelete, RawReload, RawWatchMode,
-    RawZookeeper,
+    RawAgent, RawAuth, RawConfig, RawFile, RawHosts, RawId, RawInstallMode, RawOnDelete, RawReload, RawTls,
+    RawWatchMode, RawZookeeper,
 };
 use super::{
-    AgentConfig, Config, FileSource, FileSpec, InstallMode, OnDelete, ReloadAction, ReloadSpec, SignalTarget,
-    TemplateSpec, WatchMode, ZkConfig,
+    AgentConfig, Config, DEFAULT_LISTEN, FileSource, FileSpec, InstallMode, OnDelete, ReloadAction,
+    ReloadSpec, SignalTarget, TemplateSpec, WatchMode, ZkAuth, ZkConfig, ZkTls,
 };
 use crate::model::ZnodePath;
 
@@ -43,6 +45,8 @@ pub const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HTTP_METHOD: &str = "POST";
 /// The HTTP methods `[file.reload] method` accepts.
 pub const HTTP_METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+/// The only `[zookeeper] auth` scheme supported.
+pub const AUTH_SCHEME: &str = "digest";
 /// Longest name `/proc/PID/comm` holds (`TASK_COMM_LEN - 1`); a longer `process` never matches.
 const MAX_COMM_LEN: usize = 15;
 
@@ -133,8 +137,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates config `text` as if read from `path`.
 ///
-/// `path` is made absolute first; relative `dest`, `template` and `pid_file` paths resolve
-/// against its directory, and template files are read from disk.
+/// `path` is made absolute first; relative `dest`, `template`, `pid_file`, `credentials_file`
+/// and `tls` paths resolve against its directory. Template files are read from disk; the
+/// credentials and TLS files are only checked to be readable (they are read at connect).
 ///
 /// # Errors
 /// [`ConfigError::Syntax`] for the first TOML or shape error, [`ConfigError::Invalid`] with
@@ -391,7 +396,48 @@ impl Checker<'_> {
             None | Some(RawWatchMode::Oneshot) => WatchMode::Oneshot,
             Some(RawWatchMode::Persistent) => WatchMode::Persistent,
         };
-        ZkConfig { hosts, chroot, session_timeout, watch, auth: None, tls: None }
+        let auth = raw.auth.as_ref().and_then(|auth| self.auth(auth.get_ref()));
+        let tls = raw.tls.as_ref().and_then(|tls| self.tls(tls.get_ref()));
+        ZkConfig { hosts, chroot, session_timeout, watch, auth, tls }
+    }
+
+    /// `auth`: the credentials file must be readable now, but its secret is only read at
+    /// connect time, so it is neither kept nor shown here.
+    fn auth(&mut self, raw: &RawAuth) -> Option<ZkAuth> {
+        let at = At { section: "[zookeeper]", key_prefix: "auth." };
+        let scheme = raw.scheme.get_ref();
+        let scheme_ok = scheme == AUTH_SCHEME;
+        if !scheme_ok {
+            let message = format!("scheme {scheme:?} is not supported; the only scheme is {AUTH_SCHEME:?}");
+            self.problem(at, "scheme", raw.scheme.span(), message);
+        }
+        let credentials_file = self.readable_file(at, "credentials_file", &raw.credentials_file);
+        Some(ZkAuth { scheme: scheme_ok.then(|| scheme.clone())?, credentials_file: credentials_file? })
+    }
+
+    /// `tls`: every file named must be readable now; `cert` and `key` come together.
+    fn tls(&mut self, raw: &RawTls) -> Option<ZkTls> {
+        let at = At { section: "[zookeeper]", key_prefix: "tls." };
+        let ca = self.readable_file(at, "ca", &raw.ca);
+        let cert = raw.cert.as_ref().map(|cert| self.readable_file(at, "cert", cert));
+        let key = raw.key.as_ref().map(|key| self.readable_file(at, "key", key));
+        match (&raw.cert, &raw.key) {
+            (Some(cert), None) => {
+                self.problem(at, "cert", cert.span(), "`cert` needs `key` (the client certificate's key)");
+                return None;
+            }
+            (None, Some(key)) => {
+                self.problem(at, "key", key.span(), "`key` needs `cert` (the client certificate)");
+                return None;
+            }
+            _ => {}
+        }
+        // Outer None: not given; inner None: given but with a problem, already reported.
+        Some(ZkTls {
+            ca: ca?,
+            cert: cert.map_or(Some(None), |cert| cert.map(Some))?,
+            key: key.map_or(Some(None), |key| key.map(Some))?,
+        })
     }
 
     /// The `host:port` entries, and the chroot suffix of a connect string if any.
@@ -457,7 +503,31 @@ impl Checker<'_> {
             }
         };
         let resync = self.duration(at, "resync", raw.resync.as_ref(), DEFAULT_RESYNC);
-        AgentConfig { wait, max_wait, resync, listen: Some(super::DEFAULT_LISTEN.to_owned()) }
+        let listen = match &raw.listen {
+            None => Some(DEFAULT_LISTEN.to_owned()),
+            Some(listen) => self.listen(at, listen),
+        };
+        AgentConfig { wait, max_wait, resync, listen }
+    }
+
+    /// `listen`: `""` disables the endpoint; anything else must be an `ip:port` socket
+    /// address (no host names: the endpoint binds exactly what is written).
+    fn listen(&mut self, at: At<'_>, raw: &Spanned<String>) -> Option<String> {
+        let text = raw.get_ref();
+        if text.is_empty() {
+            return None;
+        }
+        match text.trim().parse::<SocketAddr>() {
+            Ok(_) => Some(text.trim().to_owned()),
+            Err(_) => {
+                let message = format!(
+                    "listen {text:?} is not an address such as \"127.0.0.1:9102\" or \"[::1]:9102\" \
+                     (use \"\" to disable)"
+                );
+                self.problem(at, "listen", raw.span(), message);
+                None
+            }
+        }
     }
 
     // --- [[file]] ---------------------------------------------------------------------
@@ -493,6 +563,19 @@ impl Checker<'_> {
             Some(RawInstallMode::InPlace) => InstallMode::InPlace,
         };
         let reload = raw.reload.as_ref().and_then(|reload| self.reload(at, reload));
+        let rollback = raw.rollback.as_ref().is_some_and(|rollback| {
+            // Checked against the raw table: a `[file.reload]` with problems has its own.
+            if *rollback.get_ref() && raw.reload.is_none() {
+                self.problem(
+                    at,
+                    "rollback",
+                    rollback.span(),
+                    "rollback = true needs a [file.reload]: it restores the previous file when the reload fails",
+                );
+            }
+            *rollback.get_ref()
+        });
+        let allow_env = raw.allow_env.as_ref().map(|names| self.env_names(at, names)).unwrap_or_default();
         Some(FileSpec {
             dest: dest?,
             source: source?,
@@ -505,10 +588,22 @@ impl Checker<'_> {
             backup: raw.backup.unwrap_or(false),
             install,
             allow_empty: raw.allow_empty.unwrap_or(false),
-            rollback: false,
-            allow_env: Vec::new(),
+            rollback,
+            allow_env,
             reload,
         })
+    }
+
+    /// `allow_env`: the valid names, in config order; each bad one is reported.
+    fn env_names(&mut self, at: At<'_>, raw: &Spanned<Vec<Spanned<String>>>) -> Vec<String> {
+        let mut names = Vec::with_capacity(raw.get_ref().len());
+        for name in raw.get_ref() {
+            match check_env_name(name.get_ref()) {
+                Ok(()) => names.push(name.get_ref().clone()),
+                Err(message) => self.problem(at, "allow_env", name.span(), message),
+            }
+        }
+        names
     }
 
     fn dest(&mut self, at: At<'_>, raw: &Spanned<String>) -> Option<PathBuf> {
@@ -554,6 +649,14 @@ impl Checker<'_> {
                     "prefix",
                     prefix.span(),
                     "`prefix` only applies with `template` or `inline`",
+                );
+            }
+            if let Some(allow_env) = &raw.allow_env {
+                self.problem(
+                    at,
+                    "allow_env",
+                    allow_env.span(),
+                    "`allow_env` only applies with `template` or `inline`",
                 );
             }
             return self.znode_path(at, "znode", value).map(|znode| FileSource::Raw { znode });
@@ -621,18 +724,27 @@ impl Checker<'_> {
             }),
         };
         let timeout = self.positive_duration(at, "timeout", raw.timeout.as_ref(), DEFAULT_RELOAD_TIMEOUT);
+        let splay = self.duration(at, "splay", raw.splay.as_ref(), Duration::ZERO);
 
+        // `restart = false` is the same as leaving it out.
+        let restart = raw.restart.as_ref().filter(|restart| *restart.get_ref());
         let kinds: Vec<(&str, Range<usize>)> = [
             ("signal", raw.signal.as_ref().map(Spanned::span)),
             ("http", raw.http.as_ref().map(Spanned::span)),
             ("command", raw.command.as_ref().map(Spanned::span)),
+            ("restart", restart.map(Spanned::span)),
         ]
         .into_iter()
         .filter_map(|(key, span)| span.map(|span| (key, span)))
         .collect();
         match kinds.as_slice() {
             [] => {
-                self.problem(at, "", spanned.span(), "needs one of `signal`, `http` or `command`");
+                self.problem(
+                    at,
+                    "",
+                    spanned.span(),
+                    "needs one of `signal`, `http`, `command` or `restart = true`",
+                );
                 return None;
             }
             [_] => {}
@@ -662,10 +774,12 @@ impl Checker<'_> {
             self.http(at, url, raw.method.as_ref())?
         } else if let Some(command) = &raw.command {
             ReloadAction::Command { argv: self.argv(at, "command", command)?.to_vec() }
+        } else if restart.is_some() {
+            ReloadAction::Restart
         } else {
             panic!("bug: reload kind checked above");
         };
-        Some(ReloadSpec { action, retries, timeout, splay: Duration::ZERO })
+        Some(ReloadSpec { action, retries, timeout, splay })
     }
 
     /// Reports each of `keys` that is set although `owner` is not.
@@ -720,15 +834,8 @@ impl Checker<'_> {
             targets.push(("process", process.span(), target));
         }
         let target = match targets.as_slice() {
-            [] => {
-                self.problem(
-                    at,
-                    "signal",
-                    signal.span(),
-                    "`signal` needs one of `pid_file`, `pid` or `process`",
-                );
-                return None;
-            }
+            // No target: the child of `zkrender exec`.
+            [] => SignalTarget::Child,
             [(_, _, target)] => target.clone()?,
             [(first, _, _), rest @ ..] => {
                 for (key, span, _) in rest {
@@ -817,6 +924,23 @@ impl Checker<'_> {
         value
     }
 
+    /// A file named in the config that is read later (a secret, a PEM file), resolved and
+    /// checked to be a readable regular file now. Its contents are never read here.
+    fn readable_file(&mut self, at: At<'_>, key: &str, raw: &Spanned<String>) -> Option<PathBuf> {
+        if raw.get_ref().is_empty() {
+            self.problem(at, key, raw.span(), format!("{key} is empty"));
+            return None;
+        }
+        let path = self.resolve(raw.get_ref());
+        match check_readable(&path) {
+            Ok(()) => Some(path),
+            Err(reason) => {
+                self.problem(at, key, raw.span(), format!("cannot read {key} {}: {reason}", path.display()));
+                None
+            }
+        }
+    }
+
     /// A non-empty argv whose program is not empty.
     fn argv<'r>(&mut self, at: At<'_>, key: &str, raw: &'r Spanned<Vec<String>>) -> Option<&'r [String]> {
         match raw.get_ref().first() {
@@ -854,6 +978,30 @@ fn check_host_port(entry: &str) -> Result<(), String> {
     match port.parse::<u16>() {
         Ok(port) if port > 0 => Ok(()),
         _ => Err(format!("host {entry:?}: port {port:?} is not a number between 1 and 65535")),
+    }
+}
+
+/// Whether `path` is a regular file this process can open for reading, without reading it.
+fn check_readable(path: &Path) -> Result<(), String> {
+    // A regular file only: opening a FIFO would block the load until someone writes to it.
+    let metadata = std::fs::metadata(path).map_err(|err| err.to_string())?;
+    if !metadata.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    File::open(path).map(drop).map_err(|err| err.to_string())
+}
+
+/// An `allow_env` entry must be a portable environment variable name.
+fn check_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if name.is_empty() {
+        Err("environment variable name is empty".to_owned())
+    } else if valid {
+        Ok(())
+    } else {
+        Err(format!("environment variable name {name:?} must match [A-Za-z_][A-Za-z0-9_]*"))
     }
 }
 
@@ -941,6 +1089,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("templates")).unwrap();
         std::fs::write(dir.path().join("templates/app.conf.j2"), "url = {{ znode(\"db/url\") }}\n").unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        for name in ["zk.digest", "ca.pem", "client.pem", "client.key"] {
+            std::fs::write(dir.path().join("secrets").join(name), "secret\n").unwrap();
+        }
         let path = dir.path().join("zkrender.toml");
         let text = r#"
 [zookeeper]
@@ -948,11 +1100,14 @@ hosts = ["zk1:2181", "zk2:2182"]
 chroot = "/prod"
 session_timeout = "15s"
 watch = "persistent"
+auth = { scheme = "digest", credentials_file = "secrets/zk.digest" }
+tls = { ca = "secrets/ca.pem", cert = "secrets/client.pem", key = "secrets/client.key" }
 
 [agent]
 wait = "200ms"
 max_wait = "2s"
 resync = "0s"
+listen = "0.0.0.0:9200"
 
 [[file]]
 dest = "/etc/app/flags.json"
@@ -972,10 +1127,13 @@ check_timeout = "5s"
 backup = true
 install = "in-place"
 allow_empty = true
+rollback = true
+allow_env = ["HOSTNAME", "_APP_ENV2"]
 [file.reload]
 signal = "hup"
 pid_file = "/run/app.pid"
 retries = 5
+splay = "1m 30s"
 
 [[file]]
 dest = "/etc/app/inline.conf"
@@ -1005,6 +1163,12 @@ znode = "/app/pid"
 [file.reload]
 signal = "Term"
 pid = 123
+
+[[file]]
+dest = "/etc/app/restart.conf"
+znode = "/app/restart"
+[file.reload]
+restart = true
 "#;
         let config = parse(&path, text).unwrap();
         assert_eq!(config.path, path);
@@ -1015,6 +1179,15 @@ pid = 123
                 chroot: Some(znode("/prod")),
                 session_timeout: Duration::from_secs(15),
                 watch: WatchMode::Persistent,
+                auth: Some(ZkAuth {
+                    scheme: "digest".into(),
+                    credentials_file: dir.path().join("secrets/zk.digest"),
+                }),
+                tls: Some(ZkTls {
+                    ca: dir.path().join("secrets/ca.pem"),
+                    cert: Some(dir.path().join("secrets/client.pem")),
+                    key: Some(dir.path().join("secrets/client.key")),
+                }),
             }
         );
         assert_eq!(config.zookeeper.connect_string(), "zk1:2181,zk2:2182/prod");
@@ -1023,10 +1196,11 @@ pid = 123
             AgentConfig {
                 wait: Duration::from_millis(200),
                 max_wait: Duration::from_secs(2),
-                resync: Duration::ZERO
+                resync: Duration::ZERO,
+                listen: Some("0.0.0.0:9200".into()),
             }
         );
-        assert_eq!(config.files.len(), 6);
+        assert_eq!(config.files.len(), 7);
 
         assert_eq!(
             config.files[0],
@@ -1042,6 +1216,8 @@ pid = 123
                 backup: false,
                 install: InstallMode::Atomic,
                 allow_empty: false,
+                rollback: false,
+                allow_env: Vec::new(),
                 reload: None,
             }
         );
@@ -1064,6 +1240,8 @@ pid = 123
                 backup: true,
                 install: InstallMode::InPlace,
                 allow_empty: true,
+                rollback: true,
+                allow_env: vec!["HOSTNAME".into(), "_APP_ENV2".into()],
                 reload: Some(ReloadSpec {
                     action: ReloadAction::Signal {
                         signal: Signal::SIGHUP,
@@ -1071,6 +1249,7 @@ pid = 123
                     },
                     retries: 5,
                     timeout: DEFAULT_RELOAD_TIMEOUT,
+                    splay: Duration::from_secs(90),
                 }),
             }
         );
@@ -1092,6 +1271,7 @@ pid = 123
                 },
                 retries: 3,
                 timeout: Duration::from_secs(3),
+                splay: Duration::ZERO,
             })
         );
         assert_eq!(
@@ -1102,6 +1282,7 @@ pid = 123
                 },
                 retries: 0,
                 timeout: DEFAULT_RELOAD_TIMEOUT,
+                splay: Duration::ZERO,
             })
         );
         assert_eq!(
@@ -1115,6 +1296,7 @@ pid = 123
             config.files[5].reload.as_ref().map(|r| &r.action),
             Some(&ReloadAction::Signal { signal: Signal::SIGTERM, target: SignalTarget::Pid(123) })
         );
+        assert_eq!(config.files[6].reload.as_ref().map(|r| &r.action), Some(&ReloadAction::Restart));
     }
 
     #[test]
@@ -1124,14 +1306,17 @@ pid = 123
         assert_eq!(config.zookeeper.chroot, None);
         assert_eq!(config.zookeeper.session_timeout, DEFAULT_SESSION_TIMEOUT);
         assert_eq!(config.zookeeper.watch, WatchMode::Oneshot);
+        assert_eq!((&config.zookeeper.auth, &config.zookeeper.tls), (&None, &None));
         assert_eq!(config.agent, AgentConfig::default());
+        assert_eq!(config.agent.listen.as_deref(), Some(DEFAULT_LISTEN));
         let file = &config.files[0];
         assert_eq!(file.mode, 0o644);
         assert_eq!((file.owner, file.group), (None, None));
         assert_eq!(file.on_delete, OnDelete::Keep);
         assert_eq!(file.check, None);
         assert_eq!(file.check_timeout, Duration::from_secs(30));
-        assert!(!file.backup && !file.allow_empty);
+        assert!(!file.backup && !file.allow_empty && !file.rollback);
+        assert!(file.allow_env.is_empty());
         assert_eq!(file.install, InstallMode::Atomic);
         assert_eq!(file.reload, None);
 
@@ -1144,6 +1329,7 @@ pid = 123
                 action: ReloadAction::Http { url: "https://h/r".into(), method: "POST".into() },
                 retries: 3,
                 timeout: Duration::from_secs(10),
+                splay: Duration::ZERO,
             })
         );
     }
@@ -1262,12 +1448,12 @@ pid = 123
     }
 
     #[test]
-    fn signal_needs_exactly_one_target() {
+    fn signal_takes_at_most_one_target() {
         let base = format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n[file.reload]\nsignal = \"HUP\"\n");
-        let (_, shown) = invalid(&base);
-        assert!(
-            shown.contains(":7:10: [[file]] #1 (dest = /a): key `reload.signal`: `signal` needs one of"),
-            "{shown}"
+        // No target: the child of `zkrender exec`.
+        assert_eq!(
+            ok(&base).files[0].reload.as_ref().map(|r| &r.action),
+            Some(&ReloadAction::Signal { signal: Signal::SIGHUP, target: SignalTarget::Child })
         );
         let (_, shown) = invalid(&format!("{base}pid = 1\nprocess = \"app\"\n"));
         assert!(
@@ -1563,6 +1749,301 @@ pid_file = \"/run/b.pid\"
         }
         assert_eq!(shown.lines().count(), 1 + problems.len());
         assert!(!shown.ends_with('.'));
+    }
+
+    /// Parses `text` as `DIR/zkrender.toml`, so that relative paths resolve into `dir`.
+    fn parse_in(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+        parse(&dir.join("zkrender.toml"), text)
+    }
+
+    #[test]
+    fn auth_names_the_credentials_file_and_never_its_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        std::fs::write(dir.path().join("secrets/zk.digest"), "agent:s3cret-pw\n").unwrap();
+        let config = parse_in(
+            dir.path(),
+            &format!("{ZK}auth = {{ scheme = \"digest\", credentials_file = \"secrets/zk.digest\" }}\n"),
+        )
+        .unwrap();
+        let auth = config.zookeeper.auth.as_ref().unwrap();
+        assert_eq!(auth.scheme, "digest");
+        assert_eq!(auth.credentials_file, dir.path().join("secrets/zk.digest"));
+        let debug = format!("{config:?}");
+        assert!(debug.contains(&format!("{:?}", dir.path().join("secrets/zk.digest"))), "{debug}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert_eq!(
+            format!("{auth:?}"),
+            format!("ZkAuth {{ scheme: \"digest\", credentials_file: {:?} }}", auth.credentials_file)
+        );
+
+        // The table form is the same key.
+        let config = parse_in(
+            dir.path(),
+            &format!("{ZK}[zookeeper.auth]\nscheme = \"digest\"\ncredentials_file = \"secrets/zk.digest\"\n"),
+        )
+        .unwrap();
+        assert_eq!(config.zookeeper.auth.as_ref(), Some(auth));
+    }
+
+    #[test]
+    fn bad_auth() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("zk.digest"), "agent:s3cret-pw\n").unwrap();
+        std::fs::create_dir(dir.path().join("secrets")).unwrap();
+        let err = parse_in(
+            dir.path(),
+            &format!("{ZK}auth = {{ scheme = \"sasl\", credentials_file = \"missing.digest\" }}\n"),
+        )
+        .unwrap_err();
+        let shown = err.to_string();
+        assert_eq!(err.problems().len(), 2, "{shown}");
+        assert!(
+            shown.contains(
+                "zkrender.toml:3:19: [zookeeper]: key `auth.scheme`: scheme \"sasl\" is not supported; \
+                 the only scheme is \"digest\""
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!(
+                "zkrender.toml:3:46: [zookeeper]: key `auth.credentials_file`: cannot read credentials_file {}: \
+                 No such file or directory",
+                dir.path().join("missing.digest").display()
+            )),
+            "{shown}"
+        );
+
+        // A directory is not a credentials file; an error never shows a secret.
+        let shown = parse_in(
+            dir.path(),
+            &format!("{ZK}auth = {{ scheme = \"digest\", credentials_file = \"secrets\" }}\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            shown.contains(&format!(
+                "key `auth.credentials_file`: cannot read credentials_file {}: not a regular file",
+                dir.path().join("secrets").display()
+            )),
+            "{shown}"
+        );
+        let (_, shown) = invalid(&format!("{ZK}auth = {{ scheme = \"digest\", credentials_file = \"\" }}\n"));
+        assert!(shown.contains(":3:48: [zookeeper]: key `auth.credentials_file`: credentials_file is empty"));
+
+        // Both keys are required and no other is allowed: shape errors, located.
+        let (err, shown) = invalid(&format!("{ZK}auth = {{ scheme = \"digest\" }}\n"));
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{shown}");
+        assert!(
+            shown.starts_with(&format!(
+                "{CONFIG}:3:8: [zookeeper]: key `auth`: missing field `credentials_file`"
+            )),
+            "{shown}"
+        );
+        let (_, shown) = invalid(&format!(
+            "{ZK}auth = {{ scheme = \"digest\", credentials_file = \"zk.digest\", password = \"hunter2\" }}\n"
+        ));
+        assert!(
+            shown.starts_with(&format!(
+                "{CONFIG}:3:61: [zookeeper]: key `auth.password`: unknown field `password`"
+            )),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn tls_files_resolve_and_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ca.pem", "client.pem", "client.key"] {
+            std::fs::write(dir.path().join(name), "pem").unwrap();
+        }
+        let config = parse_in(dir.path(), &format!("{ZK}tls = {{ ca = \"ca.pem\" }}\n")).unwrap();
+        assert_eq!(
+            config.zookeeper.tls,
+            Some(ZkTls { ca: dir.path().join("ca.pem"), cert: None, key: None })
+        );
+        let text = format!(
+            "{ZK}[zookeeper.tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"no.pem\"\nkey = \"no.key\"\n"
+        );
+        let err = parse_in(dir.path(), &text).unwrap_err();
+        let shown = err.to_string();
+        let found: Vec<(usize, usize, &str)> =
+            err.problems().iter().map(|p| (p.line, p.column, p.key.as_str())).collect();
+        assert_eq!(found, [(4, 6, "tls.ca"), (5, 8, "tls.cert"), (6, 7, "tls.key")], "{shown}");
+        assert!(
+            shown.contains("[zookeeper]: key `tls.ca`: cannot read ca /nonexistent/ca.pem: No such file"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!(
+                "[zookeeper]: key `tls.key`: cannot read key {}: No such file",
+                dir.path().join("no.key").display()
+            )),
+            "{shown}"
+        );
+        let (_, shown) = invalid(&format!("{ZK}tls = {{ cert = \"client.pem\" }}\n"));
+        assert!(shown.contains(":3:7: [zookeeper]: key `tls`: missing field `ca`"), "{shown}");
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ca.pem", "client.pem", "client.key"] {
+            std::fs::write(dir.path().join(name), "pem").unwrap();
+        }
+        let err = parse_in(dir.path(), &format!("{ZK}tls = {{ ca = \"ca.pem\", cert = \"client.pem\" }}\n"))
+            .unwrap_err();
+        let shown = err.to_string();
+        assert_eq!(err.problems().len(), 1, "{shown}");
+        assert!(
+            shown.contains(
+                "zkrender.toml:3:31: [zookeeper]: key `tls.cert`: `cert` needs `key` (the client certificate's key)"
+            ),
+            "{shown}"
+        );
+        let shown = parse_in(dir.path(), &format!("{ZK}tls = {{ ca = \"ca.pem\", key = \"client.key\" }}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(shown.contains(":3:30: [zookeeper]: key `tls.key`: `key` needs `cert`"), "{shown}");
+    }
+
+    #[test]
+    fn listen() {
+        let listen = |value: &str| ok(&format!("{ZK}[agent]\nlisten = {value:?}\n")).agent.listen;
+        assert_eq!(
+            ok(&format!("{ZK}[agent]\nwait = \"1s\"\n")).agent.listen.as_deref(),
+            Some(DEFAULT_LISTEN)
+        );
+        assert_eq!(listen(""), None);
+        for addr in ["127.0.0.1:9102", "0.0.0.0:9102", "[::1]:9102", "[::]:0", "10.1.2.3:0"] {
+            assert_eq!(listen(addr).as_deref(), Some(addr));
+        }
+        for bad in ["localhost:9102", "127.0.0.1", "127.0.0.1:99999", ":9102", " "] {
+            let (_, shown) = invalid(&format!("{ZK}[agent]\nlisten = {bad:?}\n"));
+            assert!(
+                shown.contains(&format!(
+                    "{CONFIG}:4:10: [agent]: key `listen`: listen {bad:?} is not an address such as"
+                )),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn rollback_needs_a_reload() {
+        let file = format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n");
+        let (err, shown) = invalid(&format!("{file}rollback = true\n"));
+        assert_eq!(err.problems().len(), 1, "{shown}");
+        assert!(
+            shown.contains(&format!(
+                "{CONFIG}:6:12: [[file]] #1 (dest = /a): key `rollback`: rollback = true needs a [file.reload]"
+            )),
+            "{shown}"
+        );
+        assert!(!ok(&format!("{file}rollback = false\n")).files[0].rollback);
+        let config = ok(&format!("{file}rollback = true\n[file.reload]\ncommand = [\"reload\"]\n"));
+        assert!(config.files[0].rollback);
+        // A reload with problems of its own is not also reported as missing.
+        let (err, shown) = invalid(&format!("{file}rollback = true\n[file.reload]\nretries = 1\n"));
+        assert_eq!(err.problems().len(), 1, "{shown}");
+        assert_eq!(err.problems()[0].key, "reload", "{shown}");
+    }
+
+    #[test]
+    fn allow_env_names() {
+        let file = format!("{ZK}[[file]]\ndest = \"/a\"\ninline = \"{{{{ env(\\\"A\\\") }}}}\"\n");
+        assert_eq!(ok(&format!("{file}allow_env = [\"A\", \"_b1\"]\n")).files[0].allow_env, ["A", "_b1"]);
+        assert!(ok(&format!("{file}allow_env = []\n")).files[0].allow_env.is_empty());
+        let (err, shown) = invalid(&format!("{file}allow_env = [\"OK\", \"1X\", \"\", \"A-B\", \"É\"]\n"));
+        let found: Vec<(usize, usize, &str)> =
+            err.problems().iter().map(|p| (p.line, p.column, p.key.as_str())).collect();
+        assert_eq!(
+            found,
+            [(6, 20, "allow_env"), (6, 26, "allow_env"), (6, 30, "allow_env"), (6, 37, "allow_env")]
+        );
+        assert!(
+            shown.contains(&format!(
+                "{CONFIG}:6:20: [[file]] #1 (dest = /a): key `allow_env`: environment variable name \"1X\" \
+                 must match [A-Za-z_][A-Za-z0-9_]*"
+            )),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                ":6:26: [[file]] #1 (dest = /a): key `allow_env`: environment variable name is empty"
+            )
+        );
+        assert!(shown.contains("key `allow_env`: environment variable name \"A-B\" must match"), "{shown}");
+        assert!(shown.contains("key `allow_env`: environment variable name \"É\" must match"), "{shown}");
+    }
+
+    #[test]
+    fn allow_env_needs_a_template() {
+        let (err, shown) =
+            invalid(&format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\nallow_env = [\"HOME\"]\n"));
+        assert_eq!(err.problems().len(), 1, "{shown}");
+        assert!(
+            shown.contains(&format!(
+                "{CONFIG}:6:13: [[file]] #1 (dest = /a): key `allow_env`: `allow_env` only applies with \
+                 `template` or `inline`"
+            )),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn splay() {
+        let reload =
+            format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n[file.reload]\ncommand = [\"r\"]\n");
+        let splay = |config: Config| config.files[0].reload.as_ref().unwrap().splay;
+        assert_eq!(splay(ok(&reload)), Duration::ZERO);
+        assert_eq!(splay(ok(&format!("{reload}splay = \"5s\"\n"))), Duration::from_secs(5));
+        assert_eq!(splay(ok(&format!("{reload}splay = \"0s\"\n"))), Duration::ZERO);
+        let (_, shown) = invalid(&format!("{reload}splay = \"soon\"\n"));
+        assert!(
+            shown.contains(&format!(
+                "{CONFIG}:8:9: [[file]] #1 (dest = /a): key `reload.splay`: invalid duration \"soon\""
+            )),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn restart_is_a_reload_kind() {
+        let file = format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n[file.reload]\n");
+        let config = ok(&format!("{file}restart = true\ntimeout = \"30s\"\n"));
+        assert_eq!(
+            config.files[0].reload,
+            Some(ReloadSpec {
+                action: ReloadAction::Restart,
+                retries: DEFAULT_RELOAD_RETRIES,
+                timeout: Duration::from_secs(30),
+                splay: Duration::ZERO,
+            })
+        );
+        // `restart = false` is the same as leaving it out.
+        let (_, shown) = invalid(&format!("{file}restart = false\n"));
+        assert!(
+            shown.contains(&format!(
+                "{CONFIG}:6:1: [[file]] #1 (dest = /a): key `reload`: needs one of `signal`, `http`, \
+                 `command` or `restart = true`"
+            )),
+            "{shown}"
+        );
+        let config = ok(&format!("{file}restart = false\nsignal = \"HUP\"\n"));
+        assert_eq!(
+            config.files[0].reload.as_ref().map(|r| &r.action),
+            Some(&ReloadAction::Signal { signal: Signal::SIGHUP, target: SignalTarget::Child })
+        );
+        let (_, shown) = invalid(&format!("{file}signal = \"HUP\"\nrestart = true\n"));
+        assert!(
+            shown.contains(&format!(
+                "{CONFIG}:8:11: [[file]] #1 (dest = /a): key `reload.restart`: `signal` and `restart` are \
+                 mutually exclusive"
+            )),
+            "{shown}"
+        );
     }
 
     #[test]
