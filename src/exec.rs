@@ -12,8 +12,11 @@ use tokio::sync::{mpsc, oneshot};
 /// The running child's pid, 0 when none.
 static CHILD_PID: AtomicI32 = AtomicI32::new(0);
 
+/// A restart request: the supervisor answers on it once the new child runs.
+pub type RestartRequest = oneshot::Sender<Result<(), String>>;
+
 /// Where restart requests go; set while a supervisor runs.
-static RESTARTS: Mutex<Option<mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>>> = Mutex::new(None);
+static RESTARTS: Mutex<Option<mpsc::UnboundedSender<RestartRequest>>> = Mutex::new(None);
 
 /// The child's pid, if a child is running.
 pub fn child_pid() -> Option<i32> {
@@ -29,7 +32,7 @@ pub fn set_child_pid(pid: Option<i32>) {
 }
 
 /// Installs the channel restart requests are sent on; returns its receiver.
-pub fn serve_restarts() -> mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>> {
+pub fn serve_restarts() -> mpsc::UnboundedReceiver<RestartRequest> {
     let (tx, rx) = mpsc::unbounded_channel();
     *RESTARTS.lock().expect("bug: restart lock poisoned") = Some(tx);
     rx

@@ -734,6 +734,8 @@ mod tests {
 
     fn spec(dest: &Path) -> FileSpec {
         FileSpec {
+            rollback: false,
+            allow_env: Vec::new(),
             dest: dest.to_owned(),
             source: FileSource::Raw { znode: ZnodePath::parse("/app/conf").unwrap() },
             mode: 0o644,

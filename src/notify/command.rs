@@ -156,6 +156,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("ran");
         let spec = ReloadSpec {
+            splay: std::time::Duration::ZERO,
             action: action(&["touch", marker.to_str().unwrap()]),
             retries: 0,
             timeout: Duration::from_secs(5),

@@ -155,7 +155,12 @@ mod tests {
     }
 
     fn spec(url: String, method: &str, retries: u32, timeout: Duration) -> ReloadSpec {
-        ReloadSpec { action: ReloadAction::Http { url, method: method.into() }, retries, timeout }
+        ReloadSpec {
+            splay: std::time::Duration::ZERO,
+            action: ReloadAction::Http { url, method: method.into() },
+            retries,
+            timeout,
+        }
     }
 
     #[tokio::test]

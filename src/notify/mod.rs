@@ -388,6 +388,7 @@ mod tests {
         // Appends a line per run, then fails: the file shows how many attempts ran.
         let script = format!("echo x >> '{}'; echo nope >&2; exit 7", count.display());
         let spec = ReloadSpec {
+            splay: std::time::Duration::ZERO,
             action: ReloadAction::Command { argv: argv(&["sh", "-c", &script]) },
             retries: 2,
             timeout: Duration::from_secs(5),
@@ -408,6 +409,7 @@ mod tests {
         // Fails the first time (creating the marker), succeeds from then on.
         let script = format!("test -e '{0}' && exit 0; touch '{0}'; exit 1", marker.display());
         let spec = ReloadSpec {
+            splay: std::time::Duration::ZERO,
             action: ReloadAction::Command { argv: argv(&["sh", "-c", &script]) },
             retries: 5,
             timeout: Duration::from_secs(5),

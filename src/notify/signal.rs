@@ -211,6 +211,7 @@ mod tests {
 
     fn hup(target: SignalTarget) -> ReloadSpec {
         ReloadSpec {
+            splay: std::time::Duration::ZERO,
             action: ReloadAction::Signal { signal: Signal::SIGHUP, target },
             retries: 0,
             timeout: Duration::from_secs(1),
