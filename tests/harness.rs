@@ -59,6 +59,8 @@ async fn ensemble_elects_a_new_leader_when_the_leader_dies() {
 
     let client = connect(zk.hosts()).await;
     set(&client, "/before", b"1").await;
+    let sid = session_hex(&client);
+    let on = zk.member_with_session(&sid).expect("the session is on some member");
 
     let t1 = Instant::now();
     zk.kill(old);
@@ -71,6 +73,12 @@ async fn ensemble_elects_a_new_leader_when_the_leader_dies() {
     // The data survived, and the ensemble takes writes again.
     assert_eq!(get(&client, "/before").await.as_deref(), Some(&b"1"[..]));
     set(&client, "/after", b"2").await;
+    // The session lives on, on a live member. (Followers drop their clients
+    // too while they elect a new leader, so it may have moved even if it was
+    // not on the old leader.)
+    let now_on = zk.member_with_session(&sid).expect("the session is on some member");
+    assert_ne!(now_on, old);
+    eprintln!("session {sid} was on member {on}, now on {now_on}");
 
     // The killed member comes back with its data, as a follower.
     let t2 = Instant::now();
@@ -151,10 +159,10 @@ fn dropping_zk_stops_its_jvms_and_removes_its_state() {
 
 #[test]
 fn agent_runs_a_program_and_stops_it() {
-    let script = r#"echo starting >&2
-        echo out
-        trap 'echo got-hup >&2' HUP
+    let script = r#"trap 'echo got-hup >&2' HUP
         trap 'echo bye >&2; exit 3' TERM
+        echo starting >&2
+        echo out
         while :; do sleep 0.02; done"#;
     let agent = Agent::start_program("sh", ["-c", script], &[]);
     assert!(agent.pid() > 0);

@@ -50,6 +50,10 @@ pub const SHARED_HOSTS_ENV: &str = "ZK_TEST_HOSTS";
 /// How long the client helpers wait for a session before panicking.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the client helpers retry an operation that failed with
+/// `ConnectionLoss` (the client is moving to another server).
+const RETRY_FOR: Duration = Duration::from_secs(20);
+
 /// Persistent znodes anyone may do anything with: what the helpers create.
 const OPEN_PERSISTENT: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
 
@@ -413,22 +417,41 @@ fn child_path(parent: &str, child: &str) -> String {
     if parent == "/" { format!("/{child}") } else { format!("{parent}/{child}") }
 }
 
+/// Runs `op` again while it fails with `ConnectionLoss` (for up to
+/// [`RETRY_FOR`]), so that the helpers ride out a server being killed under
+/// the client. Every helper operation is safe to repeat.
+async fn retry<T, F, Fut>(mut op: F) -> Result<T, ZkError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ZkError>>,
+{
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        match op().await {
+            Err(ZkError::ConnectionLoss) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Sets `path`'s data, creating the node and its missing parents (empty,
 /// persistent, open ACL) as needed.
 pub async fn set(client: &Client, path: &str, data: &[u8]) {
-    match client.set_data(path, data, None).await {
+    match retry(|| client.set_data(path, data, None)).await {
         Ok(_) => return,
         Err(ZkError::NoNode) => {}
         Err(e) => panic!("set {path}: {e}"),
     }
     if let Some(dir) = parent(path) {
-        client.mkdir(dir, &OPEN_PERSISTENT).await.unwrap_or_else(|e| panic!("create parents of {path}: {e}"));
+        mkdir(client, dir).await;
     }
-    match client.create(path, data, &OPEN_PERSISTENT).await {
+    match retry(|| client.create(path, data, &OPEN_PERSISTENT)).await {
         Ok(_) => {}
-        // Created meanwhile by someone else: set it after all.
+        // Created meanwhile (by someone else, or by a try whose reply was lost): set it after all.
         Err(ZkError::NodeExists) => {
-            client.set_data(path, data, None).await.unwrap_or_else(|e| panic!("set {path}: {e}"));
+            retry(|| client.set_data(path, data, None)).await.unwrap_or_else(|e| panic!("set {path}: {e}"));
         }
         Err(e) => panic!("create {path}: {e}"),
     }
@@ -436,12 +459,12 @@ pub async fn set(client: &Client, path: &str, data: &[u8]) {
 
 /// Creates `path` and its missing parents, all empty (a no-op when it exists).
 pub async fn mkdir(client: &Client, path: &str) {
-    client.mkdir(path, &OPEN_PERSISTENT).await.unwrap_or_else(|e| panic!("mkdir {path}: {e}"));
+    retry(|| client.mkdir(path, &OPEN_PERSISTENT)).await.unwrap_or_else(|e| panic!("mkdir {path}: {e}"));
 }
 
 /// `path`'s data, or `None` when the node does not exist.
 pub async fn get(client: &Client, path: &str) -> Option<Vec<u8>> {
-    match client.get_data(path).await {
+    match retry(|| client.get_data(path)).await {
         Ok((data, _stat)) => Some(data),
         Err(ZkError::NoNode) => None,
         Err(e) => panic!("get {path}: {e}"),
@@ -450,7 +473,7 @@ pub async fn get(client: &Client, path: &str) -> Option<Vec<u8>> {
 
 /// `path`'s children, sorted (`None` when the node does not exist).
 pub async fn ls(client: &Client, path: &str) -> Option<Vec<String>> {
-    match client.list_children(path).await {
+    match retry(|| client.list_children(path)).await {
         Ok(mut children) => {
             children.sort();
             Some(children)
@@ -461,9 +484,9 @@ pub async fn ls(client: &Client, path: &str) -> Option<Vec<String>> {
 }
 
 /// Deletes `path` (which must have no children); returns false when it did
-/// not exist.
+/// not exist (or when a server was lost just after deleting it).
 pub async fn delete(client: &Client, path: &str) -> bool {
-    match client.delete(path, None).await {
+    match retry(|| client.delete(path, None)).await {
         Ok(()) => true,
         Err(ZkError::NoNode) => false,
         Err(e) => panic!("delete {path}: {e}"),
@@ -479,7 +502,7 @@ pub async fn delete_recursive(client: &Client, path: &str) {
     while next < nodes.len() {
         let node = nodes[next].clone();
         next += 1;
-        match client.list_children(&node).await {
+        match retry(|| client.list_children(&node)).await {
             Ok(children) => {
                 nodes.extend(children.iter().map(|c| child_path(&node, c)).filter(|p| p != "/zookeeper"))
             }
@@ -488,7 +511,7 @@ pub async fn delete_recursive(client: &Client, path: &str) {
         }
     }
     for node in nodes.iter().rev().filter(|n| n.as_str() != "/") {
-        match client.delete(node, None).await {
+        match retry(|| client.delete(node, None)).await {
             Ok(()) | Err(ZkError::NoNode) => {}
             Err(e) => panic!("delete {node} (deleting {path} recursively): {e}"),
         }
