@@ -114,7 +114,7 @@ impl Core {
         for spec in files {
             let producer = match &spec.source {
                 FileSource::Raw { znode } => Producer::Raw { dep: Dep::data(znode.clone()) },
-                FileSource::Template(t) => match Template::compile(t) {
+                FileSource::Template(t) => match Template::compile_with_env(t, &spec.allow_env) {
                     Ok(t) => Producer::Template(t),
                     Err(e) => {
                         errors.push(e);
@@ -147,6 +147,14 @@ impl Core {
         let touched = self.store.apply(update);
         self.dirty.extend(touched.iter().copied());
         touched
+    }
+
+    /// Reading `dep` fails (e.g. no permission): files that depend on it and were never
+    /// written say why, instead of "pending".
+    pub fn on_read_error(&mut self, dep: &Dep, message: String) {
+        for t in self.targets.iter_mut().filter(|t| t.deps.contains(dep) && !t.settled_once) {
+            t.status = Status::Failed(Failure { kind: "zookeeper", message: message.clone() });
+        }
     }
 
     /// Marks every file for re-rendering (anti-entropy: repairs files changed on disk).
@@ -485,6 +493,10 @@ fn handle_event(core: &mut Core, telemetry: &mut Telemetry, ev: SourceEvent) -> 
         // On expiry every watch is re-established by the source and every value re-read;
         // values that did not change are dropped by the store, so nothing is rewritten.
         SourceEvent::Connection(c) => telemetry.on_connection(c),
+        SourceEvent::ReadError { dep, message } => {
+            core.on_read_error(&dep, message);
+            true
+        }
     }
 }
 

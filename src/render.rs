@@ -40,7 +40,7 @@
 //! A path without a leading `/` resolves under the file's `prefix`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use base64::Engine as _;
@@ -132,6 +132,13 @@ impl Template {
     ///
     /// [`RenderError::Template`] with the line of the syntax error.
     pub fn compile(spec: &TemplateSpec) -> Result<Template, RenderError> {
+        Self::compile_with_env(spec, &[])
+    }
+
+    /// As [`Template::compile`], and the template may read the environment variables named in
+    /// `allow_env` with `env("NAME", default=...)`. Their values are taken now, at compile time
+    /// (config load or reload), so rendering stays pure; any other name is an error.
+    pub fn compile_with_env(spec: &TemplateSpec, allow_env: &[String]) -> Result<Template, RenderError> {
         let mut env = Environment::new();
         env.set_keep_trailing_newline(true);
         env.set_undefined_behavior(UndefinedBehavior::Strict);
@@ -148,6 +155,9 @@ impl Template {
         });
         let prefix = spec.prefix.clone();
         env.add_function("exists", move |path: &str| exists(prefix.as_ref(), path));
+        let allowed: BTreeMap<String, Option<String>> =
+            allow_env.iter().map(|name| (name.clone(), std::env::var(name).ok())).collect();
+        env.add_function("env", move |name: &str, kwargs: Kwargs| env_var(&allowed, name, &kwargs));
         env.add_filter("from_json", from_json);
         env.add_filter("from_toml", from_toml);
         env.add_filter("b64encode", b64encode);
@@ -274,6 +284,22 @@ fn fail(message: String) -> minijinja::Error {
 
 fn resolve(prefix: Option<&ZnodePath>, path: &str) -> Result<ZnodePath, minijinja::Error> {
     ZnodePath::resolve(prefix, path).map_err(|err| fail(err.to_string()))
+}
+
+/// `env(name, default=...)`: an environment variable the file's `allow_env` lists.
+fn env_var(
+    allowed: &BTreeMap<String, Option<String>>,
+    name: &str,
+    kwargs: &Kwargs,
+) -> Result<JValue, minijinja::Error> {
+    let default = default_arg(kwargs)?;
+    match allowed.get(name) {
+        None => Err(fail(format!(
+            "environment variable {name} is not readable: list it in this file's allow_env"
+        ))),
+        Some(Some(value)) => Ok(JValue::from(value.as_str())),
+        Some(None) => default.ok_or_else(|| fail(format!("environment variable {name} is not set"))),
+    }
 }
 
 /// The `default=` keyword argument, if given (`default=none` counts); rejects any other.
@@ -501,6 +527,31 @@ mod tests {
             RenderOutcome::Failed(err) => err.to_string(),
             other => panic!("expected Failed, got {other:?}"),
         }
+    }
+
+    fn compile_env(text: &str, allow: &[&str]) -> Template {
+        let spec = TemplateSpec { name: "t.j2".to_owned(), path: None, text: text.to_owned(), prefix: None };
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        Template::compile_with_env(&spec, &allow).unwrap()
+    }
+
+    #[test]
+    fn env_reads_only_allowed_variables() {
+        // PATH is set in every test environment; HOME may not be, so it is not used.
+        let path = std::env::var("PATH").unwrap();
+        let t = compile_env("{{ env('PATH') }}", &["PATH"]);
+        assert_eq!(done(&t.render(&Snap::default())), path);
+        let t = compile_env("{{ env('PATH') }}", &[]);
+        assert!(failed(&t.render(&Snap::default())).contains("not readable: list it in this file's allow_env"));
+    }
+
+    #[test]
+    fn env_unset_needs_a_default() {
+        let name = "ZKRENDER_TEST_SURELY_UNSET_VAR";
+        let t = compile_env(&format!("{{{{ env('{name}') }}}}"), &[name]);
+        assert!(failed(&t.render(&Snap::default())).contains("is not set"));
+        let t = compile_env(&format!("{{{{ env('{name}', default='d') }}}}"), &[name]);
+        assert_eq!(done(&t.render(&Snap::default())), "d");
     }
 
     fn data_deps(paths: &[&str]) -> BTreeSet<Dep> {

@@ -55,6 +55,8 @@ pub enum Connection {
 pub enum SourceEvent {
     Update(Update),
     Connection(Connection),
+    /// Reading a dependency fails for a reason retrying alone may not fix (no permission).
+    ReadError { dep: Dep, message: String },
 }
 
 /// Failures that stop the source. Everything else is retried.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error};
 use zookeeper_client as zk;
 
 use super::{SourceError, SourceEvent};
@@ -197,7 +197,20 @@ async fn on_failure(ctx: &WatchCtx, dep: &Dep, failure: CallFailure, backoff: &m
         CallFailure::SessionOver => return Some(Ended::SessionOver),
         CallFailure::Retry(why) => debug!(dep = %dep, reason = %why, "read failed; retrying"),
         CallFailure::Error(err) => {
-            warn!(znode = %dep.znode, error = %err, "reading znode failed; the file keeps its last good contents; retrying")
+            let message = match err {
+                zk::Error::NoAuth => format!(
+                    "permission denied reading znode {} (its ACL does not allow this session; check [zookeeper] auth)",
+                    dep.znode
+                ),
+                other => format!("reading znode {}: {other}", dep.znode),
+            };
+            // Once per cause: the retry loop would otherwise log every backoff period.
+            if backoff.first_failure() {
+                error!(znode = %dep.znode, error = %message, "the file keeps its last good contents; retrying");
+                let _ = ctx.out.send(SourceEvent::ReadError { dep: dep.clone(), message }).await;
+            } else {
+                debug!(znode = %dep.znode, error = %message, "still failing; retrying");
+            }
         }
     }
     tokio::select! {
@@ -277,5 +290,9 @@ impl Backoff {
     }
     pub(super) fn reset(&mut self) {
         self.0 = Self::FIRST;
+    }
+    /// True before the first pause since the last reset: the first failure of a run.
+    pub(super) fn first_failure(&self) -> bool {
+        self.0 == Self::FIRST
     }
 }
