@@ -402,6 +402,10 @@ pub async fn run(
                     }
                     if connection_changed {
                         publish(&core, &telemetry, &opts);
+                        // once/render: a read error may have settled the last pending file.
+                        if opts.mode != Mode::Run && core.all_settled() {
+                            break;
+                        }
                     }
                     if core.has_dirty() {
                         let now = Instant::now();

@@ -542,7 +542,9 @@ mod tests {
         let t = compile_env("{{ env('PATH') }}", &["PATH"]);
         assert_eq!(done(&t.render(&Snap::default())), path);
         let t = compile_env("{{ env('PATH') }}", &[]);
-        assert!(failed(&t.render(&Snap::default())).contains("not readable: list it in this file's allow_env"));
+        assert!(
+            failed(&t.render(&Snap::default())).contains("not readable: list it in this file's allow_env")
+        );
     }
 
     #[test]

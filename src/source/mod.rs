@@ -56,7 +56,10 @@ pub enum SourceEvent {
     Update(Update),
     Connection(Connection),
     /// Reading a dependency fails for a reason retrying alone may not fix (no permission).
-    ReadError { dep: Dep, message: String },
+    ReadError {
+        dep: Dep,
+        message: String,
+    },
 }
 
 /// Failures that stop the source. Everything else is retried.
@@ -69,6 +72,12 @@ pub enum SourceError {
     PersistentUnsupported,
     #[error("zookeeper at {hosts}: authentication failed")]
     AuthFailed { hosts: String },
+    #[error("reading zookeeper credentials_file {}", .path.display())]
+    Credentials {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("zookeeper at {hosts}: no session within {timeout:?}")]
     ConnectTimeout { hosts: String, timeout: Duration },
 }
@@ -109,6 +118,7 @@ pub async fn run(
         let _ = out.send(SourceEvent::Connection(Connection::Connected)).await;
         let mut session =
             Session::new(client, cfg.watch, out.clone(), stop.child_token(), cfg.session_timeout);
+        session.hosts = hosts.clone();
         for dep in &deps {
             session.watch(dep.clone());
         }
@@ -136,10 +146,15 @@ async fn connect(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let connector = zk::Client::connector()
+        let mut connector = zk::Client::connector()
             .with_session_timeout(cfg.session_timeout)
             .with_connection_timeout(cfg.session_timeout.min(Duration::from_secs(5)))
             .with_fail_eagerly();
+        if let Some(auth) = &cfg.auth {
+            // Read at each attempt, so a rotated secret is picked up; never logged.
+            let secret = read_credentials(&auth.credentials_file)?;
+            connector = connector.with_auth(&auth.scheme, &secret);
+        }
         let attempt = tokio::select! {
             _ = stop.cancelled() => return Ok(None),
             r = tokio::time::timeout(cfg.session_timeout * 2, connector.connect(hosts)) => r,
@@ -174,6 +189,16 @@ async fn connect(
     }
 }
 
+/// The `credentials_file` contents without the trailing newline editors add.
+fn read_credentials(path: &std::path::Path) -> Result<Vec<u8>, SourceError> {
+    let mut bytes =
+        std::fs::read(path).map_err(|source| SourceError::Credentials { path: path.to_owned(), source })?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Ok(bytes)
+}
+
 enum SessionEnd {
     Shutdown,
     Expired,
@@ -182,6 +207,7 @@ enum SessionEnd {
 
 /// One session's watch tasks.
 struct Session {
+    hosts: String,
     client: zk::Client,
     mode: WatchMode,
     out: mpsc::Sender<SourceEvent>,
@@ -201,6 +227,7 @@ impl Session {
         session_timeout: Duration,
     ) -> Self {
         Session {
+            hosts: String::new(),
             client,
             mode,
             out,
@@ -279,7 +306,7 @@ impl Session {
                         let _ = self.out.send(SourceEvent::Connection(Connection::Connected)).await;
                     }
                     zk::SessionState::AuthFailed => {
-                        return SessionEnd::Fatal(SourceError::AuthFailed { hosts: String::new() });
+                        return SessionEnd::Fatal(SourceError::AuthFailed { hosts: self.hosts.clone() });
                     }
                     zk::SessionState::Expired | zk::SessionState::Closed => return SessionEnd::Expired,
                 },

@@ -1,0 +1,135 @@
+//! Security against a real ZooKeeper: digest authentication with ACL-protected znodes,
+//! secret files from the first byte, and templates that cannot read the environment
+//! unless allowed.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::*;
+use zookeeper_client::{Acls, CreateMode};
+
+const T: Duration = Duration::from_secs(15);
+
+/// Creates `path` readable only by the digest user `app:secret`.
+async fn create_protected(hosts: &str, path: &str, data: &[u8]) {
+    let client = connect(hosts).await;
+    client.auth("digest", b"app:secret").await.expect("adding digest auth");
+    if let Some((parent, _)) = path.rsplit_once('/')
+        && !parent.is_empty()
+    {
+        mkdir(&client, parent).await;
+    }
+    let options = CreateMode::Persistent.with_acls(Acls::creator_all());
+    client.create(path, data, &options).await.expect("creating the protected znode");
+}
+
+fn config(hosts: &str, dir: &std::path::Path, auth: &str, znode: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            r#"
+[zookeeper]
+hosts = "{hosts}"
+{auth}
+[agent]
+listen = ""
+[[file]]
+dest = "out/secret.conf"
+znode = "{znode}"
+mode = "0600"
+"#
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn digest_auth_reads_acl_protected_znodes() {
+    let zk = Zk::shared();
+    let base = unique_chroot("auth");
+    let znode = format!("{base}/db/password");
+    create_protected(zk.hosts(), &znode, b"hunter2").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("zk.digest"), "app:secret\n").unwrap();
+    let cfg = config(
+        zk.hosts(),
+        dir.path(),
+        r#"auth = { scheme = "digest", credentials_file = "zk.digest" }"#,
+        &znode,
+    );
+    let agent = Agent::start(["run", "-c", cfg.to_str().unwrap()]);
+    let dest = dir.path().join("out/secret.conf");
+    wait_for_file(&dest, b"hunter2", T);
+    let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "a secret file must keep mode 0600");
+    // The secret itself never reaches the log.
+    assert!(!agent.log().contains("app:secret"), "credentials leaked into the log:\n{}", agent.log());
+    assert_eq!(agent.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_credentials_the_agent_reports_a_permission_error() {
+    let zk = Zk::shared();
+    let base = unique_chroot("noauth");
+    let znode = format!("{base}/db/password");
+    create_protected(zk.hosts(), &znode, b"hunter2").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(zk.hosts(), dir.path(), "", &znode);
+    let agent = Agent::start(["run", "-c", cfg.to_str().unwrap()]);
+    agent.wait_for_log("permission denied reading znode", T);
+    assert!(agent.log().contains(&znode), "the error names the znode:\n{}", agent.log());
+    assert!(!dir.path().join("out/secret.conf").exists());
+    assert!(agent.is_running(), "a permission error must not stop the agent");
+
+    // `once` fails at once with the reason instead of waiting for its timeout.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zkrender"))
+        .args(["once", "-c", cfg.to_str().unwrap(), "--timeout", "20s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("permission denied reading znode"), "stderr:\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn templates_read_only_allowed_environment_variables() {
+    let zk = Zk::shared();
+    let chroot = unique_chroot("env");
+    create_chroot(zk.hosts(), &chroot).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            r#"
+[zookeeper]
+hosts = "{hosts}"
+chroot = "{chroot}"
+[agent]
+listen = ""
+[[file]]
+dest = "allowed.txt"
+inline = "{{{{ env('ZKR_TEST_REGION') }}}}"
+allow_env = ["ZKR_TEST_REGION"]
+[[file]]
+dest = "denied.txt"
+inline = "{{{{ env('ZKR_TEST_SECRET') }}}}"
+"#,
+            hosts = zk.hosts()
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zkrender"))
+        .args(["once", "-c", cfg.to_str().unwrap(), "--timeout", "10s"])
+        .env("ZKR_TEST_REGION", "eu-west-1")
+        .env("ZKR_TEST_SECRET", "top-secret")
+        .output()
+        .unwrap();
+    assert_eq!(std::fs::read(dir.path().join("allowed.txt")).unwrap(), b"eu-west-1");
+    assert!(!dir.path().join("denied.txt").exists());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ZKR_TEST_SECRET is not readable"), "stderr:\n{stderr}");
+    assert!(!stderr.contains("top-secret"));
+}
