@@ -63,17 +63,6 @@ pub enum CommandKind {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
-    /// Show a running agent's files, their znodes and last writes, as a table.
-    ///
-    /// Asks the agent's HTTP endpoint (`[agent] listen`) for `/status`.
-    Status {
-        /// The agent's `listen` address; by default the one in the config file, else 127.0.0.1:9102.
-        #[arg(long)]
-        listen: Option<String>,
-        /// Print the raw JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
     /// Validate the configuration and compile every template, without touching ZooKeeper.
     ///
     /// Exits 2 on any error.
@@ -87,6 +76,24 @@ pub enum CommandKind {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Show a running agent's files, their znodes and last writes, as a table.
+    ///
+    /// Asks the agent's HTTP endpoint (`[agent] listen`) for `/status`.
+    Status {
+        /// The agent's `listen` address; by default the one in the config file, else 127.0.0.1:9102.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions for zkrender to stdout.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the zkrender(1) man page (roff) to stdout.
+    Man,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use zkrender::cli::{Cli, CommandKind, LogFormat};
@@ -43,6 +43,18 @@ fn init_logging(cli: &Cli) {
 }
 
 fn run(cli: Cli) -> Result<(), AgentError> {
+    match &cli.command {
+        CommandKind::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "zkrender", &mut std::io::stdout());
+            return Ok(());
+        }
+        CommandKind::Man => {
+            return clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(AgentError::Stdout);
+        }
+        _ => {}
+    }
     if let CommandKind::Status { listen, json } = &cli.command {
         return status(&cli.config, listen.as_deref(), *json);
     }
@@ -64,7 +76,11 @@ fn run(cli: Cli) -> Result<(), AgentError> {
             CommandKind::Run => runtime::run(config, shutdown).await,
             CommandKind::Once { timeout } => runtime::once(config, timeout, shutdown).await,
             CommandKind::Render { dest, timeout } => runtime::render(config, dest, timeout, shutdown).await,
-            CommandKind::Check | CommandKind::Exec { .. } | CommandKind::Status { .. } => {
+            CommandKind::Check
+            | CommandKind::Exec { .. }
+            | CommandKind::Status { .. }
+            | CommandKind::Completions { .. }
+            | CommandKind::Man => {
                 unreachable!("handled above")
             }
         }
