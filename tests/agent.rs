@@ -855,3 +855,617 @@ async fn relative_dest_and_template_resolve_against_the_config_directory() {
     assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0, "once wrote into its cwd");
     assert!(agent.is_running(), "agent exited; log:\n{}", agent.log());
 }
+
+// ------------------------------------------------------------------ more of the contract
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_waits_for_a_missing_znode_within_its_timeout() {
+    let env = Env::new("once-wait").await;
+    let dest = env.path("late");
+    let config = env.config("", "", &format!("[[file]]\ndest = {}\nznode = \"/app/late\"\n", q(&dest)));
+    let child = Command::new(env!("CARGO_BIN_EXE_zkrender"))
+        .args([
+            OsStr::new("once"),
+            OsStr::new("-c"),
+            config.as_os_str(),
+            OsStr::new("--timeout"),
+            OsStr::new("10s"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    env.set("/app/late", b"arrived").await;
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "once failed ({}): {}", out.status, text(&out.stderr));
+    assert_eq!(fs::read(&dest).unwrap(), b"arrived");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removed_file_reloads_and_on_delete_works_in_persistent_mode() {
+    let env = Env::new("remove-reload").await;
+    env.set("/app/x", b"x1").await;
+    let (dest, counter) = (env.path("x"), env.path("reloads"));
+    let config = env.config(
+        "watch = \"persistent\"",
+        "",
+        &format!(
+            "[[file]]\ndest = {}\nznode = \"/app/x\"\non_delete = \"remove\"\n{}",
+            q(&dest),
+            counting_reload(&counter)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"x1", WAIT);
+    wait_until(|| line_count(&counter) == 1, WAIT, "the first reload");
+    env.delete("/app/x").await;
+    wait_for_no_file(&dest, WAIT);
+    wait_until(|| line_count(&counter) == 2, WAIT, "the reload after the removal");
+    env.set("/app/x", b"x2").await;
+    wait_for_file(&dest, b"x2", WAIT);
+    wait_until(|| line_count(&counter) == 3, WAIT, "the reload after the re-creation");
+    assert!(agent.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exists_and_branches_follow_znodes_appearing() {
+    let env = Env::new("exists").await;
+    env.set("/app/mode", b"a").await;
+    env.set("/app/a", b"A1").await;
+    env.set("/app/b", b"B1").await;
+    let dest = env.path("out");
+    let config = env.config(
+        "",
+        "",
+        &format!(
+            "[[file]]\ndest = {}\nprefix = \"/app\"\ninline = '''{{% if exists(\"flag\") %}}flag {{% endif %}}{{% if znode(\"mode\") == \"a\" %}}{{{{ znode(\"a\") }}}}{{% else %}}{{{{ znode(\"b\") }}}}{{% endif %}}'''\n",
+            q(&dest)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"A1", WAIT);
+    env.set("/app/flag", b"").await;
+    wait_for_file(&dest, b"flag A1", WAIT);
+    env.set("/app/mode", b"b").await;
+    wait_for_file(&dest, b"flag B1", WAIT);
+    env.set("/app/b", b"B2").await;
+    wait_for_file(&dest, b"flag B2", WAIT);
+    env.delete("/app/flag").await;
+    wait_for_file(&dest, b"B2", WAIT);
+    env.set("/app/mode", b"a").await;
+    env.set("/app/a", b"A2").await;
+    wait_for_file(&dest, b"A2", WAIT);
+    assert!(agent.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chroot_in_the_connect_string_and_hosts_array() {
+    let env = Env::new("hosts").await;
+    env.set("/app/x", b"via connect string").await;
+    let (a, b) = (env.path("a"), env.path("b"));
+    let toml = format!(
+        "[zookeeper]\nhosts = \"{}{}\"\n\n[agent]\nlisten = \"\"\n\n[[file]]\ndest = {}\nznode = \"/app/x\"\n",
+        zk().hosts(),
+        env.chroot,
+        q(&a)
+    );
+    let cfg_a = write_config(&env.path(""), &toml);
+    let agent = run_agent(&cfg_a);
+    wait_for_file(&a, b"via connect string", WAIT);
+    agent.stop();
+    let dir_b = env.path("b-dir");
+    fs::create_dir(&dir_b).unwrap();
+    let toml = format!(
+        "[zookeeper]\nhosts = [{:?}]\nchroot = {:?}\n\n[agent]\nlisten = \"\"\n\n[[file]]\ndest = {}\nznode = \"/app/x\"\n",
+        zk().hosts(),
+        env.chroot,
+        q(&b)
+    );
+    let cfg_b = write_config(&dir_b, &toml);
+    let agent = run_agent(&cfg_b);
+    wait_for_file(&b, b"via connect string", WAIT);
+    assert!(agent.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quiescence_batches_a_burst_into_one_write() {
+    let env = Env::new("wait").await;
+    env.set("/app/x", b"0").await;
+    let dest = env.path("x");
+    let config = env.config(
+        "",
+        "wait = \"400ms\"\nmax_wait = \"5s\"",
+        &format!("[[file]]\ndest = {}\nznode = \"/app/x\"\n", q(&dest)),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"0", WAIT);
+    agent.wait_for_log("file written", WAIT); // logged just after the install
+    let before = log_lines(&agent, "file written").len();
+    for i in 1..=20 {
+        env.set("/app/x", format!("{i}").as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for_file(&dest, b"20", WAIT);
+    std::thread::sleep(QUIET);
+    assert_eq!(log_lines(&agent, "file written").len(), before + 1, "log:\n{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_file_placeholder_inside_an_argument() {
+    let env = Env::new("check-arg").await;
+    env.set("/app/x", b"hello").await;
+    let dest = env.path("x");
+    let config = env.config(
+        "",
+        "",
+        &format!(
+            "[[file]]\ndest = {}\nznode = \"/app/x\"\ncheck = [\"sh\", \"-c\", '[ \"$2\" = \"--file=$1\" ] && [ \"$(cat \"$1\")\" = hello ]', \"sh\", \"{{file}}\", \"--file={{file}}\"]\n",
+            q(&dest)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"hello", WAIT);
+    assert!(agent.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_rendering_empty_is_guarded() {
+    let env = Env::new("empty-tpl").await;
+    env.set("/app/x", b"text").await;
+    let dest = env.path("x");
+    let config = env.config(
+        "",
+        "",
+        &format!("[[file]]\ndest = {}\ninline = '{{{{ znode(\"/app/x\") }}}}'\n", q(&dest)),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"text", WAIT);
+    env.set("/app/x", b"").await;
+    agent.wait_for_log("refusing to replace", WAIT);
+    assert_eq!(fs::read(&dest).unwrap(), b"text");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_exits_zero() {
+    let env = Env::new("sigint").await;
+    env.set("/app/x", b"x").await;
+    let dest = env.path("x");
+    let config = env.config("", "", &format!("[[file]]\ndest = {}\nznode = \"/app/x\"\n", q(&dest)));
+    let agent = run_agent(&config);
+    agent.wait_for_log("ready: every file is written", WAIT);
+    agent.signal(nix::sys::signal::Signal::SIGINT);
+    let status = agent.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "log:\n{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn render_with_a_missing_znode_fails() {
+    let env = Env::new("render-missing").await;
+    let config = env.config("", "", "[[file]]\ndest = \"out\"\nznode = \"/app/none\"\n");
+    let out = zkrender_in(
+        env.dir.path(),
+        &[
+            OsStr::new("render"),
+            OsStr::new("-c"),
+            config.as_os_str(),
+            OsStr::new("--timeout"),
+            OsStr::new("1s"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("/app/none"), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_children_parent_and_back() {
+    let env = Env::new("parent").await;
+    env.set("/app/list/a", b"1").await;
+    let dest = env.path("x");
+    let config = env.config(
+        "",
+        "",
+        &format!(
+            "[[file]]\ndest = {}\ninline = 'list={{{{ children(\"/app/list\") | join(\",\") }}}}'\n",
+            q(&dest)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"list=a", WAIT);
+    env.delete("/app/list/a").await;
+    wait_for_file(&dest, b"list=", WAIT);
+    env.delete("/app/list").await;
+    agent.wait_for_log("file not updated", WAIT);
+    assert!(log_lines(&agent, "file not updated").iter().any(|l| l.contains("/app/list")), "{}", agent.log());
+    assert_eq!(fs::read(&dest).unwrap(), b"list=");
+    env.set("/app/list/b", b"2").await;
+    wait_for_file(&dest, b"list=b", WAIT);
+}
+
+async fn burst_of_everything(mode: &str) {
+    let env = Env::new(&format!("burst-all-{mode}")).await;
+    env.set("/app/x", b"x0").await;
+    common::mkdir(&env.client, "/app/kids").await;
+    let (raw, list) = (env.path("raw"), env.path("list"));
+    let config = env.config(
+        &format!("watch = {mode:?}"),
+        "",
+        &format!(
+            "[[file]]\ndest = {}\nznode = \"/app/x\"\n\n[[file]]\ndest = {}\ninline = 'n={{{{ children(\"/app/kids\") | length }}}}'\n",
+            q(&raw), q(&list)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&raw, b"x0", WAIT);
+    wait_for_file(&list, b"n=0", WAIT);
+    for i in 0..30 {
+        assert!(common::delete(&env.client, "/app/x").await);
+        env.set("/app/x", format!("x{}", i + 1).as_bytes()).await;
+    }
+    for i in 0..200 {
+        env.set(&format!("/app/kids/k{i:03}"), b"").await;
+    }
+    wait_for_file(&raw, b"x30", WAIT);
+    wait_for_file(&list, b"n=200", WAIT);
+    for i in 0..150 {
+        assert!(common::delete(&env.client, &format!("/app/kids/k{i:03}")).await);
+    }
+    wait_for_file(&list, b"n=50", WAIT);
+    for i in 0..500 {
+        env.client.set_data("/app/x", format!("y{i}").as_bytes(), None).await.unwrap();
+    }
+    wait_for_file(&raw, b"y499", WAIT);
+    assert!(agent.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bursts_converge_oneshot() {
+    burst_of_everything("oneshot").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bursts_converge_persistent() {
+    burst_of_everything("persistent").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_timeout_kills_and_keeps_the_old_file() {
+    let env = Env::new("check-timeout").await;
+    env.set("/app/x", b"fast").await;
+    let dest = env.path("x");
+    let config = env.config(
+        "",
+        "",
+        &format!(
+            "[[file]]\ndest = {}\nznode = \"/app/x\"\ncheck_timeout = \"500ms\"\ncheck = [\"sh\", \"-c\", 'grep -q slow \"$1\" && sleep 30; exit 0', \"sh\", \"{{file}}\"]\n",
+            q(&dest)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"fast", WAIT);
+    let t = Instant::now();
+    env.set("/app/x", b"slow").await;
+    agent.wait_for_log("file not updated", WAIT);
+    eprintln!("check timeout noticed after {:?}: {:?}", t.elapsed(), log_lines(&agent, "file not updated"));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(fs::read(&dest).unwrap(), b"fast");
+    env.set("/app/x", b"fast again").await;
+    wait_for_file(&dest, b"fast again", WAIT);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_and_in_place() {
+    let env = Env::new("backup").await;
+    env.set("/app/x", b"one").await;
+    let (bak, inplace) = (env.path("bak"), env.path("inplace"));
+    let config = env.config(
+        "",
+        "",
+        &format!(
+            "[[file]]\ndest = {}\nznode = \"/app/x\"\nbackup = true\n\n[[file]]\ndest = {}\nznode = \"/app/x\"\ninstall = \"in-place\"\nmode = \"0600\"\n",
+            q(&bak), q(&inplace)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&bak, b"one", WAIT);
+    wait_for_file(&inplace, b"one", WAIT);
+    let ino = fs::metadata(&inplace).unwrap().ino();
+    env.set("/app/x", b"two!").await;
+    wait_for_file(&bak, b"two!", WAIT);
+    wait_for_file(&inplace, b"two!", WAIT);
+    assert_eq!(fs::read(env.path("bak.bak")).unwrap(), b"one");
+    assert_eq!(fs::metadata(&inplace).unwrap().ino(), ino);
+    assert_eq!(mode_of(&inplace), 0o600);
+    env.set("/app/x", b"3").await;
+    wait_for_file(&inplace, b"3", WAIT);
+    wait_for_file(&bak, b"3", WAIT);
+    assert_eq!(fs::read(env.path("bak.bak")).unwrap(), b"two!");
+    assert!(agent.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_leaves_correct_files_alone_and_fixes_mode() {
+    let env = Env::new("once-correct").await;
+    env.set("/app/x", b"same").await;
+    let dest = env.path("x");
+    fs::write(&dest, b"same").unwrap();
+    let before = identity(&dest);
+    let config = env.config("", "", &format!("[[file]]\ndest = {}\nznode = \"/app/x\"\n", q(&dest)));
+    let out = zkrender_in(env.dir.path(), &[OsStr::new("once"), OsStr::new("-c"), config.as_os_str()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(identity(&dest), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resync_of_correct_files_neither_rewrites_nor_reloads() {
+    let env = Env::new("resync-quiet").await;
+    env.set("/app/x", b"x").await;
+    env.set("/app/t", b"t").await;
+    let (raw, tpl, counter) = (env.path("x"), env.path("t"), env.path("reloads"));
+    let config = env.config(
+        "",
+        "resync = \"300ms\"",
+        &format!(
+            "[[file]]\ndest = {}\nznode = \"/app/x\"\n{}\n[[file]]\ndest = {}\ninline = 't={{{{ znode(\"/app/t\") }}}}'\n{}",
+            q(&raw),
+            counting_reload(&counter),
+            q(&tpl),
+            counting_reload(&counter)
+        ),
+    );
+    let agent = Agent::start_with_env(
+        [OsStr::new("run"), OsStr::new("-c"), config.as_os_str()],
+        &[("RUST_LOG", "zkrender=debug")],
+    );
+    wait_for_file(&raw, b"x", WAIT);
+    wait_for_file(&tpl, b"t=t", WAIT);
+    wait_until(|| line_count(&counter) >= 1, WAIT, "the start-up reload");
+    std::thread::sleep(QUIET);
+    let reloads = line_count(&counter);
+    let (raw_id, tpl_id) = (identity(&raw), identity(&tpl));
+
+    const RESYNC: &str = "resync: re-reading every dependency and checking every file";
+    let resyncs = log_lines(&agent, RESYNC).len();
+    agent.wait_for_log_count(RESYNC, resyncs + 3, WAIT);
+    std::thread::sleep(Duration::from_millis(200)); // the last resync's reads and cycle
+    assert_eq!(identity(&raw), raw_id, "resync rewrote a correct raw file");
+    assert_eq!(identity(&tpl), tpl_id, "resync rewrote a correct template file");
+    assert_eq!(line_count(&counter), reloads, "resync fired reloads; log:\n{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_znode_and_no_file_yet_writes_an_empty_file() {
+    let env = Env::new("empty-new").await;
+    env.set("/app/x", b"").await;
+    let dest = env.path("x");
+    let config = env.config("", "", &format!("[[file]]\ndest = {}\nznode = \"/app/x\"\n", q(&dest)));
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"", WAIT);
+    agent.wait_for_log("ready: every file is written", WAIT);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_files_depending_on_a_changed_znode_are_rewritten() {
+    let env = Env::new("dependents").await;
+    env.set("/app/a", b"a").await;
+    env.set("/app/b", b"b").await;
+    let (a, b) = (env.path("a"), env.path("b"));
+    let config = env.config(
+        "",
+        "",
+        &format!(
+            "[[file]]\ndest = {}\ninline = 'a={{{{ znode(\"/app/a\") }}}}'\n\n\
+             [[file]]\ndest = {}\ninline = 'b={{{{ znode(\"/app/b\") }}}}'\n",
+            q(&a),
+            q(&b)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&a, b"a=a", WAIT);
+    wait_for_file(&b, b"b=b", WAIT);
+    let b_id = identity(&b);
+    for v in ["a2", "a3", "a4"] {
+        env.set("/app/a", v.as_bytes()).await;
+        wait_for_file(&a, format!("a={v}").as_bytes(), WAIT);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(identity(&b), b_id);
+    let b_writes = log_lines(&agent, "file written")
+        .iter()
+        .filter(|l| l.contains(&format!("dest={} ", b.display())))
+        .count();
+    assert_eq!(b_writes, 1, "log:\n{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_reading_non_utf8_data_fails_naming_the_znode_until_fixed() {
+    let env = Env::new("nonutf8").await;
+    env.set("/app/x", &[0xff, 0xfe]).await;
+    let dest = env.path("x");
+    let config = env.config(
+        "",
+        "",
+        &format!("[[file]]\ndest = {}\ninline = 'v={{{{ znode(\"/app/x\") }}}}'\n", q(&dest)),
+    );
+    let agent = run_agent(&config);
+    agent.wait_for_log("file not updated", WAIT);
+    let errors = log_lines(&agent, "file not updated");
+    assert!(errors.iter().any(|l| l.contains("/app/x") && l.contains("UTF-8")), "{errors:#?}");
+    assert!(!dest.exists());
+    env.set("/app/x", "é".as_bytes()).await;
+    wait_for_file(&dest, "v=é".as_bytes(), WAIT);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_install_in_progress_then_exits_zero() {
+    let env = Env::new("sigterm-install").await;
+    env.set("/app/x", b"old").await;
+    let (dest, marker) = (env.path("x"), env.path("check-started"));
+    // The check of "new" announces itself, then takes 1.5 s.
+    let config = env.config(
+        "",
+        "",
+        &format!(
+            "[[file]]\ndest = {}\nznode = \"/app/x\"\n\
+             check = [\"sh\", \"-c\", 'if grep -q new \"$1\"; then touch \"$2\"; sleep 1.5; fi', \"sh\", \"{{file}}\", {}]\n",
+            q(&dest),
+            q(&marker)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"old", WAIT);
+    env.set("/app/x", b"new").await;
+    wait_until(|| marker.exists(), WAIT, "the check of the new value to start");
+    let t = Instant::now();
+    let status = agent.stop();
+    assert_eq!(status.code(), Some(0), "exit after SIGTERM: {status}; log:\n{}", agent.log());
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "exited after {:?}, before the check ended",
+        t.elapsed()
+    );
+    assert_eq!(
+        fs::read(&dest).unwrap(),
+        b"new",
+        "the install in progress was not finished; log:\n{}",
+        agent.log()
+    );
+}
+
+/// True while process `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+/// The temporary files zkrender left in `dir` (`.NAME.zkrender.RANDOM`).
+fn temp_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".zkrender."))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sigterm_exits_at_once_leaving_no_check_process_or_temp_file() {
+    let env = Env::new("sigterm-twice").await;
+    env.set("/app/x", b"old").await;
+    let (dest, marker) = (env.path("x"), env.path("check-pid"));
+    // The check of "new" writes its pid (it leads its own process group), then hangs.
+    let config = env.config(
+        "",
+        "",
+        &format!(
+            "[[file]]\ndest = {}\nznode = \"/app/x\"\ncheck_timeout = \"60s\"\n\
+             check = [\"sh\", \"-c\", 'if grep -q new \"$1\"; then echo $$ > \"$2\"; sleep 20; fi', \"sh\", \"{{file}}\", {}]\n",
+            q(&dest),
+            q(&marker)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"old", WAIT);
+    env.set("/app/x", b"new").await;
+    let mut check_pid = 0;
+    wait_until(
+        || {
+            check_pid = fs::read_to_string(&marker).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            check_pid > 0
+        },
+        WAIT,
+        "the slow check to start",
+    );
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_for_log("shutting down", WAIT);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(agent.is_running(), "the first SIGTERM did not wait for the install in progress");
+
+    let t = Instant::now();
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(3));
+    eprintln!("second SIGTERM: {status} after {:?}", t.elapsed());
+    assert_eq!(fs::read(&dest).unwrap(), b"old", "an abandoned install must leave the old file");
+    let check_left = alive(check_pid);
+    let temps = temp_files(env.dir.path());
+    if check_left {
+        // Clean up what the agent left: the check's process group (the test started it).
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(check_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(!check_left, "the check (pid {check_pid}) outlived the agent; log:\n{}", agent.log());
+    assert!(temps.is_empty(), "temporary files left behind: {temps:?}");
+}
+
+#[test]
+fn once_and_render_without_zookeeper_fail_within_their_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = format!("127.0.0.1:{}", closed_port());
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[zookeeper]\nhosts = {hosts:?}\n\n[agent]\nlisten = \"\"\n\n[[file]]\ndest = \"out\"\nznode = \"/app/x\"\n"
+        ),
+    );
+    for cmd in ["once", "render"] {
+        let t = Instant::now();
+        let out = zkrender_in(
+            dir.path(),
+            &[
+                OsStr::new(cmd),
+                OsStr::new("-c"),
+                config.as_os_str(),
+                OsStr::new("--timeout"),
+                OsStr::new("2s"),
+            ],
+        );
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {stderr}");
+        assert!(t.elapsed() < Duration::from_secs(6), "{cmd} took {:?}", t.elapsed());
+        assert!(!dir.path().join("out").exists());
+        assert!(out.stdout.is_empty(), "{cmd} printed {:?}", text(&out.stdout));
+        // The final error names the server and the timeout given (not the time left at the
+        // last attempt).
+        let last = stderr.lines().rfind(|l| l.starts_with("error:")).unwrap_or_default();
+        assert!(last.contains(&hosts), "{cmd}: the error does not name {hosts}: {stderr}");
+        assert!(last.contains("2s"), "{cmd}: the error does not name the 2s timeout: {last:?}");
+    }
+}
+
+#[test]
+fn run_with_a_bad_config_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        write_config(dir.path(), "[zookeeper]\nhosts = \"127.0.0.1:1\"\n\n[[file]]\ndest = \"out\"\n");
+    let agent = run_agent(&config);
+    let status = agent.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(2), "log:\n{}", agent.log());
+    eprintln!("{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn template_runtime_error_keeps_the_file_until_fixed() {
+    let env = Env::new("tpl-error").await;
+    env.set("/app/json", br#"{"port": 80}"#).await;
+    let dest = env.path("x");
+    let config = env.config(
+        "",
+        "",
+        &format!(
+            "[[file]]\ndest = {}\ninline = 'port={{{{ (znode(\"/app/json\") | from_json).port }}}}'\n",
+            q(&dest)
+        ),
+    );
+    let agent = run_agent(&config);
+    wait_for_file(&dest, b"port=80", WAIT);
+    env.set("/app/json", b"{not json").await;
+    agent.wait_for_log("file not updated", WAIT);
+    eprintln!("{:?}", log_lines(&agent, "file not updated"));
+    assert_eq!(fs::read(&dest).unwrap(), b"port=80");
+    env.set("/app/json", br#"{"port": 8080}"#).await;
+    wait_for_file(&dest, b"port=8080", WAIT);
+    agent.wait_for_log("file recovered", WAIT);
+}
