@@ -18,6 +18,15 @@ pub type RestartRequest = oneshot::Sender<Result<(), String>>;
 /// Where restart requests go; set while a supervisor runs.
 static RESTARTS: Mutex<Option<mpsc::UnboundedSender<RestartRequest>>> = Mutex::new(None);
 
+/// When the running child was started: reloads queued before it are moot (it read the
+/// files as they are now when it started).
+static CHILD_STARTED: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+
+/// When the running child started, if one runs.
+pub fn child_started_at() -> Option<std::time::Instant> {
+    *CHILD_STARTED.lock().expect("bug: child lock poisoned")
+}
+
 /// The child's pid, if a child is running.
 pub fn child_pid() -> Option<i32> {
     match CHILD_PID.load(Ordering::SeqCst) {
@@ -28,6 +37,7 @@ pub fn child_pid() -> Option<i32> {
 
 /// Records the running child's pid (`None` when it exited).
 pub fn set_child_pid(pid: Option<i32>) {
+    *CHILD_STARTED.lock().expect("bug: child lock poisoned") = pid.map(|_| std::time::Instant::now());
     CHILD_PID.store(pid.unwrap_or(0), Ordering::SeqCst);
 }
 

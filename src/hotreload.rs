@@ -8,13 +8,17 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{self, Config, FileSource};
 use crate::error::report;
+use crate::ops;
 use crate::pipeline::{Core, Reconfigure};
+use crate::status::StatusReport;
 
 /// Editors save in several steps (write temp, rename, chmod); wait for the burst to end.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -31,7 +35,8 @@ enum Trigger {
 pub async fn run(
     mut current: Config,
     pipeline: mpsc::UnboundedSender<Reconfigure>,
-    on_outcome: impl Fn(bool) + Send + 'static,
+    exec_mode: bool,
+    status: watch::Receiver<Arc<StatusReport>>,
     stop: CancellationToken,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -56,10 +61,16 @@ pub async fn run(
             }
         };
         info!(trigger = ?trigger, config = %current.path.display(), "reloading the configuration");
-        match load(&current.path) {
+        // systemd: RELOADING=1 ... READY=1 around the reload, but only once the agent was
+        // ready (before that, READY=1 would claim files that are not written yet).
+        let was_ready = status.borrow().ready;
+        if was_ready {
+            ops::systemd::notify_reloading();
+        }
+        let applied = match load(&current.path, exec_mode) {
             Err(message) => {
                 error!(config = %current.path.display(), error = %message, "new configuration is invalid; still running the previous one");
-                on_outcome(false);
+                false
             }
             Ok((config, core)) => {
                 if config.zookeeper != current.zookeeper {
@@ -78,15 +89,23 @@ pub async fn run(
                 }
                 watcher.watch(&watched_files(&config));
                 current = config;
-                on_outcome(true);
+                true
             }
+        };
+        ops::metrics().record_config_reload(applied);
+        if was_ready {
+            ops::systemd::notify_ready();
         }
     }
 }
 
 /// Loads and compiles; the error is the full report of every problem.
-fn load(path: &Path) -> Result<(Config, Core), String> {
+fn load(path: &Path, exec_mode: bool) -> Result<(Config, Core), String> {
     let config = config::load(path).map_err(|e| report(&e))?;
+    if !exec_mode {
+        // What `run` refuses at start it refuses on reload too.
+        crate::runtime::refuse_exec_only(&config).map_err(|e| report(&e))?;
+    }
     let core = Core::new(&config.files)
         .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
     Ok((config, core))

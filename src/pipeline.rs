@@ -243,6 +243,10 @@ impl Core {
     /// renders at once. Returns what the old core watched; once the new core has planned, the
     /// caller unwatches what is no longer needed ([`Core::finish_adoption`]).
     pub fn adopt(&mut self, old: Core) -> BTreeSet<Dep> {
+        // A file the old configuration already wrote stays "written once" (readiness).
+        for t in &mut self.targets {
+            t.settled_once = old.targets.iter().any(|o| o.spec.dest == t.spec.dest && o.settled_once);
+        }
         let watched = old.store.deps().cloned().collect();
         self.store.adopt_values(old.store);
         watched
@@ -334,6 +338,9 @@ pub struct Summary {
     pub files: Vec<(PathBuf, Status)>,
     /// `render`: each file's rendering, in config order.
     pub rendered: Vec<(PathBuf, Vec<u8>)>,
+    /// The ZooKeeper connection at the end (`connected`, `connecting`, ...), and its hosts.
+    pub connection: &'static str,
+    pub hosts: String,
 }
 
 /// A new configuration for a running pipeline (config hot reload).
@@ -428,8 +435,13 @@ pub async fn run(
             }
             Some(new) = reconfigure.recv() => {
                 let old = std::mem::replace(&mut core, new.core);
+                let old_index: Vec<Option<TargetId>> = core
+                    .targets()
+                    .iter()
+                    .map(|t| old.targets().iter().position(|o| o.spec.dest == t.spec.dest))
+                    .collect();
                 adopted = Some(core.adopt(old));
-                telemetry = telemetry.renew(core.targets().len());
+                telemetry = telemetry.renew(&old_index);
                 rendered.clear();
                 opts.wait = new.wait;
                 opts.max_wait = new.max_wait;
@@ -464,7 +476,7 @@ pub async fn run(
     rendered.sort_by_key(|(id, _)| *id);
     let rendered =
         rendered.into_iter().map(|(id, bytes)| (core.targets()[id].spec.dest.clone(), bytes)).collect();
-    Summary { files, rendered }
+    Summary { files, rendered, connection: telemetry.connection, hosts: telemetry.hosts.clone() }
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -555,6 +567,7 @@ async fn run_cycle(
                     None => {
                         to_reload.push(ReloadJob {
                             spec: reload.clone(),
+                            queued_at: std::time::Instant::now(),
                             targets: Vec::new(),
                             rollback: Vec::new(),
                         });
@@ -618,7 +631,12 @@ async fn roll_back(
             }
         }
     }
-    let _ = reloads.send(vec![ReloadJob { spec: spec.clone(), targets: Vec::new(), rollback: Vec::new() }]);
+    let _ = reloads.send(vec![ReloadJob {
+        spec: spec.clone(),
+        queued_at: std::time::Instant::now(),
+        targets: Vec::new(),
+        rollback: Vec::new(),
+    }]);
 }
 
 /// Logs each file whose status changed: once per cause, not once per event.
@@ -705,6 +723,8 @@ async fn carry_out(core: &Core, actions: Vec<Action>, parallelism: usize) -> Vec
 #[derive(Debug, Clone)]
 struct ReloadJob {
     spec: ReloadSpec,
+    /// When the change that asked for it was installed.
+    queued_at: std::time::Instant,
     targets: Vec<TargetId>,
     /// `rollback` files this reload is for: what to put back if it fails.
     rollback: Vec<Rollback>,
@@ -729,6 +749,15 @@ struct ReloadOutcome {
     rollback: Vec<Rollback>,
 }
 
+/// True for reloads aimed at the child of `zkrender exec`.
+fn for_child(spec: &ReloadSpec) -> bool {
+    matches!(
+        spec.action,
+        crate::config::ReloadAction::Restart
+            | crate::config::ReloadAction::Signal { target: crate::config::SignalTarget::Child, .. }
+    )
+}
+
 /// Runs reload batches one after another; batches queued meanwhile are merged, so a burst of
 /// changes during a slow reload costs one more reload, not one per change.
 async fn notifier(
@@ -749,6 +778,15 @@ async fn notifier(
         }
         let mut running = JoinSet::new();
         for job in batch {
+            if for_child(&job.spec)
+                && crate::exec::child_started_at().is_none_or(|started| job.queued_at < started)
+            {
+                // `zkrender exec`: the child started after this change was installed, so it
+                // already runs on the new file; signalling or restarting it now would hit a
+                // process that may not have set up its handlers yet.
+                debug!(reload = %job.spec.action, "the child started after this change; no reload needed");
+                continue;
+            }
             let outcomes = outcomes.clone();
             running.spawn(async move {
                 if !job.spec.splay.is_zero() {
@@ -814,13 +852,22 @@ impl Telemetry {
         }
     }
 
-    /// A fresh per-file state for a new configuration; the connection state carries over.
-    fn renew(self, n: usize) -> Self {
+    /// Per-file state for a new configuration: what is known about a file (last write,
+    /// staleness, last reload) carries over when the new configuration has the same `dest`,
+    /// and so does the connection state. `old_index` maps each new file to its old index.
+    fn renew(self, old_index: &[Option<TargetId>]) -> Self {
+        fn carry<T: Clone>(old_index: &[Option<TargetId>], v: &[Option<T>]) -> Vec<Option<T>> {
+            old_index.iter().map(|old| old.and_then(|i| v[i].clone())).collect()
+        }
         Telemetry {
+            hosts: self.hosts.clone(),
             connection: self.connection,
             expirations: self.expirations,
             reconnects: self.reconnects,
-            ..Telemetry::new(n, &self.hosts)
+            changed_at: carry(old_index, &self.changed_at),
+            last_write: carry(old_index, &self.last_write),
+            stale_since: carry(old_index, &self.stale_since),
+            last_reload: carry(old_index, &self.last_reload),
         }
     }
 
@@ -854,6 +901,8 @@ impl Telemetry {
             }
         } else {
             self.stale_since[id].get_or_insert(now);
+            // The change was not installed; a later good one is timed from its own arrival.
+            self.changed_at[id] = None;
         }
     }
 

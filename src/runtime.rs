@@ -40,7 +40,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     info!(config = %config.path.display(), files = config.files.len(), watch = ?config.zookeeper.watch, "zkrender starting");
     let (status_tx, status_rx) = watch::channel(Arc::new(StatusReport::default()));
     let alive = start_ops(&config, status_rx, shutdown.clone()).await?;
-    let result = drive(&config, core, Mode::Run, None, shutdown, status_tx).await.map(|_| ());
+    let result = drive(&config, core, Mode::Run, None, shutdown, status_tx, false).await.map(|_| ());
     alive.store(false, Ordering::SeqCst);
     ops::systemd::notify_stopping();
     result
@@ -83,7 +83,7 @@ async fn start_ops(
 
 /// Reloads that only `exec` can carry out (signal to the child, restart) are config errors
 /// for every other command.
-fn refuse_exec_only(config: &Config) -> Result<(), AgentError> {
+pub(crate) fn refuse_exec_only(config: &Config) -> Result<(), AgentError> {
     for f in &config.files {
         if let Some(r) = &f.reload {
             let exec_only = matches!(
@@ -114,7 +114,7 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
     let agent = {
         let config = config.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { drive(&config, core, Mode::Run, None, shutdown, status_tx).await })
+        tokio::spawn(async move { drive(&config, core, Mode::Run, None, shutdown, status_tx, true).await })
     };
     let ready = matches!(tokio::time::timeout(timeout, status_rx.wait_for(|r| r.ready)).await, Ok(Ok(_)));
     if !ready {
@@ -152,7 +152,7 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
 pub async fn once(config: Config, timeout: Duration, shutdown: CancellationToken) -> Result<(), AgentError> {
     let core = compile(&config)?;
     let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
-    let summary = drive(&config, core, Mode::Once, Some(timeout), shutdown, status_tx).await?;
+    let summary = drive(&config, core, Mode::Once, Some(timeout), shutdown, status_tx, false).await?;
     settled_or_error(&summary)
 }
 
@@ -180,7 +180,7 @@ pub async fn render(
     }
     let core = compile(&config)?;
     let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
-    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx).await?;
+    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx, false).await?;
     pipeline::print_rendered(&summary.rendered, dest.is_none()).map_err(AgentError::Stdout)?;
     settled_or_error(&summary)
 }
@@ -200,6 +200,12 @@ fn settled_or_error(summary: &Summary) -> Result<(), AgentError> {
         .iter()
         .filter_map(|(dest, status)| match status {
             Status::Ok => None,
+            Status::Pending if summary.connection != "connected" => Some(format!(
+                "  {}: no ZooKeeper session ({} to {})",
+                dest.display(),
+                summary.connection,
+                summary.hosts
+            )),
             Status::Pending => {
                 Some(format!("  {}: its znodes could not all be read in time", dest.display()))
             }
@@ -224,7 +230,11 @@ async fn drive(
     timeout: Option<Duration>,
     shutdown: CancellationToken,
     status_tx: watch::Sender<Arc<StatusReport>>,
+    exec_mode: bool,
 ) -> Result<Summary, AgentError> {
+    if mode != Mode::Render {
+        sweep_stale_temps(config).await;
+    }
     let (events_tx, events_rx) = mpsc::channel(4096);
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
@@ -249,11 +259,13 @@ async fn drive(
     };
     let mut pipeline = tokio::spawn(pipeline::run(core, events_rx, commands_tx, popts, reconfigure_rx));
     if mode == Mode::Run {
-        let on_outcome = |applied: bool| {
-            ops::metrics().record_config_reload(applied);
-            ops::systemd::notify_ready();
-        };
-        tokio::spawn(hotreload::run(config.clone(), reconfigure_tx, on_outcome, shutdown.child_token()));
+        tokio::spawn(hotreload::run(
+            config.clone(),
+            reconfigure_tx,
+            exec_mode,
+            status_tx.subscribe(),
+            shutdown.child_token(),
+        ));
     } else {
         drop(reconfigure_tx);
     }
@@ -281,11 +293,25 @@ async fn drive(
         Err(_) => {
             warn!(grace = ?SHUTDOWN_GRACE, "pipeline still busy; exiting anyway");
             pipeline.abort();
-            Summary { files: Vec::new(), rendered: Vec::new() }
+            Summary { files: Vec::new(), rendered: Vec::new(), connection: "unknown", hosts: String::new() }
         }
     };
     source_result?;
     Ok(summary)
+}
+
+/// Removes temporary files a crash (a SIGKILL mid-install) left beside the destinations.
+async fn sweep_stale_temps(config: &Config) {
+    let dests: Vec<PathBuf> = config.files.iter().map(|f| f.dest.clone()).collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        for dest in dests {
+            let removed = crate::sink::sweep_stale_temps(&dest);
+            if removed > 0 {
+                info!(dest = %dest.display(), removed, "removed temporary files left by an earlier crash");
+            }
+        }
+    })
+    .await;
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT; exits at once on the second.
@@ -309,6 +335,8 @@ pub fn spawn_signal_handler(token: CancellationToken) {
                 token.cancel();
             } else {
                 warn!(signal = name, "second signal: exiting now");
+                // Kill running checks and remove temporary files; destinations are untouched.
+                crate::sink::abort_in_progress();
                 std::process::exit(130);
             }
         }

@@ -15,6 +15,7 @@
 //! The destination always ends up a regular file: a symlink at `dest` is replaced, not
 //! followed.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, Metadata, OpenOptions, Permissions};
@@ -416,6 +417,55 @@ fn write_synced(mut file: &File, contents: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Temporary files and check process groups in flight, so that an immediate exit (a second
+/// SIGTERM) can clean up after itself: see [`abort_in_progress`].
+static TEMPS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+static CHECKS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+fn registry<T>(m: &'static Mutex<T>) -> std::sync::MutexGuard<'static, T> {
+    // A panic while holding the lock leaves plain data behind; keep using it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// For an exit that cannot wait for installs to finish: kills every running `check` (and
+/// what it started) and removes every temporary file. The destinations are untouched.
+pub fn abort_in_progress() {
+    for pgid in registry(&CHECKS).iter() {
+        let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+    }
+    for path in registry(&TEMPS).iter() {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// Temporary files older than this are leftovers of a crash, not an install in progress.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+
+/// Removes leftovers of a crash beside `dest`: our hidden temporary files for it
+/// (`.<name>.zkrender.*`) older than a minute. Returns how many were removed.
+pub fn sweep_stale_temps(dest: &Path) -> usize {
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else { return 0 };
+    let mut prefix = b".".to_vec();
+    prefix.extend_from_slice(&name.as_bytes()[..name.len().min(200)]);
+    prefix.extend_from_slice(TEMP_MARKER.as_bytes());
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !entry.file_name().as_bytes().starts_with(&prefix) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default() > STALE_TEMP_AGE)
+            .unwrap_or(false);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// A hidden temporary file beside its target, removed on drop unless renamed into place.
 struct TempFile {
     path: PathBuf,
@@ -449,7 +499,10 @@ impl TempFile {
             temp_name.extend_from_slice(suffix.as_bytes());
             let path = dir.join(OsString::from_vec(temp_name));
             match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
-                Ok(file) => return Ok(TempFile { path, file: Some(file), armed: true }),
+                Ok(file) => {
+                    registry(&TEMPS).insert(path.clone());
+                    return Ok(TempFile { path, file: Some(file), armed: true });
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 8 => attempts += 1,
                 Err(e) => return Err(e),
             }
@@ -468,6 +521,7 @@ impl TempFile {
     fn rename_to(mut self, target: &Path) -> io::Result<()> {
         fs::rename(&self.path, target)?;
         self.armed = false;
+        registry(&TEMPS).remove(&self.path);
         Ok(())
     }
 }
@@ -477,6 +531,7 @@ impl Drop for TempFile {
         if !self.armed {
             return;
         }
+        registry(&TEMPS).remove(&self.path);
         if let Err(e) = fs::remove_file(&self.path)
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -598,6 +653,7 @@ fn run_check(dest: &Path, argv: &[String], temp: &Path, timeout: Duration) -> Re
     // Close our copies of the pipe's write end, or the reader would never see EOF.
     drop(command);
     let mut child = spawned.map_err(not_run)?;
+    registry(&CHECKS).insert(child_pid(&child).as_raw());
     let output = OutputTail::start(reader);
 
     let timed_out = wait_with_deadline(&child, Instant::now() + timeout);
@@ -606,6 +662,7 @@ fn run_check(dest: &Path, argv: &[String], temp: &Path, timeout: Duration) -> Re
     // anything left running in the background, which would hold the output pipe open.
     // ESRCH (nothing left) is the normal case.
     let _ = killpg(child_pid(&child), Signal::SIGKILL);
+    registry(&CHECKS).remove(&child_pid(&child).as_raw());
     let status = child.wait();
     let output = output.finish(CHECK_OUTPUT_GRACE);
 

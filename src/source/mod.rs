@@ -105,7 +105,8 @@ pub async fn run(
     let mut deps: Vec<Dep> = Vec::new();
     let mut first = true;
     loop {
-        let Some(client) = connect(&cfg, &hosts, &stop, opts.connect_deadline.map(|d| started + d)).await?
+        let Some(client) =
+            connect(&cfg, &hosts, &stop, opts.connect_deadline.map(|d| (started + d, d))).await?
         else {
             return Ok(());
         };
@@ -140,7 +141,7 @@ async fn connect(
     cfg: &ZkConfig,
     hosts: &str,
     stop: &CancellationToken,
-    deadline: Option<tokio::time::Instant>,
+    deadline: Option<(tokio::time::Instant, Duration)>,
 ) -> Result<Option<zk::Client>, SourceError> {
     let mut backoff = watch::Backoff::new();
     let mut attempts = 0u32;
@@ -174,13 +175,10 @@ async fn connect(
             warn!(hosts = %hosts, attempt = attempts, error = %why, "cannot connect to zookeeper; retrying");
         }
         let pause = backoff.next().max(Duration::from_millis(200));
-        if let Some(deadline) = deadline
+        if let Some((deadline, timeout)) = deadline
             && tokio::time::Instant::now() + pause >= deadline
         {
-            return Err(SourceError::ConnectTimeout {
-                hosts: hosts.to_owned(),
-                timeout: deadline.duration_since(tokio::time::Instant::now()),
-            });
+            return Err(SourceError::ConnectTimeout { hosts: hosts.to_owned(), timeout });
         }
         tokio::select! {
             _ = stop.cancelled() => return Ok(None),
