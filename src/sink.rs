@@ -28,6 +28,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
@@ -438,11 +439,11 @@ pub fn abort_in_progress() {
     }
 }
 
-/// Temporary files older than this are leftovers of a crash, not an install in progress.
-const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
-
 /// Removes leftovers of a crash beside `dest`: our hidden temporary files for it
-/// (`.<name>.zkrender.*`) older than a minute. Returns how many were removed.
+/// (`.<name>.zkrender.*`) that no process holds. Each temporary file in flight is locked
+/// (flock) by the process writing it, and a killed process loses its locks, so a file we
+/// can lock is a leftover, while one we cannot is another agent's install in progress.
+/// Returns how many were removed.
 pub fn sweep_stale_temps(dest: &Path) -> usize {
     let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else { return 0 };
     let mut prefix = b".".to_vec();
@@ -454,22 +455,32 @@ pub fn sweep_stale_temps(dest: &Path) -> usize {
         if !entry.file_name().as_bytes().starts_with(&prefix) {
             continue;
         }
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .map(|t| t.elapsed().unwrap_or_default() > STALE_TEMP_AGE)
-            .unwrap_or(false);
-        if old && fs::remove_file(entry.path()).is_ok() {
+        let Ok(file) = OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(entry.path())
+        else {
+            continue;
+        };
+        // Held until the removal is done, so nobody can adopt the file in between.
+        let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        if fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }
     }
     removed
 }
 
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
+
 /// A hidden temporary file beside its target, removed on drop unless renamed into place.
 struct TempFile {
     path: PathBuf,
     file: Option<File>,
+    /// An exclusive flock on the file for as long as it is ours: marks it as in flight, so
+    /// that [`sweep_stale_temps`] (in this or another agent) leaves it alone.
+    _lock: Option<Flock<File>>,
     /// False once the file has been renamed: there is nothing left to clean up.
     armed: bool,
 }
@@ -501,7 +512,12 @@ impl TempFile {
             match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
                 Ok(file) => {
                     registry(&TEMPS).insert(path.clone());
-                    return Ok(TempFile { path, file: Some(file), armed: true });
+                    // A second open file description carries the lock, so closing `file`
+                    // before the check does not release it.
+                    let lock = File::open(&path)
+                        .ok()
+                        .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok());
+                    return Ok(TempFile { path, file: Some(file), _lock: lock, armed: true });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 8 => attempts += 1,
                 Err(e) => return Err(e),
