@@ -66,7 +66,8 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     let config = config::load(&cli.config)?;
     if let CommandKind::Check = cli.command {
         runtime::compile(&config)?;
-        eprintln!("{}: ok ({} files)", config.path.display(), config.files.len());
+        let n = config.files.len();
+        eprintln!("{}: ok ({n} file{})", config.path.display(), if n == 1 { "" } else { "s" });
         return Ok(());
     }
     runtime()?.block_on(async move {
