@@ -180,8 +180,19 @@ impl Template {
     pub fn render(&self, snapshot: &dyn Snapshot) -> Rendered {
         let scope = Scope { snapshot, deps: RefCell::default(), unknown: Cell::new(false) };
         let result = match self.env.get_template(&self.name) {
-            Ok(template) => with_active_scope(&scope, || template.render(minijinja::context! {}))
-                .map_err(|err| template_error(&self.name, &err, template.source())),
+            // A panic inside the template engine (minijinja 2.24 panics on some slices of empty
+            // values, e.g. `""[::-1]`) must not take the agent down: it becomes a render error
+            // for this file, which keeps its last good contents.
+            Ok(template) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                with_active_scope(&scope, || template.render(minijinja::context! {}))
+            }))
+            .unwrap_or_else(|_| {
+                Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "the template engine failed on this template (an internal error); simplify the expression",
+                ))
+            })
+            .map_err(|err| template_error(&self.name, &err, template.source())),
             // Unreachable: compile() registered it under this name.
             Err(err) => Err(template_error(&self.name, &err, "")),
         };
