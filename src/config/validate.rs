@@ -1058,6 +1058,22 @@ fn check_process_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Largest template file accepted (a template is text written by people, not data).
+const MAX_TEMPLATE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a template file: a regular file (a FIFO would block loading, a device would never
+/// end) of reasonable size.
+fn read_template(path: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_TEMPLATE_BYTES {
+        return Err(std::io::Error::other(format!("larger than {MAX_TEMPLATE_BYTES} bytes")));
+    }
+    std::fs::read_to_string(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2054,20 +2070,4 @@ pid_file = \"/run/b.pid\"
         assert_eq!(lines.position(7), (2, 3));
         assert_eq!(lines.position(100), (3, 1));
     }
-}
-
-/// Largest template file accepted (a template is text written by people, not data).
-const MAX_TEMPLATE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// Reads a template file: a regular file (a FIFO would block loading, a device would never
-/// end) of reasonable size.
-fn read_template(path: &Path) -> std::io::Result<String> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    if meta.len() > MAX_TEMPLATE_BYTES {
-        return Err(std::io::Error::other(format!("larger than {MAX_TEMPLATE_BYTES} bytes")));
-    }
-    std::fs::read_to_string(path)
 }
