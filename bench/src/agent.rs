@@ -79,7 +79,7 @@ pub fn stop_all(agents: Vec<Agent>) {
 }
 
 /// A process's footprint, from /proc.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct ProcStats {
     pub rss_kib: u64,
     pub hwm_kib: u64,
@@ -91,6 +91,8 @@ pub struct ProcStats {
     pub cpu_stat_ns: u64,
     /// Voluntary + involuntary context switches of the live threads (wake-ups).
     pub ctx_switches: u64,
+    /// Per live thread: (tid, schedstat ns, context switches), for [`ProcStats::busy_since`].
+    pub per_thread: Vec<(u64, u64, u64)>,
 }
 
 impl ProcStats {
@@ -111,19 +113,24 @@ impl ProcStats {
         if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
             for t in tasks.flatten() {
                 let p = t.path();
+                let tid = t.file_name().to_str().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                let mut ns = 0;
+                let mut cs = 0;
                 if let Ok(ss) = fs::read_to_string(p.join("schedstat")) {
-                    s.cpu_ns += ss.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    ns = ss.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                 }
                 if let Ok(st) = fs::read_to_string(p.join("status")) {
                     for line in st.lines() {
                         if line.starts_with("voluntary_ctxt_switches:")
                             || line.starts_with("nonvoluntary_ctxt_switches:")
                         {
-                            s.ctx_switches +=
-                                line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                            cs += line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                         }
                     }
                 }
+                s.cpu_ns += ns;
+                s.ctx_switches += cs;
+                s.per_thread.push((tid, ns, cs));
             }
         }
         if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -135,6 +142,21 @@ impl ProcStats {
             s.cpu_stat_ns = (get(11) + get(12)) * 1_000_000_000 / tick;
         }
         s
+    }
+}
+
+impl ProcStats {
+    /// CPU ns and context switches of the live threads since `before` (threads that exited
+    /// meanwhile, such as idle blocking-pool threads, drop out of both; new ones count whole).
+    pub fn busy_since(&self, before: &ProcStats) -> (u64, u64) {
+        let mut ns = 0;
+        let mut cs = 0;
+        for &(tid, n, c) in &self.per_thread {
+            let (n0, c0) = before.per_thread.iter().find(|t| t.0 == tid).map(|t| (t.1, t.2)).unwrap_or((0, 0));
+            ns += n.saturating_sub(n0);
+            cs += c.saturating_sub(c0);
+        }
+        (ns, cs)
     }
 }
 

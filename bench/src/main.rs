@@ -138,7 +138,7 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
         "zkrender-bench: agent {}; work dir {} ({}); {} run",
         bin.display(),
         work.display(),
-        sh(&format!("stat -f -c %T '{}'", work.display())),
+        sh(&format!("findmnt -no FSTYPE -T '{}'", work.display())),
         if quick { "quick" } else { "full" }
     );
 
@@ -188,7 +188,7 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
         "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
         "cpus": sh("nproc"),
         "memory": sh("free -h | awk '/Mem:/{print $2}'"),
-        "work_fs": sh(&format!("stat -f -c %T '{}'", work.display())),
+        "work_fs": sh(&format!("findmnt -no FSTYPE -T '{}'", work.display())),
         "zookeeper": ctx.zk_version,
         "agent": bin.display().to_string(),
         "agent_commit": sh(&format!("git -C '{}' rev-parse --short HEAD", root.display())),

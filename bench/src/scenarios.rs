@@ -34,6 +34,13 @@ impl Ctx {
     fn pick<T>(&self, full: T, quick: T) -> T {
         if self.quick { quick } else { full }
     }
+    /// An agent's log file: under work/logs, away from the config directory (which the
+    /// agent watches for config hot reload: a log there would wake it on every line).
+    fn log(&self, name: &str) -> PathBuf {
+        let d = self.work.join("logs");
+        let _ = fs::create_dir_all(&d);
+        d.join(format!("{name}.log"))
+    }
     fn dir(&self, name: &str) -> Res<PathBuf> {
         let d = self.work.join(name);
         fs::create_dir_all(&d)?;
@@ -118,7 +125,7 @@ pub async fn latency(ctx: &mut Ctx) -> Res<Value> {
     let cfg = dir.join("zkrender.toml");
     let listen = format!("127.0.0.1:{}", free_port());
     fs::write(&cfg, head(&zk.hosts, "0ms", &listen) + &raw_file(&w.path("value"), "/lat/key"))?;
-    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg, &dir.join("agent.log"))?];
+    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
     settle(&mut w, &mut agents, &HashMap::from([("value".into(), b"init".to_vec())]), Duration::from_secs(30))
         .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -190,7 +197,7 @@ pub async fn burst(ctx: &mut Ctx) -> Res<Value> {
                 + &raw_file(&w.path("value"), &znode)
                 + &format!("[file.reload]\nhttp = {}\n", q(&hook.url)),
         )?;
-        let mut agents = vec![Agent::spawn(&ctx.bin, &cfg, &dir.join("agent.log"))?];
+        let mut agents = vec![Agent::spawn(&ctx.bin, &cfg, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
         settle(&mut w, &mut agents, &HashMap::from([("value".into(), b"init".to_vec())]), Duration::from_secs(30))
             .await?;
         let mut converge = Vec::new();
@@ -347,7 +354,7 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
     fs::write(&cfg_path, cfg)?;
 
     let t_start = Instant::now();
-    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg_path, &dir.join("agent.log"))?];
+    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg_path, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
     let done = settle(&mut w, &mut agents, &want, Duration::from_secs(120)).await?;
     let all_ms = ms(done.values().max().copied().unwrap() - t_start);
     let first_ms = ms(done.values().min().copied().unwrap() - t_start);
@@ -355,7 +362,7 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     w.drain().await;
     let settled = agents[0].stats();
-    ctx.scale_stats = Some(settled);
+    ctx.scale_stats = Some(settled.clone());
     let c = zk.counters()?;
 
     // Single changes, cycling over a raw file, a template and the 1,000-child list.
@@ -486,7 +493,7 @@ pub async fn footprint(ctx: &mut Ctx) -> Res<Value> {
     let (cfg, want, _, _) = typical(ctx, &zk, "/typ", &dir, &format!("127.0.0.1:{}", free_port())).await?;
     let cfg_path = dir.join("zkrender.toml");
     fs::write(&cfg_path, cfg)?;
-    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg_path, &dir.join("agent.log"))?];
+    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg_path, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
     settle(&mut w, &mut agents, &want, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let s0 = agents[0].stats();
@@ -495,9 +502,11 @@ pub async fn footprint(ctx: &mut Ctx) -> Res<Value> {
     let s1 = agents[0].stats();
     let d = zk.counters()?.delta(&c0);
     agents[0].check_alive()?;
-    let cpu_ns = (s1.cpu_ns.saturating_sub(s0.cpu_ns)).max(s1.cpu_stat_ns.saturating_sub(s0.cpu_stat_ns));
+    // schedstat (ns, live threads) and utime+stime (10 ms ticks, all threads): the larger.
+    let (busy_ns, switches) = s1.busy_since(&s0);
+    let cpu_ns = busy_ns.max(s1.cpu_stat_ns.saturating_sub(s0.cpu_stat_ns));
     let cpu_pct = cpu_ns as f64 / idle.as_nanos() as f64 * 100.0;
-    let wakeups = (s1.ctx_switches.saturating_sub(s0.ctx_switches)) as f64 / idle.as_secs_f64();
+    let wakeups = switches as f64 / idle.as_secs_f64();
 
     let size = fs::metadata(&ctx.bin)?.len();
     let stripped_path = ctx.work.join("zkrender.stripped");
@@ -513,7 +522,7 @@ pub async fn footprint(ctx: &mut Ctx) -> Res<Value> {
         .map(|m| m.len());
     let typ_rss = mib(s0.rss_kib);
     let mut rows = Vec::new();
-    if let Some(sc) = ctx.scale_stats {
+    if let Some(sc) = &ctx.scale_stats {
         let r = mib(sc.rss_kib);
         rows.push(row("RSS after scale settles (MiB)", f(r), Some(("<= 30", r <= 30.0))));
     }
@@ -536,6 +545,8 @@ pub async fn footprint(ctx: &mut Ctx) -> Res<Value> {
         "typical": stats_json(&s0),
         "idle_seconds": idle.as_secs(),
         "idle_cpu_ms": r3(cpu_ns as f64 / 1e6),
+        "idle_cpu_ms_schedstat": r3(busy_ns as f64 / 1e6),
+        "idle_cpu_ms_stat_ticks": r3(s1.cpu_stat_ns.saturating_sub(s0.cpu_stat_ns) as f64 / 1e6),
         "idle_cpu_percent": (cpu_pct * 10000.0).round() / 10000.0,
         "idle_wakeups_per_s": r3(wakeups),
         "idle_zk_reads": d.reads, "idle_zk_packets": d.packets,
@@ -562,6 +573,7 @@ pub async fn fleet(ctx: &mut Ctx) -> Res<Value> {
     let mut rows = Vec::new();
     let mut samples = serde_json::Map::new();
     for &n in &sizes {
+        client.set_data("/fleet/key", b"init", None).await?;
         let dir = ctx.dir(&format!("fleet-{n}"))?;
         let out = dir.join("out");
         let mut w = DirWatch::new(&out)?;
@@ -578,7 +590,7 @@ pub async fn fleet(ctx: &mut Ctx) -> Res<Value> {
             fs::write(&p, cfg)?;
             want.insert(key, b"init".to_vec());
             want.insert(cf, tpl_render(0, &conf));
-            agents.push(Agent::spawn(&ctx.bin, &p, &dir.join(format!("a{i:03}.log")))?);
+            agents.push(Agent::spawn(&ctx.bin, &p, &ctx.log(&format!("fleet-{n}-a{i:03}")))?);
         }
         settle(&mut w, &mut agents, &want, Duration::from_secs(120)).await?;
         let start_ms = ms(t0.elapsed());
@@ -655,7 +667,7 @@ pub async fn soak(ctx: &mut Ctx) -> Res<Value> {
     let (cfg, want, keys, mut vals) = typical(ctx, &zk, "/soak", &dir, &format!("127.0.0.1:{port}")).await?;
     let cfg_path = dir.join("zkrender.toml");
     fs::write(&cfg_path, cfg)?;
-    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg_path, &dir.join("agent.log"))?];
+    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg_path, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
     settle(&mut w, &mut agents, &want, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start_stats = agents[0].stats();
@@ -702,8 +714,8 @@ pub async fn soak(ctx: &mut Ctx) -> Res<Value> {
             marks.push((sent, s, writes, events, t_start.elapsed()));
         }
     }
-    let (_, a, wa, _, _) = marks[0];
-    let (_, b, wb, eb, tb) = marks[marks.len() - 1];
+    let (_, a, wa, _, _) = marks[0].clone();
+    let (_, b, wb, eb, tb) = marks[marks.len() - 1].clone();
     let growth_kib = b.rss_kib as i64 - a.rss_kib as i64;
     let growth = growth_kib as f64 / 1024.0;
     let rows = vec![
