@@ -145,6 +145,7 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut ctx = Ctx { root: root.clone(), bin: bin.clone(), quick, work: work.clone(), scale_stats: None, zk_version: String::new() };
     let started = Instant::now();
+    let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
     let mut results: Vec<Value> = Vec::new();
     let mut failed = false;
     for name in ALL.iter().filter(|s| wanted.iter().any(|w| w == *s)) {
@@ -170,6 +171,8 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
             }
         };
         v["seconds"] = json!(stats::r3(t.elapsed().as_secs_f64()));
+        // The machine may be shared: the load average says how quiet it was.
+        v["loadavg_1m_after"] = json!(sh("cut -d' ' -f1 /proc/loadavg").parse::<f64>().unwrap_or(f64::NAN));
         // One JSON line per scenario: the measurements, without raw samples and table rows.
         let mut line = v.clone();
         if let Some(o) = line.as_object_mut() {
@@ -193,6 +196,8 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
         "agent": bin.display().to_string(),
         "agent_commit": sh(&format!("git -C '{}' rev-parse --short HEAD", root.display())),
         "seconds": stats::r3(started.elapsed().as_secs_f64()),
+        "loadavg_before": load_before,
+        "loadavg_after": sh("cut -d' ' -f1-3 /proc/loadavg"),
     });
     let table = table(&meta, &results);
     println!("\n{table}");
@@ -211,7 +216,7 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
 fn table(meta: &Value, results: &[Value]) -> String {
     let m = |k: &str| meta[k].as_str().unwrap_or("").trim().to_owned();
     let mut s = format!(
-        "zkrender benchmark ({} run), {}: {}, {} CPUs ({}), {} RAM, {}; ZooKeeper {}; work dir on {}; agent {}\n\n",
+        "zkrender benchmark ({} run), {}: {}, {} CPUs ({}), {} RAM, {}; ZooKeeper {}; work dir on {}; agent {}; load average before / after: {} / {}\n\n",
         if meta["quick"].as_bool() == Some(true) { "quick" } else { "full" },
         m("date"),
         m("os"),
@@ -222,6 +227,8 @@ fn table(meta: &Value, results: &[Value]) -> String {
         m("zookeeper").split(',').next().unwrap_or(""),
         m("work_fs"),
         m("agent_commit"),
+        m("loadavg_before"),
+        m("loadavg_after"),
     );
     s += "| scenario | metric | value | target | |\n|---|---|---|---|---|\n";
     for r in results {

@@ -134,6 +134,7 @@ pub async fn latency(ctx: &mut Ctx) -> Res<Value> {
     let mut lat = Vec::with_capacity(n);
     let mut rtt = Vec::with_capacity(n);
     let mut misses = 0;
+    let cpu0 = agents[0].stats();
     let start = tokio::time::Instant::now();
     for i in 0..n {
         tokio::time::sleep_until(start + spacing * i as u32).await;
@@ -153,6 +154,7 @@ pub async fn latency(ctx: &mut Ctx) -> Res<Value> {
     }
     let s = summary(&lat);
     let st = agents[0].stats();
+    let cpu_per_change_ms = st.busy_since(&cpu0).0 as f64 / 1e6 / n as f64;
     let (p50, p99) = (get(&s, "p50"), get(&s, "p99"));
     let rows = vec![
         row("latency p50 (ms)", f(p50), Some(("<= 1", p50 <= 1.0))),
@@ -160,6 +162,7 @@ pub async fn latency(ctx: &mut Ctx) -> Res<Value> {
         row("latency p99 (ms)", f(p99), Some(("<= 5", p99 <= 5.0))),
         row("latency max (ms)", f(get(&s, "max")), None),
         row("ZooKeeper set round trip p50 (ms)", f(get(&summary(&rtt), "p50")), None),
+        row("agent CPU per change (ms)", f(cpu_per_change_ms), None),
         row("changes not seen within 5 s", misses.to_string(), Some(("0", misses == 0))),
     ];
     Ok(json!({
@@ -167,6 +170,7 @@ pub async fn latency(ctx: &mut Ctx) -> Res<Value> {
         "sets": n, "spacing_ms": 20, "missed": misses,
         "latency_ms": s,
         "set_rtt_ms": summary(&rtt),
+        "agent_cpu_per_change_ms": r3(cpu_per_change_ms),
         "agent": stats_json(&st),
         "rows": rows,
         "samples": { "latency_ms": lat.iter().map(|x| r3(*x)).collect::<Vec<_>>() },
@@ -363,9 +367,11 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
     w.drain().await;
     let settled = agents[0].stats();
     ctx.scale_stats = Some(settled.clone());
+    let start_cpu_ms = settled.cpu_stat_ns as f64 / 1e6;
     let c = zk.counters()?;
 
     // Single changes, cycling over a raw file, a template and the 1,000-child list.
+    let cpu0 = agents[0].stats();
     let mut lat: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut reads = Vec::new();
     let mut writes = Vec::new();
@@ -417,6 +423,7 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
         reads.push(d.reads as f64);
         writes.push(d.writes as f64);
     }
+    let cpu_per_change_ms = agents[0].stats().busy_since(&cpu0).0 as f64 / 1e6 / changes as f64;
     let all: Vec<f64> = lat.values().flatten().copied().collect();
     let s = summary(&all);
     let by_kind: serde_json::Map<String, Value> =
@@ -427,6 +434,7 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
     let rows = vec![
         row(&format!("start to all {files} files written (ms)"), f(all_ms), Some(("<= 1000", all_ms <= 1000.0))),
         row("start to first file written (ms)", f(first_ms), None),
+        row("agent CPU time until settled (ms)", f(start_cpu_ms), None),
         row("start to the 1,000-child list file (ms)", f(list_ms), None),
         row("RSS after settling (MiB)", f(rss), Some(("<= 30", rss <= 30.0))),
         row("single change p50 (ms)", f(get(&s, "p50")), None),
@@ -440,6 +448,7 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
                 .join(" / "),
             None,
         ),
+        row("agent CPU per single change (ms)", f(cpu_per_change_ms), None),
         row("ZooKeeper watch count (mntr zk_watch_count)", c.watches.to_string(), None),
         row("ZooKeeper requests per change: agent reads + writes", format!("{} + {}", f(reads_mean), f(writes_mean)), None),
     ];
@@ -449,6 +458,8 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
         "list_children": lay.list,
         "start_to_all_files_ms": r3(all_ms), "start_to_first_file_ms": r3(first_ms), "start_to_list_file_ms": r3(list_ms),
         "agent_settled": stats_json(&settled),
+        "agent_cpu_until_settled_ms": r3(start_cpu_ms),
+        "agent_cpu_per_change_ms": r3(cpu_per_change_ms),
         "zk_watch_count": c.watches,
         "single_change_ms": s, "single_change_by_kind_ms": by_kind, "missed": misses,
         "requests_per_change": { "reads_mean": r3(reads_mean), "writes_mean": r3(writes_mean),
