@@ -513,9 +513,10 @@ pub async fn footprint(ctx: &mut Ctx) -> Res<Value> {
     let s1 = agents[0].stats();
     let d = zk.counters()?.delta(&c0);
     agents[0].check_alive()?;
-    // schedstat (ns, live threads) and utime+stime (10 ms ticks, all threads): the larger.
+    // Per-thread schedstat run time (ns resolution); utime+stime (10 ms ticks: one tick is
+    // 0.1% of 10 s) only where schedstat is unavailable.
     let (busy_ns, switches) = s1.busy_since(&s0);
-    let cpu_ns = busy_ns.max(s1.cpu_stat_ns.saturating_sub(s0.cpu_stat_ns));
+    let cpu_ns = if s1.cpu_ns > 0 { busy_ns } else { s1.cpu_stat_ns.saturating_sub(s0.cpu_stat_ns) };
     let cpu_pct = cpu_ns as f64 / idle.as_nanos() as f64 * 100.0;
     let wakeups = switches as f64 / idle.as_secs_f64();
 
