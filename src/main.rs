@@ -91,7 +91,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
 fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(16)
+        .max_blocking_threads(8)
         .enable_all()
         .build()
         .map_err(AgentError::Child)

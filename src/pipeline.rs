@@ -365,6 +365,7 @@ pub async fn run(
     let (outcome_tx, mut outcomes) = mpsc::unbounded_channel::<ReloadOutcome>();
     let notifier = (opts.mode == Mode::Run).then(|| tokio::spawn(notifier(reload_rx, outcome_tx)));
     let mut telemetry = Telemetry::new(core.targets().len(), &opts.hosts);
+    let mut publisher = Publisher::default();
     let mut rendered: HashMap<TargetId, Vec<u8>> = HashMap::new();
     let mut cycle_start: Option<Instant> = None;
     let mut last_change = Instant::now();
@@ -384,7 +385,7 @@ pub async fn run(
                     let _ = source.send(Command::Unwatch(unused));
                 }
             }
-            publish(&core, &telemetry, &opts);
+            publisher.publish(&core, &telemetry, &opts, false);
             if opts.mode != Mode::Run && core.all_settled() {
                 break;
             }
@@ -408,7 +409,7 @@ pub async fn run(
                         connection_changed |= handle_event(&mut core, &mut telemetry, ev);
                     }
                     if connection_changed {
-                        publish(&core, &telemetry, &opts);
+                        publisher.publish(&core, &telemetry, &opts, false);
                         // once/render: a read error may have settled the last pending file.
                         if opts.mode != Mode::Run && core.all_settled() {
                             break;
@@ -452,13 +453,16 @@ pub async fn run(
                 info!(files = core.targets().len(), "new configuration in effect");
                 due = true;
             }
+            _ = sleep_until(publisher.due()), if publisher.due().is_some() => {
+                publisher.publish(&core, &telemetry, &opts, true);
+            }
             Some(mut outcome) = outcomes.recv() => {
                 let rollback = std::mem::take(&mut outcome.rollback);
                 if let Some(error) = outcome.error.clone() && !rollback.is_empty() {
                     roll_back(&mut core, rollback, &outcome.spec, &error, &reload_tx).await;
                 }
                 telemetry.on_reload(outcome);
-                publish(&core, &telemetry, &opts);
+                publisher.publish(&core, &telemetry, &opts, false);
             }
             _ = sleep_until(opts.deadline), if opts.deadline.is_some() => break,
         }
@@ -470,7 +474,7 @@ pub async fn run(
     while let Ok(outcome) = outcomes.try_recv() {
         telemetry.on_reload(outcome);
     }
-    publish(&core, &telemetry, &opts);
+    publisher.publish(&core, &telemetry, &opts, true);
     let files = core.targets().iter().map(|t| (t.spec.dest.clone(), t.status.clone())).collect();
     let mut rendered: Vec<_> = rendered.into_iter().collect();
     rendered.sort_by_key(|(id, _)| *id);
@@ -687,7 +691,7 @@ async fn carry_out(core: &Core, actions: Vec<Action>, parallelism: usize) -> Vec
                 Action::Install { contents, .. } => {
                     // Keep what is there now, to put it back if the application rejects the new file.
                     let previous = spec.rollback.then(|| std::fs::read(&spec.dest).ok());
-                    let r = sink::install(&spec, &contents);
+                    let r = sink::install_with(&spec, &contents, sink::DirSync::Deferred);
                     if let Ok(WriteOutcome::Written) = r {
                         info!(dest = %spec.dest.display(), bytes = contents.len(), "file written");
                     }
@@ -716,6 +720,12 @@ async fn carry_out(core: &Core, actions: Vec<Action>, parallelism: usize) -> Vec
         results.push(r.expect("bug: install job panicked"));
     }
     results.sort_by_key(|r| r.id);
+    // One fsync per directory for the whole cycle, before any reload is told about it.
+    let written: Vec<PathBuf> =
+        results.iter().filter(|r| r.changed).map(|r| core.targets()[r.id].spec.dest.clone()).collect();
+    if !written.is_empty() {
+        let _ = tokio::task::spawn_blocking(move || sink::sync_dirs(written.iter().map(PathBuf::as_path))).await;
+    }
     results
 }
 
@@ -923,9 +933,42 @@ fn unix(t: SystemTime) -> f64 {
 }
 
 /// Builds the status report and publishes it (no-op without a receiver).
-fn publish(core: &Core, telemetry: &Telemetry, opts: &Options) {
-    let Some(tx) = &opts.status else { return };
-    tx.send_replace(Arc::new(report(core, telemetry)));
+/// Publishes the status report, at most every [`Publisher::INTERVAL`] unless readiness or
+/// the connection changed (those go out at once: `/readyz` and systemd must not lag).
+/// Building the report walks every file and dependency, which at a thousand files costs
+/// more than rendering a change, so a burst of changes publishes once, not once per change.
+#[derive(Debug, Default)]
+struct Publisher {
+    last: Option<Instant>,
+    /// A change not published yet: publish at `last + INTERVAL`.
+    pending: bool,
+    ready: bool,
+    connection: &'static str,
+}
+
+impl Publisher {
+    const INTERVAL: Duration = Duration::from_millis(200);
+
+    fn publish(&mut self, core: &Core, telemetry: &Telemetry, opts: &Options, force: bool) {
+        let Some(tx) = &opts.status else { return };
+        let ready = core.targets().iter().all(|t| t.settled_once);
+        let urgent = force || ready != self.ready || telemetry.connection != self.connection;
+        let now = Instant::now();
+        if !urgent && self.last.is_some_and(|last| now < last + Self::INTERVAL) {
+            self.pending = true;
+            return;
+        }
+        tx.send_replace(Arc::new(report(core, telemetry)));
+        self.last = Some(now);
+        self.pending = false;
+        self.ready = ready;
+        self.connection = telemetry.connection;
+    }
+
+    /// When a held-back report is due.
+    fn due(&self) -> Option<Instant> {
+        self.pending.then(|| self.last.map_or_else(Instant::now, |l| l + Self::INTERVAL))
+    }
 }
 
 fn report(core: &Core, telemetry: &Telemetry) -> StatusReport {

@@ -234,6 +234,24 @@ fn output_suffix(output: &str) -> String {
 /// `allow_empty`, [`WriteError::CheckFailed`] when `check` rejects the new contents and
 /// [`WriteError::BindMount`] when `dest` is a single-file bind mount in atomic mode.
 pub fn install(spec: &FileSpec, contents: &[u8]) -> Result<WriteOutcome, WriteError> {
+    install_with(spec, contents, DirSync::Now)
+}
+
+/// When the directory fsync after a rename happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirSync {
+    /// Before [`install_with`] returns.
+    Now,
+    /// Left to the caller, who calls [`sync_dirs`] for a whole batch of installs before
+    /// telling the application (one fsync per directory instead of one per file).
+    Deferred,
+}
+
+/// [`install`], with the directory fsync optionally left to the caller.
+///
+/// # Errors
+/// As [`install`].
+pub fn install_with(spec: &FileSpec, contents: &[u8], dir_sync: DirSync) -> Result<WriteOutcome, WriteError> {
     let dest = spec.dest.as_path();
     let mode = spec.mode & PERMISSION_BITS;
     let current = Current::read(dest, contents)
@@ -305,8 +323,22 @@ pub fn install(spec: &FileSpec, contents: &[u8]) -> Result<WriteOutcome, WriteEr
             WriteError::Rename { dest: dest.to_owned(), source }
         }
     })?;
-    sync_dir_after_commit(dest, dir);
+    if dir_sync == DirSync::Now {
+        sync_dir_after_commit(dest, dir);
+    }
     Ok(WriteOutcome::Written)
+}
+
+/// Fsyncs the directory of each of `dests` once, after a batch of deferred installs. A
+/// failure is logged, not returned (the files are already in place).
+pub fn sync_dirs<'a>(dests: impl IntoIterator<Item = &'a Path>) {
+    let mut done = BTreeSet::new();
+    for dest in dests {
+        let dir = parent_dir(dest);
+        if done.insert(dir.to_path_buf()) {
+            sync_dir_after_commit(dest, dir);
+        }
+    }
 }
 
 /// Removes `spec.dest` if it exists and makes the removal durable.
@@ -415,7 +447,9 @@ fn set_owner_and_mode(file: &File, mode: u32, owner: Option<u32>, group: Option<
 
 fn write_synced(mut file: &File, contents: &[u8]) -> io::Result<()> {
     file.write_all(contents)?;
-    file.sync_all()
+    // fdatasync: the data and the size; the timestamps a full fsync would add are not
+    // needed for the file to survive a crash whole.
+    file.sync_data()
 }
 
 /// Temporary files and check process groups in flight, so that an immediate exit (a second
