@@ -724,7 +724,8 @@ async fn carry_out(core: &Core, actions: Vec<Action>, parallelism: usize) -> Vec
     let written: Vec<PathBuf> =
         results.iter().filter(|r| r.changed).map(|r| core.targets()[r.id].spec.dest.clone()).collect();
     if !written.is_empty() {
-        let _ = tokio::task::spawn_blocking(move || sink::sync_dirs(written.iter().map(PathBuf::as_path))).await;
+        let _ =
+            tokio::task::spawn_blocking(move || sink::sync_dirs(written.iter().map(PathBuf::as_path))).await;
     }
     results
 }

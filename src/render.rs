@@ -111,12 +111,59 @@ pub struct Rendered {
 
 /// A compiled template. Compile once at startup (or reload), render on every change.
 ///
-/// `Send + Sync`: it holds only the compiled template and the functions, which capture
-/// nothing but the prefix; the per-render state lives on the rendering thread's stack.
+/// Every template lives in one shared environment ([`ENV`]) under a unique key: minijinja's
+/// builtins (filters, tests, functions) are registered once for the whole process rather
+/// than once per file, which at a thousand templated files is several MiB. The template's
+/// own settings (prefix, allowed environment variables) travel in the per-render scope.
+/// Dropping a `Template` removes it from the environment (config reloads do not leak).
+///
+/// `Send + Sync`: it holds only its key and settings; the per-render state lives on the
+/// rendering thread's stack.
 pub struct Template {
     name: String,
-    /// Holds exactly one template, registered under `name`.
-    env: Environment<'static>,
+    /// Unique key of the compiled template in [`ENV`].
+    key: String,
+    prefix: Option<ZnodePath>,
+    /// `allow_env` names with their values at compile time.
+    allowed_env: BTreeMap<String, Option<String>>,
+}
+
+/// The one environment every template is compiled into.
+static ENV: std::sync::LazyLock<std::sync::Mutex<Environment<'static>>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(base_environment()));
+
+/// Tells templates with the same name apart in [`ENV`].
+static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn env() -> std::sync::MutexGuard<'static, Environment<'static>> {
+    // A panic while rendering (caught in `render`) leaves the environment intact.
+    ENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// minijinja's builtins plus zkrender's functions and filters, sandboxed: no loader.
+fn base_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_keep_trailing_newline(true);
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    // Debug info would snapshot the render context into every error; we only use the
+    // line and the span, which minijinja records without it.
+    env.set_debug(false);
+    env.add_function("znode", |path: &str, kwargs: Kwargs| znode(path, &kwargs));
+    env.add_function("children", |path: &str, kwargs: Kwargs| children(path, &kwargs));
+    env.add_function("exists", |path: &str| exists(path));
+    env.add_function("env", |name: &str, kwargs: Kwargs| env_var(name, &kwargs));
+    env.add_filter("from_json", from_json);
+    env.add_filter("from_toml", from_toml);
+    env.add_filter("b64encode", b64encode);
+    env.add_filter("b64decode", b64decode);
+    env
+}
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        env().remove_template(&self.key);
+    }
 }
 
 impl fmt::Debug for Template {
@@ -139,33 +186,13 @@ impl Template {
     /// `allow_env` with `env("NAME", default=...)`. Their values are taken now, at compile time
     /// (config load or reload), so rendering stays pure; any other name is an error.
     pub fn compile_with_env(spec: &TemplateSpec, allow_env: &[String]) -> Result<Template, RenderError> {
-        let mut env = Environment::new();
-        env.set_keep_trailing_newline(true);
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_auto_escape_callback(|_| AutoEscape::None);
-        // Debug info would snapshot the render context into every error; we only use the
-        // line and the span, which minijinja records without it.
-        env.set_debug(false);
-
-        let prefix = spec.prefix.clone();
-        env.add_function("znode", move |path: &str, kwargs: Kwargs| znode(prefix.as_ref(), path, &kwargs));
-        let prefix = spec.prefix.clone();
-        env.add_function("children", move |path: &str, kwargs: Kwargs| {
-            children(prefix.as_ref(), path, &kwargs)
-        });
-        let prefix = spec.prefix.clone();
-        env.add_function("exists", move |path: &str| exists(prefix.as_ref(), path));
-        let allowed: BTreeMap<String, Option<String>> =
-            allow_env.iter().map(|name| (name.clone(), std::env::var(name).ok())).collect();
-        env.add_function("env", move |name: &str, kwargs: Kwargs| env_var(&allowed, name, &kwargs));
-        env.add_filter("from_json", from_json);
-        env.add_filter("from_toml", from_toml);
-        env.add_filter("b64encode", b64encode);
-        env.add_filter("b64decode", b64decode);
-
-        env.add_template_owned(spec.name.clone(), spec.text.clone())
+        let id = NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = format!("{id}:{}", spec.name);
+        env()
+            .add_template_owned(key.clone(), spec.text.clone())
             .map_err(|err| template_error(&spec.name, &err, &spec.text))?;
-        Ok(Template { name: spec.name.clone(), env })
+        let allowed_env = allow_env.iter().map(|name| (name.clone(), std::env::var(name).ok())).collect();
+        Ok(Template { name: spec.name.clone(), key, prefix: spec.prefix.clone(), allowed_env })
     }
 
     /// [`TemplateSpec::name`]: the name used in messages.
@@ -178,8 +205,15 @@ impl Template {
     /// The outcome is `Pending` if any dependency is not in the snapshot yet, otherwise
     /// `Done` or `Failed`. See the module docs for how dependencies are discovered.
     pub fn render(&self, snapshot: &dyn Snapshot) -> Rendered {
-        let scope = Scope { snapshot, deps: RefCell::default(), unknown: Cell::new(false) };
-        let result = match self.env.get_template(&self.name) {
+        let scope = Scope {
+            snapshot,
+            prefix: self.prefix.as_ref(),
+            allowed_env: &self.allowed_env,
+            deps: RefCell::default(),
+            unknown: Cell::new(false),
+        };
+        let env = env();
+        let result = match env.get_template(&self.key) {
             // A panic inside the template engine (minijinja 2.24 panics on some slices of empty
             // values, e.g. `""[::-1]`) must not take the agent down: it becomes a render error
             // for this file, which keeps its last good contents.
@@ -220,6 +254,10 @@ impl Template {
 /// What one render pass reads from and records into.
 struct Scope<'a> {
     snapshot: &'a dyn Snapshot,
+    /// The template's `prefix`: relative znode paths resolve under it.
+    prefix: Option<&'a ZnodePath>,
+    /// The template's `allow_env` names and values.
+    allowed_env: &'a BTreeMap<String, Option<String>>,
     /// Every dependency touched so far.
     deps: RefCell<BTreeSet<Dep>>,
     /// Whether some dependency was not in the snapshot.
@@ -293,18 +331,16 @@ fn fail(message: String) -> minijinja::Error {
     minijinja::Error::new(ErrorKind::InvalidOperation, message).with_source(Ours)
 }
 
-fn resolve(prefix: Option<&ZnodePath>, path: &str) -> Result<ZnodePath, minijinja::Error> {
-    ZnodePath::resolve(prefix, path).map_err(|err| fail(err.to_string()))
+/// `path` resolved under the rendering template's prefix.
+fn resolve(path: &str) -> Result<ZnodePath, minijinja::Error> {
+    with_scope(|scope| ZnodePath::resolve(scope.prefix, path).map_err(|err| fail(err.to_string())))
 }
 
 /// `env(name, default=...)`: an environment variable the file's `allow_env` lists.
-fn env_var(
-    allowed: &BTreeMap<String, Option<String>>,
-    name: &str,
-    kwargs: &Kwargs,
-) -> Result<JValue, minijinja::Error> {
+fn env_var(name: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
     let default = default_arg(kwargs)?;
-    match allowed.get(name) {
+    let value = with_scope(|scope| Ok(scope.allowed_env.get(name).cloned()))?;
+    match value {
         None => Err(fail(format!(
             "environment variable {name} is not readable: list it in this file's allow_env"
         ))),
@@ -330,9 +366,9 @@ fn wrong_kind(dep: &Dep) -> minijinja::Error {
 }
 
 /// `znode(path, default=...)`: the data as UTF-8 text.
-fn znode(prefix: Option<&ZnodePath>, path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
+fn znode(path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
     let default = default_arg(kwargs)?;
-    let dep = Dep::data(resolve(prefix, path)?);
+    let dep = Dep::data(resolve(path)?);
     with_scope(|scope| match scope.read(&dep) {
         None => Ok(default.unwrap_or_else(|| JValue::from(""))),
         Some(Value::Missing) => default.ok_or_else(|| does_not_exist(&dep.znode)),
@@ -349,9 +385,9 @@ fn znode(prefix: Option<&ZnodePath>, path: &str, kwargs: &Kwargs) -> Result<JVal
 }
 
 /// `children(path, default=...)`: the sorted child names.
-fn children(prefix: Option<&ZnodePath>, path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
+fn children(path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
     let default = default_arg(kwargs)?;
-    let dep = Dep::children(resolve(prefix, path)?);
+    let dep = Dep::children(resolve(path)?);
     with_scope(|scope| match scope.read(&dep) {
         None => Ok(default.unwrap_or_else(|| JValue::from(Vec::<JValue>::new()))),
         Some(Value::Missing) => default.ok_or_else(|| does_not_exist(&dep.znode)),
@@ -368,8 +404,8 @@ fn children(prefix: Option<&ZnodePath>, path: &str, kwargs: &Kwargs) -> Result<J
 }
 
 /// `exists(path)`: whether the znode exists (a data dependency).
-fn exists(prefix: Option<&ZnodePath>, path: &str) -> Result<bool, minijinja::Error> {
-    let dep = Dep::data(resolve(prefix, path)?);
+fn exists(path: &str) -> Result<bool, minijinja::Error> {
+    let dep = Dep::data(resolve(path)?);
     with_scope(|scope| Ok(!matches!(scope.read(&dep), None | Some(Value::Missing))))
 }
 
