@@ -1,0 +1,666 @@
+//! Fault injection on the local side: the destination's file system and the reload target.
+//!
+//! The promise under test (README, "What zkrender guarantees"): whatever goes wrong while
+//! writing a file or reloading the application, the last good file stays in place byte for
+//! byte, the failure is logged once per cause (not once per event), the agent keeps running,
+//! and it recovers by itself once the fault is gone.
+//!
+//! * 7a: the destination directory becomes unwritable (`chattr +i`; root ignores mode bits).
+//! * 7b: the destination's file system is full (a 64 KiB tmpfs, or a loop-mounted ext4).
+//! * 8: the reload target is down: a dead pid, a refused HTTP port, a hanging command.
+//! * 9: big and bad data: ~1 MiB znodes, binary data, invalid UTF-8, invalid JSON.
+//!
+//! Tests 7a and 7b need root (mount, chattr); without the means they print why and skip.
+//! Every test has its own chroot and temporary directory on one ZooKeeper per test binary
+//! (`ZK_TEST_HOSTS`, else one started here).
+
+mod common;
+
+use std::fs::{self, File};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{
+    Agent, Zk, connect, create_chroot, set, unique_chroot, wait_for_file, wait_until, write_config,
+};
+use tempfile::TempDir;
+use zookeeper_client::Client;
+
+/// How long any single expected effect may take.
+const T: Duration = Duration::from_secs(10);
+/// How long nothing more may be logged before "exactly once" is asserted: longer than the
+/// `resync = "1s"` period, so that at least one anti-entropy retry falls inside it.
+const SETTLE: Duration = Duration::from_millis(1500);
+/// How many changes are made while a fault lasts.
+const CHANGES: usize = 20;
+
+// ------------------------------------------------------------------ fixture
+
+/// One ZooKeeper for the whole test binary.
+fn zk() -> &'static Zk {
+    static ZK: OnceLock<Zk> = OnceLock::new();
+    ZK.get_or_init(Zk::shared)
+}
+
+/// A test's chroot, client and temporary directory.
+struct Env {
+    dir: TempDir,
+    chroot: String,
+    client: Client,
+}
+
+async fn env(name: &str) -> Env {
+    let chroot = unique_chroot(name);
+    let hosts = create_chroot(zk().hosts(), &chroot).await;
+    let client = connect(&hosts).await;
+    let dir = tempfile::Builder::new().prefix("zkr-faults-disk-").tempdir().unwrap();
+    Env { dir, chroot, client }
+}
+
+impl Env {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes the config: `[zookeeper]` with this test's chroot, `[agent] listen = ""` and
+    /// `resync = "1s"` (so that recovery without a change is exercised), then `files`.
+    fn config(&self, files: &str) -> PathBuf {
+        let text = format!(
+            "[zookeeper]\nhosts = {:?}\nchroot = {:?}\n\n[agent]\nlisten = \"\"\nresync = \"1s\"\n\n{files}",
+            zk().hosts(),
+            self.chroot
+        );
+        write_config(self.dir.path(), &text)
+    }
+
+    async fn set(&self, znode: &str, value: &[u8]) {
+        set(&self.client, znode, value).await;
+    }
+}
+
+fn run_agent(config: &Path) -> Agent {
+    Agent::start([Path::new("run"), Path::new("-c"), config])
+}
+
+/// A raw `[[file]]` table.
+fn raw(dest: &Path, znode: &str) -> String {
+    format!("[[file]]\ndest = {:?}\nznode = {znode:?}\n\n", dest.to_str().unwrap())
+}
+
+/// The log lines at level ERROR that mention `needle` (a dest path, usually).
+fn error_lines(agent: &Agent, needle: &str) -> Vec<String> {
+    agent.log().lines().filter(|l| l.contains(" ERROR ") && l.contains(needle)).map(str::to_owned).collect()
+}
+
+fn assert_running(agent: &Agent) {
+    assert!(agent.is_running(), "the agent exited ({:?}); log:\n{}", agent.try_status(), agent.log());
+}
+
+/// Temporary files zkrender left in `dir` (`.<name>.zkrender.<random>`).
+fn temp_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".zkrender."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn show(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(40)];
+    format!(
+        "{} bytes {:?}{}",
+        bytes.len(),
+        String::from_utf8_lossy(head),
+        if bytes.len() > 40 { "..." } else { "" }
+    )
+}
+
+/// Asserts that `path` holds exactly `expected`, showing both briefly otherwise.
+fn assert_file(path: &Path, expected: &[u8], context: &str) {
+    let actual = fs::read(path).unwrap_or_else(|e| panic!("{}: unreadable: {e}\n{context}", path.display()));
+    assert!(
+        actual == expected,
+        "{} holds {}, expected {}\n{context}",
+        path.display(),
+        show(&actual),
+        show(expected)
+    );
+}
+
+/// Waits until `path` holds exactly `expected` (binary-safe, short diagnostics).
+fn wait_for_bytes(path: &Path, expected: &[u8], timeout: Duration, agent: &Agent) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let actual = fs::read(path);
+        if actual.as_deref().ok() == Some(expected) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let actual = actual.map(|b| show(&b)).unwrap_or_else(|e| format!("<unreadable: {e}>"));
+            panic!(
+                "{} did not become {} within {timeout:?}; it is {actual}\nlog:\n{}",
+                path.display(),
+                show(expected),
+                agent.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ------------------------------------------------------------------ system tools (root)
+
+/// Runs `program args...`; the error says what failed and why.
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    match Command::new(program).args(args).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run {program}: {e}")),
+    }
+}
+
+/// Whether a new file can be created in `dir` (the probe is removed again).
+fn can_create_in(dir: &Path) -> bool {
+    let probe = dir.join(".zkr-probe");
+    match File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// A mount on `path`, unmounted on drop.
+struct Mounted {
+    path: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let path = self.path.to_str().unwrap();
+        if let Err(e) = run("umount", &[path]) {
+            eprintln!("warning: {e}; unmounting lazily");
+            let _ = run("umount", &["-l", path]);
+        }
+    }
+}
+
+/// The immutable attribute on a directory, cleared on drop.
+struct Immutable {
+    path: PathBuf,
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        if let Err(e) = run("chattr", &["-i", self.path.to_str().unwrap()]) {
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
+/// A directory made unwritable for root; writable again on drop.
+enum Unwritable {
+    /// `chattr +i`: creating, renaming or removing entries fails with EPERM.
+    Immutable { _guard: Immutable },
+    /// The directory bind-mounted read-only onto itself: EROFS.
+    ReadOnly { _guard: Mounted },
+}
+
+impl Unwritable {
+    /// The `cause` zkrender should log for it (`WriteError::kind`).
+    fn cause(&self) -> &'static str {
+        match self {
+            Unwritable::Immutable { .. } => "permission",
+            Unwritable::ReadOnly { .. } => "io",
+        }
+    }
+
+    /// Makes `dir` unwritable: `chattr +i` where the file system supports it, else a
+    /// read-only bind mount. The reasons when neither works.
+    fn make(dir: &Path) -> Result<Unwritable, String> {
+        let path = dir.to_str().unwrap();
+        let mut reasons = Vec::new();
+        match run("chattr", &["+i", path]) {
+            Ok(()) => {
+                let guard = Immutable { path: dir.to_path_buf() };
+                if !can_create_in(dir) {
+                    return Ok(Unwritable::Immutable { _guard: guard });
+                }
+                reasons.push("chattr +i did not stop root from creating files".to_owned());
+            }
+            Err(e) => reasons.push(e),
+        }
+        eprintln!("chattr +i unusable ({}); trying a read-only bind mount", reasons.join("; "));
+        match run("mount", &["--bind", path, path]) {
+            Ok(()) => {
+                let guard = Mounted { path: dir.to_path_buf() };
+                match run("mount", &["-o", "remount,bind,ro", path]) {
+                    Ok(()) if !can_create_in(dir) => return Ok(Unwritable::ReadOnly { _guard: guard }),
+                    Ok(()) => reasons.push("the read-only bind mount is still writable".to_owned()),
+                    Err(e) => reasons.push(e),
+                }
+            }
+            Err(e) => reasons.push(e),
+        }
+        Err(reasons.join("; "))
+    }
+}
+
+/// Mounts a small file system on `dir`: a 64 KiB tmpfs, else a 1 MiB ext4 image on a loop
+/// device (`image` is the image file). The reasons when neither works.
+fn small_fs(dir: &Path, image: &Path) -> Result<(Mounted, &'static str), String> {
+    let path = dir.to_str().unwrap();
+    let tmpfs = match run("mount", &["-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", path]) {
+        Ok(()) => return Ok((Mounted { path: dir.to_path_buf() }, "tmpfs of 64 KiB")),
+        Err(e) => e,
+    };
+    eprintln!("cannot mount a tmpfs ({tmpfs}); trying a loop-mounted ext4 image");
+    let img = image.to_str().unwrap();
+    let ext4 = run("truncate", &["-s", "1M", img])
+        .and_then(|()| run("mkfs.ext4", &["-q", "-F", "-m", "0", img]))
+        .and_then(|()| run("mount", &["-o", "loop", img, path]));
+    match ext4 {
+        Ok(()) => Ok((Mounted { path: dir.to_path_buf() }, "loop-mounted ext4 of 1 MiB")),
+        Err(e) => Err(format!("tmpfs: {tmpfs}; ext4 on a loop device: {e}")),
+    }
+}
+
+/// Fills the file system of `path` with one file, until it refuses to take more.
+fn fill(path: &Path) -> u64 {
+    let mut file = File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    let mut total = 0u64;
+    for chunk in [vec![0x5au8; 4096], vec![0x5au8; 1]] {
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) if e.kind() == ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+    let _ = file.sync_all();
+    total
+}
+
+// ------------------------------------------------------------------ 7. the destination
+
+/// 7a. The destination directory becomes unwritable. While it is, 20 changes: the old file
+/// stays, one error line for the cause, the agent runs. Writable again: the file converges
+/// by itself (resync), "file recovered" is logged, and later changes apply.
+#[tokio::test(flavor = "multi_thread")]
+async fn unwritable_dest_dir_keeps_the_old_file_logs_once_and_recovers() {
+    let env = env("disk-unwritable").await;
+    let out = env.path("out");
+    fs::create_dir(&out).unwrap();
+    let (dest, control) = (out.join("app.conf"), env.path("control.conf"));
+    env.set("/app/conf", b"good-0").await;
+    env.set("/app/control", b"c0").await;
+    let cfg = env.config(&(raw(&dest, "/app/conf") + &raw(&control, "/app/control")));
+    let agent = run_agent(&cfg);
+    wait_for_file(&dest, b"good-0", T);
+    wait_for_file(&control, b"c0", T);
+
+    let guard = match Unwritable::make(&out) {
+        Ok(guard) => guard,
+        Err(reason) => {
+            eprintln!("SKIPPED: cannot make a directory unwritable for root: {reason}");
+            return;
+        }
+    };
+    let dest_str = dest.to_str().unwrap();
+    for i in 1..=CHANGES {
+        env.set("/app/conf", format!("bad-{i}").as_bytes()).await;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A barrier: the control file's change comes after all of them in the session's order.
+    env.set("/app/control", b"c1").await;
+    wait_for_file(&control, b"c1", T);
+    wait_until(|| !error_lines(&agent, dest_str).is_empty(), T, "the error about the unwritable dir");
+    std::thread::sleep(SETTLE); // the 1 s resync retries the write meanwhile
+
+    let context = format!("log:\n{}", agent.log());
+    assert_file(&dest, b"good-0", &context);
+    let errors = error_lines(&agent, dest_str);
+    assert_eq!(errors.len(), 1, "expected one error line for one cause, got {}:\n{context}", errors.len());
+    let cause = format!("cause={:?}", guard.cause());
+    assert!(errors[0].contains(&cause), "the error line does not say {cause}: {}", errors[0]);
+    assert_running(&agent);
+
+    drop(guard);
+    assert!(can_create_in(&out), "{} is still unwritable", out.display());
+    // No change needed: the periodic resync retries and succeeds.
+    wait_for_file(&dest, format!("bad-{CHANGES}").as_bytes(), T);
+    agent.wait_for_log("file recovered", T);
+    env.set("/app/conf", b"good-21").await;
+    wait_for_file(&dest, b"good-21", T);
+    assert_eq!(temp_files(&out), Vec::<String>::new(), "temporary files left behind");
+    assert_eq!(error_lines(&agent, dest_str).len(), 1, "log:\n{}", agent.log());
+    assert_running(&agent);
+}
+
+/// 7b. The destination's file system is full. While it is, 20 changes each larger than the
+/// free space: the old file stays, one `no_space` error line, no temp file is left to eat
+/// space, the agent runs. Space freed: the file converges by itself, then follows changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn full_disk_keeps_the_old_file_logs_no_space_once_and_recovers() {
+    let env = env("disk-full").await;
+    let out = env.path("out");
+    fs::create_dir(&out).unwrap();
+    let (mounted, what) = match small_fs(&out, &env.path("fs.img")) {
+        Ok(m) => m,
+        Err(reason) => {
+            eprintln!("SKIPPED: cannot mount a small file system: {reason}");
+            return;
+        }
+    };
+    eprintln!("destination on a {what}");
+    let (dest, control) = (out.join("app.conf"), env.path("control.conf"));
+    env.set("/app/conf", b"small-0").await;
+    env.set("/app/control", b"c0").await;
+    let cfg = env.config(&(raw(&dest, "/app/conf") + &raw(&control, "/app/control")));
+    let agent = run_agent(&cfg);
+    wait_for_file(&dest, b"small-0", T);
+    wait_for_file(&control, b"c0", T);
+
+    let filler = out.join("filler");
+    let filled = fill(&filler);
+    let big = |i: usize| {
+        let mut value = format!("big-{i}-").into_bytes();
+        value.resize(32 * 1024, b'x');
+        value
+    };
+    // The file system really cannot take a value now.
+    let probe = out.join("probe");
+    let refused = File::create(&probe).and_then(|mut f| f.write_all(&big(0)).and_then(|()| f.sync_all()));
+    let _ = fs::remove_file(&probe);
+    assert!(refused.is_err(), "{what} took 32 KiB after a {filled}-byte filler");
+
+    let dest_str = dest.to_str().unwrap();
+    for i in 1..=CHANGES {
+        env.set("/app/conf", &big(i)).await;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.set("/app/control", b"c1").await;
+    wait_for_file(&control, b"c1", T);
+    wait_until(|| !error_lines(&agent, dest_str).is_empty(), T, "the error about the full disk");
+    std::thread::sleep(SETTLE);
+
+    let context = format!("log:\n{}", agent.log());
+    assert_file(&dest, b"small-0", &context);
+    assert_eq!(temp_files(&out), Vec::<String>::new(), "temporary files left on the full disk\n{context}");
+    let errors = error_lines(&agent, dest_str);
+    assert!(
+        errors[0].contains("cause=\"no_space\""),
+        "the error line does not say cause=\"no_space\": {}",
+        errors[0]
+    );
+    assert_running(&agent);
+    // Once per cause is checked last, so that a failure of it still shows whether the
+    // agent recovers.
+    let errors_while_full = errors;
+
+    fs::remove_file(&filler).unwrap();
+    wait_for_bytes(&dest, &big(CHANGES), T, &agent);
+    agent.wait_for_log("file recovered", T);
+    env.set("/app/conf", b"small-21").await;
+    wait_for_file(&dest, b"small-21", T);
+    assert_running(&agent);
+    agent.stop();
+    assert_eq!(
+        errors_while_full.len(),
+        1,
+        "expected one error line for one cause (no_space) during {CHANGES} changes, got {}; \
+         the first two:\n{}",
+        errors_while_full.len(),
+        errors_while_full.iter().take(2).cloned().collect::<Vec<_>>().join("\n")
+    );
+    drop(mounted);
+}
+
+// ------------------------------------------------------------------ 8. the reload target
+
+/// What each reload test checks: the first install's reload fails after 1 + `retries = 1`
+/// attempts and is logged with `detail`; the file is written regardless; two later changes
+/// are written too, each with its own failed reload.
+async fn reload_target_down(env: &Env, reload: &str, detail: &str) -> Agent {
+    let dest = env.path("app.conf");
+    env.set("/app/conf", b"v0").await;
+    let cfg = env.config(&format!("{}[file.reload]\n{reload}retries = 1\n", raw(&dest, "/app/conf")));
+    let agent = run_agent(&cfg);
+    wait_for_file(&dest, b"v0", T);
+    let failed = |n: usize| {
+        agent.wait_for_log_count("reload failed after all retries", n, T);
+        let log = agent.log();
+        let lines: Vec<&str> =
+            log.lines().filter(|l| l.contains("reload failed after all retries")).collect();
+        assert!(lines.iter().all(|l| l.contains(" ERROR ")), "not at error level: {lines:?}");
+        let detailed = lines.iter().filter(|l| l.to_lowercase().contains(&detail.to_lowercase())).count();
+        assert_eq!(detailed, lines.len(), "a failure logged without {detail:?}:\n{log}");
+        let retried = log.matches("reload attempt failed; retrying").count();
+        let gave_up = log.matches("reload attempt failed; giving up").count();
+        assert_eq!((retried, gave_up), (n, n), "retries = 1: two attempts per reload\n{log}");
+    };
+    failed(1);
+    for i in 1..=2 {
+        let value = format!("v{i}");
+        env.set("/app/conf", value.as_bytes()).await;
+        wait_for_file(&dest, value.as_bytes(), T);
+        failed(1 + i);
+    }
+    assert_file(&dest, b"v2", "the file stays written");
+    assert_running(&agent);
+    agent
+}
+
+/// 8a. `pid_file` names a pid nobody has.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_to_a_dead_pid_is_logged_and_changes_keep_applying() {
+    let env = env("reload-down-pid").await;
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap(); // reaped: nobody has this pid now
+    let pid_file = env.path("app.pid");
+    fs::write(&pid_file, format!("{pid}\n")).unwrap();
+    let reload = format!("signal = \"HUP\"\npid_file = {:?}\n", pid_file.to_str().unwrap());
+    let detail = format!("no process with pid {pid} (from pid file {})", pid_file.display());
+    let agent = reload_target_down(&env, &reload, &detail).await;
+    agent.stop();
+}
+
+/// 8b. The HTTP hook's port refuses connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_to_a_refused_http_port_is_logged_and_changes_keep_applying() {
+    let env = env("reload-down-http").await;
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }; // closed again: nothing listens there now
+    let url = format!("http://127.0.0.1:{port}/-/reload");
+    let reload = format!("http = {url:?}\ntimeout = \"2s\"\n");
+    let agent = reload_target_down(&env, &reload, &url).await;
+    // The detail an operator needs: why the request failed.
+    let log = agent.log();
+    let failure = log.lines().find(|l| l.contains("reload failed after all retries")).unwrap();
+    assert!(
+        failure.to_lowercase().contains("refused"),
+        "the failure does not say the connection was refused: {failure}\nlog:\n{log}"
+    );
+    agent.stop();
+}
+
+/// The pids of live (non-zombie) processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && pid != std::process::id() {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// 8c. The reload command hangs past its timeout: killed (with what it started), logged,
+/// and the next changes still apply.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_command_that_hangs_is_killed_logged_and_leaves_nothing_behind() {
+    let env = env("reload-down-command").await;
+    // A duration no other process uses, to find this test's sleeps; `; true` keeps the
+    // shell waiting as the sleep's parent, so both must be killed.
+    let token = format!("30.{:06}", rand::random::<u32>() % 1_000_000);
+    let script = format!("sleep {token}; true");
+    let reload = format!("command = [\"sh\", \"-c\", {script:?}]\ntimeout = \"300ms\"\n");
+    let agent = reload_target_down(&env, &reload, "timed out after 300ms (killed)").await;
+    // A change that arrives while a reload hangs is still written.
+    let dest = env.path("app.conf");
+    env.set("/app/conf", b"v3").await;
+    wait_until(|| !processes_with(&token).is_empty(), T, "the reload after v3 to hang");
+    env.set("/app/conf", b"v4").await;
+    wait_for_file(&dest, b"v4", T);
+    agent.wait_for_log_count("reload failed after all retries", 4, T);
+    wait_until(|| processes_with(&token).is_empty(), Duration::from_secs(3), "the hung reloads to be gone");
+    assert_running(&agent);
+    agent.stop();
+    assert!(processes_with(&token).is_empty(), "left behind: {:?}", processes_with(&token));
+}
+
+// ------------------------------------------------------------------ 9. big and bad data
+
+/// The largest znode value (in KiB steps) a fresh client can create under `path`, starting
+/// from ZooKeeper's default limit (`jute.maxbuffer`, 1 MiB including the request's
+/// overhead). A refused size costs the probing client its connection, so each try uses a
+/// client of its own.
+async fn largest_accepted(hosts: &str, path: &str) -> usize {
+    let mut size = 1024 * 1024 - 64;
+    while size > 900_000 {
+        let client = connect(hosts).await;
+        let data = vec![b'p'; size];
+        let options =
+            zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+        match tokio::time::timeout(Duration::from_secs(5), client.create(path, &data, &options)).await {
+            Ok(Ok(_)) => {
+                client.delete(path, None).await.unwrap();
+                return size;
+            }
+            Ok(Err(e)) => eprintln!("a {size}-byte znode was refused: {e}"),
+            Err(_) => eprintln!("a {size}-byte znode got no answer in 5 s"),
+        }
+        size -= 1024;
+    }
+    1_000_000
+}
+
+/// 9a, 9b. A znode of nearly 1 MiB and one holding every byte value are copied byte-exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn big_and_binary_znodes_are_copied_byte_exact() {
+    let env = env("data-big-binary").await;
+    let hosts = format!("{}{}", zk().hosts(), env.chroot);
+    let size = largest_accepted(&hosts, "/probe").await;
+    eprintln!("largest znode the server accepts: {size} bytes");
+    let big: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+    let binary: Vec<u8> = (0..=255u8).collect();
+    env.set("/app/big", &big).await;
+    env.set("/app/bin", &binary).await;
+    let (big_dest, bin_dest) = (env.path("big.bin"), env.path("all-bytes.bin"));
+    let cfg = env.config(&(raw(&big_dest, "/app/big") + &raw(&bin_dest, "/app/bin")));
+    let agent = run_agent(&cfg);
+    wait_for_bytes(&big_dest, &big, T, &agent);
+    wait_for_bytes(&bin_dest, &binary, T, &agent);
+
+    // Changed: a different big value, the byte values reversed.
+    let big2: Vec<u8> = big.iter().rev().copied().collect();
+    let binary2: Vec<u8> = binary.iter().rev().copied().collect();
+    env.set("/app/big", &big2).await;
+    env.set("/app/bin", &binary2).await;
+    wait_for_bytes(&big_dest, &big2, T, &agent);
+    wait_for_bytes(&bin_dest, &binary2, T, &agent);
+    assert!(error_lines(&agent, "").is_empty(), "errors logged:\n{}", agent.log());
+    assert_running(&agent);
+    agent.stop();
+}
+
+/// 9c. A template reads a znode that is not valid UTF-8: a render error naming the znode,
+/// logged once, the old file kept; fixed, the file converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn template_on_invalid_utf8_keeps_the_old_file_and_converges_when_fixed() {
+    let env = env("data-bad-utf8").await;
+    fs::write(env.path("t.j2"), "value={{ znode(\"/app/t\") }}\n").unwrap();
+    let dest = env.path("t.conf");
+    env.set("/app/t", b"ok-0").await;
+    let dest_str = dest.to_str().unwrap();
+    let cfg = env.config(&format!("[[file]]\ndest = {dest_str:?}\ntemplate = \"t.j2\"\n"));
+    let agent = run_agent(&cfg);
+    wait_for_file(&dest, b"value=ok-0\n", T);
+
+    env.set("/app/t", b"ok\xff\xfe").await;
+    agent.wait_for_log("not valid UTF-8", T);
+    env.set("/app/t", b"ok\xff\xfe").await; // the same bad value again: no new error line
+    std::thread::sleep(SETTLE);
+    let context = format!("log:\n{}", agent.log());
+    assert_file(&dest, b"value=ok-0\n", &context);
+    let errors = error_lines(&agent, dest_str);
+    assert_eq!(errors.len(), 1, "one error line for one cause:\n{context}");
+    for needed in ["/app/t", "t.j2", "cause=\"render\"", "not valid UTF-8"] {
+        assert!(errors[0].contains(needed), "the error line does not name {needed:?}: {}", errors[0]);
+    }
+    assert_running(&agent);
+
+    env.set("/app/t", b"ok-1").await;
+    wait_for_file(&dest, b"value=ok-1\n", T);
+    agent.wait_for_log("file recovered", T);
+    assert_running(&agent);
+    agent.stop();
+}
+
+/// 9d. `from_json` on invalid JSON: an error naming the template and the line, the old file
+/// kept, no panic; fixed, the file converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn from_json_on_invalid_json_keeps_the_old_file_and_converges_when_fixed() {
+    let env = env("data-bad-json").await;
+    fs::create_dir(env.path("templates")).unwrap();
+    fs::write(env.path("templates/j.j2"), "# generated\nport={{ (znode(\"j\") | from_json).port }}\n")
+        .unwrap();
+    let dest = env.path("j.conf");
+    env.set("/app/j", br#"{"port": 8080}"#).await;
+    let dest_str = dest.to_str().unwrap();
+    let cfg = env.config(&format!(
+        "[[file]]\ndest = {dest_str:?}\ntemplate = \"templates/j.j2\"\nprefix = \"/app\"\n"
+    ));
+    let agent = run_agent(&cfg);
+    wait_for_file(&dest, b"# generated\nport=8080\n", T);
+
+    env.set("/app/j", br#"{"port": 80"#).await;
+    agent.wait_for_log("invalid JSON", T);
+    std::thread::sleep(SETTLE);
+    let context = format!("log:\n{}", agent.log());
+    assert_file(&dest, b"# generated\nport=8080\n", &context);
+    let errors = error_lines(&agent, dest_str);
+    assert_eq!(errors.len(), 1, "one error line for one cause:\n{context}");
+    for needed in ["templates/j.j2", "line 2", "from_json: invalid JSON", "cause=\"render\""] {
+        assert!(errors[0].contains(needed), "the error line does not name {needed:?}: {}", errors[0]);
+    }
+    assert!(!agent.log().contains("panicked"), "{context}");
+    assert_running(&agent);
+
+    env.set("/app/j", br#"{"port": 9090}"#).await;
+    wait_for_file(&dest, b"# generated\nport=9090\n", T);
+    agent.wait_for_log("file recovered", T);
+    assert_running(&agent);
+    agent.stop();
+}
