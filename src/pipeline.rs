@@ -818,7 +818,7 @@ async fn notifier(
                         info!(reload = %job.spec.action, took = ?started.elapsed(), "application reloaded")
                     }
                     Err(e) => {
-                        error!(reload = %job.spec.action, error = %e, "reload failed after all retries")
+                        error!(reload = %job.spec.action, error = %crate::error::report(e), "reload failed after all retries")
                     }
                 }
                 let error = result.err().map(|e| crate::error::report(&e));

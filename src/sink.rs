@@ -44,6 +44,14 @@ const PERMISSION_BITS: u32 = 0o7777;
 const CHECK_OUTPUT_LIMIT: usize = 4096;
 /// How long to wait for a check's output pipe to close once the check itself has ended.
 const CHECK_OUTPUT_GRACE: Duration = Duration::from_millis(500);
+/// A path for a message: "the temporary file" for ours (their names are random), else the path.
+fn shown(path: &Path) -> String {
+    let temp = path
+        .file_name()
+        .is_some_and(|n| n.as_bytes().windows(TEMP_MARKER.len()).any(|w| w == TEMP_MARKER.as_bytes()));
+    if temp { "the temporary file".to_owned() } else { path.display().to_string() }
+}
+
 /// Marks our temporary files: `.<name>.zkrender.<random>`.
 const TEMP_MARKER: &str = ".zkrender.";
 
@@ -90,7 +98,7 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
-    #[error("writing {}: setting owner and mode of {}", .dest.display(), .path.display())]
+    #[error("writing {}: setting owner and mode of {}", .dest.display(), shown(.path))]
     Metadata {
         dest: PathBuf,
         /// The temporary file, the backup or the destination itself.
@@ -98,7 +106,9 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
-    #[error("writing {}: writing temporary file {}", .dest.display(), .temp.display())]
+    // The temporary file's random name stays out of the message: the same cause must read the
+    // same on every attempt, so that it is logged once, not once per attempt.
+    #[error("writing {}: writing the temporary file", .dest.display())]
     WriteTemp {
         dest: PathBuf,
         temp: PathBuf,

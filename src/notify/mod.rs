@@ -62,14 +62,14 @@ pub async fn reload(spec: &ReloadSpec) -> Result<(), NotifyError> {
                 return Ok(());
             }
             Err(err) if attempt_no > u64::from(spec.retries) => {
-                warn!(reload = %spec.action, attempt = attempt_no, error = %err, "reload attempt failed; giving up");
+                warn!(reload = %spec.action, attempt = attempt_no, error = %crate::error::report(&err), "reload attempt failed; giving up");
                 return Err(err);
             }
             Err(err) => {
                 warn!(
                     reload = %spec.action,
                     attempt = attempt_no,
-                    error = %err,
+                    error = %crate::error::report(&err),
                     retry_in = ?backoff,
                     "reload attempt failed; retrying"
                 );
