@@ -100,17 +100,19 @@ async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
             // Cancel safety: dropping an in-flight read also drops its watcher, which the
             // library unregisters; nothing is half-applied.
             _ = ctx.stop.cancelled() => return Ended::Stopped,
-            read = read_and_watch(&ctx, &dep) => read,
+            // Boxed: a task waits on its watch nearly all the time, so only that state should
+            // be inline in it; the read's larger state lives on the heap while it runs.
+            read = Box::pin(read_and_watch(&ctx, &dep)) => read,
         };
         let (value, watcher) = match read {
             Ok(v) => v,
-            Err(failure) => match on_failure(&ctx, &dep, failure, &mut backoff).await {
+            Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff)).await {
                 Some(ended) => return ended,
                 None => continue,
             },
         };
         backoff.reset();
-        if !send(&ctx, &dep, value).await {
+        if !Box::pin(send(&ctx, &dep, value)).await {
             return Ended::Stopped;
         }
         tokio::select! {
@@ -133,14 +135,14 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
     'session: loop {
         let added = tokio::select! {
             _ = ctx.stop.cancelled() => return Ended::Stopped,
-            added = bounded(&ctx, ctx.client.watch(dep.znode.as_str(), zk::AddWatchMode::Persistent)) => added,
+            added = Box::pin(bounded(&ctx, ctx.client.watch(dep.znode.as_str(), zk::AddWatchMode::Persistent))) => added,
         };
         let mut watcher = match added {
             Ok(w) => w,
             Err(CallFailure::Error(zk::Error::Unimplemented)) => {
                 return Ended::Fatal(SourceError::PersistentUnsupported);
             }
-            Err(failure) => match on_failure(&ctx, &dep, failure, &mut backoff).await {
+            Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff)).await {
                 Some(ended) => return ended,
                 None => continue 'session,
             },
@@ -150,16 +152,16 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
             if reread {
                 let read = tokio::select! {
                     _ = ctx.stop.cancelled() => return Ended::Stopped,
-                    read = read_plain(&ctx, &dep) => read,
+                    read = Box::pin(read_plain(&ctx, &dep)) => read,
                 };
                 match read {
                     Ok(value) => {
                         backoff.reset();
-                        if !send(&ctx, &dep, value).await {
+                        if !Box::pin(send(&ctx, &dep, value)).await {
                             return Ended::Stopped;
                         }
                     }
-                    Err(failure) => match on_failure(&ctx, &dep, failure, &mut backoff).await {
+                    Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff)).await {
                         Some(ended) => return ended,
                         // Re-add too: the failure may have been a reconnect that lost the watch.
                         None => continue 'session,
