@@ -358,11 +358,9 @@ enum SessionEnd {
 /// One session's watch tasks.
 struct Session {
     hosts: String,
-    client: zk::Client,
-    mode: WatchMode,
-    out: mpsc::Sender<SourceEvent>,
+    /// The client, channel and settings every watch task of this session uses.
+    shared: Arc<watch::Shared>,
     stop: CancellationToken,
-    call_timeout: Duration,
     tasks: JoinSet<watch::Ended>,
     /// Per dependency: its task's cancel token and resync trigger.
     watching: HashMap<Dep, (CancellationToken, Arc<Notify>)>,
@@ -376,14 +374,12 @@ impl Session {
         stop: CancellationToken,
         session_timeout: Duration,
     ) -> Self {
+        // Long enough for a slow ensemble, short enough that a dead connection is retried.
+        let call_timeout = session_timeout.max(Duration::from_secs(1));
         Session {
             hosts: String::new(),
-            client,
-            mode,
-            out,
+            shared: Arc::new(watch::Shared { client, mode, out, call_timeout }),
             stop,
-            // Long enough for a slow ensemble, short enough that a dead connection is retried.
-            call_timeout: session_timeout.max(Duration::from_secs(1)),
             tasks: JoinSet::new(),
             watching: HashMap::new(),
         }
@@ -395,14 +391,7 @@ impl Session {
         }
         let stop = self.stop.child_token();
         let poke = Arc::new(Notify::new());
-        let ctx = watch::WatchCtx {
-            client: self.client.clone(),
-            mode: self.mode,
-            out: self.out.clone(),
-            call_timeout: self.call_timeout,
-            stop: stop.clone(),
-            poke: poke.clone(),
-        };
+        let ctx = watch::WatchCtx { shared: self.shared.clone(), stop: stop.clone(), poke: poke.clone() };
         self.watching.insert(dep.clone(), (stop, poke));
         self.tasks.spawn(watch::run(ctx, dep));
     }
@@ -419,7 +408,7 @@ impl Session {
         deps: &mut Vec<Dep>,
         stop: &CancellationToken,
     ) -> SessionEnd {
-        let mut state = self.client.state_watcher();
+        let mut state = self.shared.client.state_watcher();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return SessionEnd::Shutdown,
@@ -449,11 +438,11 @@ impl Session {
                 s = state.changed() => match s {
                     zk::SessionState::Disconnected => {
                         warn!("zookeeper connection lost; files keep their last good contents; reconnecting");
-                        let _ = self.out.send(SourceEvent::Connection(Connection::Disconnected)).await;
+                        let _ = self.shared.out.send(SourceEvent::Connection(Connection::Disconnected)).await;
                     }
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                        info!(session = %self.client.session_id(), "zookeeper connection restored (same session)");
-                        let _ = self.out.send(SourceEvent::Connection(Connection::Connected)).await;
+                        info!(session = %self.shared.client.session_id(), "zookeeper connection restored (same session)");
+                        let _ = self.shared.out.send(SourceEvent::Connection(Connection::Connected)).await;
                     }
                     zk::SessionState::AuthFailed => {
                         return SessionEnd::Fatal(SourceError::AuthFailed { hosts: self.hosts.clone() });

@@ -28,18 +28,30 @@ use super::{SourceError, SourceEvent};
 use crate::config::WatchMode;
 use crate::model::{Dep, DepKind, Update, Value};
 
-/// Everything a watch task needs; cheap to clone (the client is a handle).
-#[derive(Clone)]
-pub(super) struct WatchCtx {
+/// What every watch task of a session shares (one allocation for all of them).
+pub(super) struct Shared {
     pub client: zk::Client,
     pub mode: WatchMode,
     pub out: mpsc::Sender<SourceEvent>,
     /// Bound on every ZooKeeper call, so a blocked call is retried rather than awaited forever.
     pub call_timeout: Duration,
+}
+
+/// Everything a watch task needs. Small on purpose: a session has one per watched znode.
+#[derive(Clone)]
+pub(super) struct WatchCtx {
+    pub shared: Arc<Shared>,
     /// Cancelled when the session ends (expiry, shutdown) or the dependency is dropped.
     pub stop: CancellationToken,
     /// Asks the task to re-read now (anti-entropy resync).
     pub poke: Arc<Notify>,
+}
+
+impl std::ops::Deref for WatchCtx {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 /// How a watch task ended.
