@@ -87,7 +87,11 @@ fn classify(err: zk::Error) -> CallFailure {
         zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed => {
             CallFailure::SessionOver
         }
-        zk::Error::ConnectionLoss | zk::Error::Timeout => CallFailure::Retry(err.to_string()),
+        // An I/O failure on the connection (a member killed mid-request: "connection reset by
+        // peer") reaches us as a custom error; like a connection loss, it is retried quietly.
+        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::Custom(_) => {
+            CallFailure::Retry(err.to_string())
+        }
         other => CallFailure::Error(other),
     }
 }
