@@ -428,7 +428,8 @@ where
     let deadline = Instant::now() + RETRY_FOR;
     loop {
         match op().await {
-            Err(ZkError::ConnectionLoss) if Instant::now() < deadline => {
+            // A member killed mid-request surfaces as an I/O (custom) error, not a connection loss.
+            Err(ZkError::ConnectionLoss | ZkError::Custom(_)) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await
             }
             result => return result,
