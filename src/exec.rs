@@ -93,10 +93,20 @@ pub async fn supervise(argv: &[String]) -> std::io::Result<i32> {
     use tokio::signal::unix::signal;
     let mut restarts = serve_restarts();
     let mut child = spawn(argv)?;
-    let mut forwarded = Vec::new();
+    // One small task per forwarded signal; each signals whichever child runs at the time
+    // (a restart replaces it). They end with the runtime when zkrender exits.
     for (kind, sig) in FORWARDED {
         match signal(kind) {
-            Ok(stream) => forwarded.push((stream, sig)),
+            Ok(mut stream) => {
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        if let Some(pid) = child_pid() {
+                            tracing::info!(signal = %sig, pid, "forwarding signal to the child");
+                            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                        }
+                    }
+                });
+            }
             Err(e) => tracing::warn!(signal = %sig, error = %e, "cannot forward this signal to the child"),
         }
     }
@@ -104,16 +114,6 @@ pub async fn supervise(argv: &[String]) -> std::io::Result<i32> {
         tokio::spawn(reap_orphans());
     }
     loop {
-        let next_signal = async {
-            let futs = forwarded.iter_mut().map(|(s, sig)| {
-                let sig = *sig;
-                Box::pin(async move {
-                    s.recv().await;
-                    sig
-                })
-            });
-            futures_select_all(futs).await
-        };
         tokio::select! {
             status = child.wait() => {
                 set_child_pid(None);
@@ -123,38 +123,12 @@ pub async fn supervise(argv: &[String]) -> std::io::Result<i32> {
                 tracing::info!(code, "the child exited; zkrender exits with its code");
                 return Ok(code);
             }
-            sig = next_signal => {
-                if let Some(pid) = child.id() {
-                    tracing::info!(signal = %sig, pid, "forwarding signal to the child");
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-                }
-            }
             Some(done) = restarts.recv() => {
                 let result = restart(&mut child, argv).await;
                 let _ = done.send(result.map_err(|e| e.to_string()));
             }
         }
     }
-}
-
-/// Waits for the first of several futures (a tiny `select_all` without the futures crate).
-async fn futures_select_all<F, T>(futs: impl Iterator<Item = std::pin::Pin<Box<F>>>) -> T
-where
-    F: Future<Output = T> + ?Sized,
-{
-    let mut futs: Vec<_> = futs.collect();
-    if futs.is_empty() {
-        return std::future::pending().await;
-    }
-    std::future::poll_fn(move |cx| {
-        for f in futs.iter_mut() {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
-                return std::task::Poll::Ready(v);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 fn spawn(argv: &[String]) -> std::io::Result<tokio::process::Child> {

@@ -760,15 +760,6 @@ struct ReloadOutcome {
     rollback: Vec<Rollback>,
 }
 
-/// True for reloads aimed at the child of `zkrender exec`.
-fn for_child(spec: &ReloadSpec) -> bool {
-    matches!(
-        spec.action,
-        crate::config::ReloadAction::Restart
-            | crate::config::ReloadAction::Signal { target: crate::config::SignalTarget::Child, .. }
-    )
-}
-
 /// Runs reload batches one after another; batches queued meanwhile are merged, so a burst of
 /// changes during a slow reload costs one more reload, not one per change.
 async fn notifier(
@@ -789,7 +780,7 @@ async fn notifier(
         }
         let mut running = JoinSet::new();
         for job in batch {
-            if for_child(&job.spec)
+            if job.spec.action.targets_child()
                 && crate::exec::child_started_at().is_none_or(|started| job.queued_at < started)
             {
                 // `zkrender exec`: the child started after this change was installed, so it

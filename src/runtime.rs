@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ReloadAction, SignalTarget};
+use crate::config::Config;
 use crate::error::AgentError;
 use crate::hotreload;
 use crate::pipeline::{self, Core, Mode, Status, Summary};
@@ -85,14 +85,8 @@ async fn start_ops(
 /// for every other command.
 pub(crate) fn refuse_exec_only(config: &Config) -> Result<(), AgentError> {
     for f in &config.files {
-        if let Some(r) = &f.reload {
-            let exec_only = matches!(
-                r.action,
-                ReloadAction::Restart | ReloadAction::Signal { target: SignalTarget::Child, .. }
-            );
-            if exec_only {
-                return Err(AgentError::ExecOnly { config: config.path.clone(), dest: f.dest.clone() });
-            }
+        if f.reload.as_ref().is_some_and(|r| r.action.targets_child()) {
+            return Err(AgentError::ExecOnly { config: config.path.clone(), dest: f.dest.clone() });
         }
     }
     Ok(())

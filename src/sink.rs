@@ -490,16 +490,14 @@ pub fn abort_in_progress() {
 /// Returns how many were removed.
 pub fn sweep_stale_temps(dest: &Path) -> usize {
     let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else { return 0 };
-    let mut prefix = b".".to_vec();
-    prefix.extend_from_slice(&name.as_bytes()[..name.len().min(200)]);
-    prefix.extend_from_slice(TEMP_MARKER.as_bytes());
+    let prefix = temp_prefix(name);
     let Ok(entries) = fs::read_dir(dir) else { return 0 };
     let mut removed = 0;
     for entry in entries.flatten() {
         if !entry.file_name().as_bytes().starts_with(&prefix) {
             continue;
         }
-        let Ok(file) = OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(entry.path())
+        let Ok(file) = OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(entry.path())
         else {
             continue;
         };
@@ -514,8 +512,15 @@ pub fn sweep_stale_temps(dest: &Path) -> usize {
     removed
 }
 
-fn libc_o_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+/// `.<name>.zkrender.`: what every temporary file for a destination called `name` starts
+/// with (the name cut to 200 bytes, leaving room for the marker and suffix in NAME_MAX).
+fn temp_prefix(name: &std::ffi::OsStr) -> Vec<u8> {
+    let name = &name.as_bytes()[..name.len().min(200)];
+    let mut prefix = Vec::with_capacity(name.len() + TEMP_MARKER.len() + 13);
+    prefix.push(b'.');
+    prefix.extend_from_slice(name);
+    prefix.extend_from_slice(TEMP_MARKER.as_bytes());
+    prefix
 }
 
 /// A hidden temporary file beside its target, removed on drop unless renamed into place.
@@ -542,15 +547,11 @@ impl TempFile {
         let name = target
             .file_name()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "destination has no file name"))?;
-        // Keep room for the marker and suffix within NAME_MAX (255 bytes).
-        let name = &name.as_bytes()[..name.len().min(200)];
+        let prefix = temp_prefix(name);
         let mut attempts = 0;
         loop {
             let suffix: String = rand::rng().sample_iter(Alphanumeric).take(12).map(char::from).collect();
-            let mut temp_name = Vec::with_capacity(name.len() + TEMP_MARKER.len() + suffix.len() + 1);
-            temp_name.push(b'.');
-            temp_name.extend_from_slice(name);
-            temp_name.extend_from_slice(TEMP_MARKER.as_bytes());
+            let mut temp_name = prefix.clone();
             temp_name.extend_from_slice(suffix.as_bytes());
             let path = dir.join(OsString::from_vec(temp_name));
             match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {

@@ -231,6 +231,14 @@ pub enum ReloadAction {
     Restart,
 }
 
+impl ReloadAction {
+    /// True for reloads only `zkrender exec` can carry out: a signal to its child, or a
+    /// restart of it.
+    pub fn targets_child(&self) -> bool {
+        matches!(self, ReloadAction::Restart | ReloadAction::Signal { target: SignalTarget::Child, .. })
+    }
+}
+
 /// Who receives a reload signal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SignalTarget {
