@@ -14,9 +14,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod error;
 pub mod exec;
+pub mod formats;
 pub mod hotreload;
+pub mod init;
 pub mod model;
 pub mod notify;
 pub mod ops;
