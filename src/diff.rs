@@ -31,7 +31,9 @@ pub fn diff(dest: &str, old: Option<&[u8]>, new: &[u8]) -> Option<String> {
                 out.push_str("file does not exist; it would be created empty\n");
             } else {
                 let diff = TextDiff::from_lines(old_text, new_text);
-                for hunk in diff.unified_diff().context_radius(CONTEXT).missing_newline_hint(true).iter_hunks() {
+                for hunk in
+                    diff.unified_diff().context_radius(CONTEXT).missing_newline_hint(true).iter_hunks()
+                {
                     out.push_str(&hunk.to_string());
                 }
             }

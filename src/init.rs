@@ -131,10 +131,8 @@ mod tests {
     /// The starter with every commented-out setting made active.
     fn uncommented() -> String {
         let text = starter_config();
-        let lines: Vec<&str> = text
-            .lines()
-            .map(|line| if is_commented_setting(line) { &line[2..] } else { line })
-            .collect();
+        let lines: Vec<&str> =
+            text.lines().map(|line| if is_commented_setting(line) { &line[2..] } else { line }).collect();
         lines.join("\n")
     }
 
@@ -144,7 +142,8 @@ mod tests {
         let path = dir.path().join("zkrender.toml");
         std::fs::write(&path, starter_config()).unwrap();
         let config = config::load(&path).unwrap_or_else(|err| panic!("starter config is invalid: {err}"));
-        crate::runtime::compile(&config).unwrap_or_else(|err| panic!("starter template does not compile: {err}"));
+        crate::runtime::compile(&config)
+            .unwrap_or_else(|err| panic!("starter template does not compile: {err}"));
         assert_eq!(config.zookeeper.hosts, ["127.0.0.1:2181"]);
         assert_eq!(config.files.len(), 1);
         assert_eq!(config.files[0].dest, dir.path().join("app.conf"));
@@ -203,8 +202,11 @@ mod tests {
             } else if line == "}" {
                 in_struct = false;
             } else if in_struct && line.starts_with("#[serde(") {
-                rename = line.split("rename = \"").nth(1).and_then(|s| s.split('"').next()).map(str::to_owned);
-            } else if in_struct && let Some((field, _)) = line.strip_prefix("pub ").and_then(|l| l.split_once(':')) {
+                rename =
+                    line.split("rename = \"").nth(1).and_then(|s| s.split('"').next()).map(str::to_owned);
+            } else if in_struct
+                && let Some((field, _)) = line.strip_prefix("pub ").and_then(|l| l.split_once(':'))
+            {
                 keys.insert(rename.take().unwrap_or_else(|| field.to_owned()));
             }
         }
@@ -222,9 +224,14 @@ mod tests {
         let missing: Vec<&String> = keys
             .iter()
             .filter(|key| {
-                ![format!("\n{key} = "), format!("{{ {key} = "), format!(", {key} = "), format!("[{key}]"), format!(
-                    "[[{key}]]"
-                ), format!(".{key}]")]
+                ![
+                    format!("\n{key} = "),
+                    format!("{{ {key} = "),
+                    format!(", {key} = "),
+                    format!("[{key}]"),
+                    format!("[[{key}]]"),
+                    format!(".{key}]"),
+                ]
                 .iter()
                 .any(|form| text.contains(form.as_str()))
             })
