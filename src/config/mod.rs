@@ -7,6 +7,7 @@
 //! `Option`, and nothing here touches ZooKeeper.
 
 pub mod raw;
+mod span;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,13 @@ pub const DEFAULT_PATH: &str = "zkrender.toml";
 
 /// Default `[agent] listen`: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9102";
+
+/// Default `[agent] resync`: ten minutes.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
+
+/// Longest process name `/proc/PID/comm` holds (the kernel's `TASK_COMM_LEN` - 1): a
+/// `[file.reload] process` longer than this could never match, so validation refuses it.
+pub const COMM_NAME_MAX: usize = 15;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -121,7 +129,7 @@ impl Default for AgentConfig {
         AgentConfig {
             wait: Duration::ZERO,
             max_wait: Duration::ZERO,
-            resync: Duration::from_secs(600),
+            resync: DEFAULT_RESYNC,
             listen: Some(DEFAULT_LISTEN.to_owned()),
         }
     }

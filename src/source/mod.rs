@@ -8,11 +8,13 @@
 //! Session lifecycle (see `run`):
 //! - connect (retrying with backoff until it works or shutdown);
 //! - start a watch task for every dependency known so far and for each new one;
-//! - on disconnect: nothing to do; the files stay and the library reconnects;
+//! - on disconnect: report it ([`Connection::Disconnected`]); the files stay and the
+//!   library reconnects within the same session;
 //! - on expiry: every watch is gone with the session. Stop all tasks, open a new session,
 //!   start every task again (each re-reads and re-arms), and the pipeline drops values that
 //!   did not change.
 
+mod tls;
 mod watch;
 
 use std::collections::HashMap;
@@ -48,6 +50,30 @@ pub enum Connection {
     Disconnected,
     /// The session expired; a new one is being opened and every watch re-established.
     Expired,
+}
+
+impl Connection {
+    /// The stable label shown in `/status`, `zkrender status` and `once`'s summary:
+    /// `connected`, `disconnected` or `expired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Connection::Connected => "connected",
+            Connection::Disconnected => "disconnected",
+            Connection::Expired => "expired",
+        }
+    }
+
+    /// The label of a state that may not be known yet: `connecting` before the source has
+    /// reported any, otherwise [`Connection::as_str`].
+    pub fn label(state: Option<Connection>) -> &'static str {
+        state.map_or("connecting", Connection::as_str)
+    }
+}
+
+impl std::fmt::Display for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the source sends to the pipeline.
@@ -121,8 +147,7 @@ pub async fn run(
         first = false;
         let _ = out.send(SourceEvent::Connection(Connection::Connected)).await;
         let mut session =
-            Session::new(client, cfg.watch, out.clone(), stop.child_token(), cfg.session_timeout);
-        session.hosts = hosts.clone();
+            Session::new(client, &hosts, cfg.watch, out.clone(), stop.child_token(), cfg.session_timeout);
         for dep in &deps {
             session.watch(dep.clone());
         }
@@ -146,136 +171,8 @@ async fn connect(
     stop: &CancellationToken,
     deadline: Option<(tokio::time::Instant, Duration)>,
 ) -> Result<Option<zk::Client>, SourceError> {
-    use std::io::{Read as _, Write as _};
-    use std::path::Path;
-
-    use rustls::pki_types::pem::{self, PemObject as _};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-
-    use crate::config::ZkTls;
-
-    /// `[zookeeper] tls` read and checked: the client library's options, and the same
-    /// settings as a rustls config for [`tls_diagnosis`].
-    struct Tls {
-        options: zk::TlsOptions,
-        probe: Arc<rustls::ClientConfig>,
-    }
-
-    /// Reads the PEM files (at each attempt, so rotated certificates are picked up) and checks
-    /// each, so that a bad one is named. Error messages never quote the files' contents.
-    fn read_tls(tls: &ZkTls) -> Result<Tls, SourceError> {
-        let fail = |what: &'static str, path: &Path, reason: String| SourceError::Tls {
-            what,
-            path: path.to_owned(),
-            reason,
-        };
-        let read = |what: &'static str, path: &Path| {
-            let bytes = std::fs::read(path).map_err(|e| fail(what, path, e.to_string()))?;
-            String::from_utf8(bytes).map_err(|_| fail(what, path, "not a PEM file (not text)".to_owned()))
-        };
-        let certs = |what: &'static str, path: &Path, text: &str| {
-            let certs = CertificateDer::pem_slice_iter(text.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fail(what, path, format!("not valid PEM: {e}")))?;
-            if certs.is_empty() {
-                return Err(fail(what, path, "no PEM certificate (BEGIN CERTIFICATE) in it".to_owned()));
-            }
-            Ok(certs)
-        };
-        let ca_pem = read("ca", &tls.ca)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in certs("ca", &tls.ca, &ca_pem)? {
-            roots.add(cert).map_err(|e| fail("ca", &tls.ca, format!("not a usable CA certificate: {e}")))?;
-        }
-        let mut options =
-            zk::TlsOptions::new().with_pem_ca(&ca_pem).map_err(|e| fail("ca", &tls.ca, e.to_string()))?;
-        // ring, as installed by main; named here so that the probe never depends on a default.
-        let probe =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| fail("ca", &tls.ca, e.to_string()))?
-                .with_root_certificates(roots);
-        let probe = match (&tls.cert, &tls.key) {
-            (Some(cert), Some(key)) => {
-                let cert_pem = read("cert", cert)?;
-                let chain = certs("cert", cert, &cert_pem)?;
-                let key_pem = read("key", key)?;
-                // Only the kind of failure: pem's messages may quote a line of the file.
-                let der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| match e {
-                    pem::Error::NoItemsFound => {
-                        fail("key", key, "no PEM private key (PKCS#8, PKCS#1 or SEC1) in it".to_owned())
-                    }
-                    _ => fail("key", key, "not a valid PEM private key".to_owned()),
-                })?;
-                let probe = probe.with_client_auth_cert(chain, der).map_err(|e| {
-                    fail("key", key, format!("does not go with cert {}: {e}", cert.display()))
-                })?;
-                options = options
-                    .with_pem_identity(&cert_pem, &key_pem)
-                    .map_err(|e| fail("cert", cert, format!("with key {}: {e}", key.display())))?;
-                probe
-            }
-            _ => probe.with_no_client_auth(),
-        };
-        Ok(Tls { options, probe: Arc::new(probe) })
-    }
-
-    /// Why TLS to the first host that fails at the TLS layer fails. The client library reports
-    /// a handshake failure (an unknown CA, a client certificate refused) only as a lost
-    /// connection, so after a failed attempt each host is probed with the same settings.
-    /// `None` when every host handshakes, or none accepts a TCP connection.
-    async fn tls_diagnosis(hosts: &[String], config: Arc<rustls::ClientConfig>) -> Option<String> {
-        const STEP: Duration = Duration::from_secs(2);
-        for host in hosts {
-            let host = host.clone();
-            let config = config.clone();
-            let probe = tokio::task::spawn_blocking(move || -> Option<String> {
-                let (name, port) = host.rsplit_once(':')?;
-                let name = name.trim_start_matches('[').trim_end_matches(']');
-                let port: u16 = port.parse().ok()?;
-                let server = ServerName::try_from(name.to_owned()).ok()?;
-                let addr = std::net::ToSocketAddrs::to_socket_addrs(&(name, port)).ok()?.next()?;
-                let sock = std::net::TcpStream::connect_timeout(&addr, STEP).ok()?;
-                sock.set_read_timeout(Some(STEP)).ok()?;
-                sock.set_write_timeout(Some(STEP)).ok()?;
-                let conn = rustls::ClientConnection::new(config, server).ok()?;
-                let mut tls = rustls::StreamOwned::new(conn, sock);
-                let failed = |e: std::io::Error| {
-                    let e = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                        Some(tls) => tls.to_string(),
-                        None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                            "the server closed the connection (not a TLS port, or it refused this client)"
-                                .to_owned()
-                        }
-                        None => e.to_string(),
-                    };
-                    Some(format!("TLS handshake with {host} failed: {e}"))
-                };
-                while tls.conn.is_handshaking() {
-                    if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-                        return failed(e);
-                    }
-                }
-                if let Err(e) = tls.flush() {
-                    return failed(e);
-                }
-                // In TLS 1.3 a server refuses a client certificate only after the handshake.
-                tls.sock.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
-                match tls.read(&mut [0u8; 64]) {
-                    Err(e) if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => failed(e),
-                    _ => None,
-                }
-            });
-            if let Ok(Ok(Some(why))) = tokio::time::timeout(STEP * 4, probe).await {
-                return Some(why);
-            }
-        }
-        None
-    }
-
-    // Library users that skip main's start-up get ring too (an Err means one is installed).
-    if cfg.tls.is_some() && rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    if cfg.tls.is_some() {
+        tls::install_default_provider();
     }
     let mut backoff = watch::Backoff::new();
     let mut attempts = 0u32;
@@ -291,7 +188,7 @@ async fn connect(
             connector = connector.with_auth(&auth.scheme, &secret);
         }
         // Also read at each attempt; with TLS every host is connected to over TLS.
-        let tls = cfg.tls.as_ref().map(read_tls).transpose()?;
+        let tls = cfg.tls.as_ref().map(tls::read).transpose()?;
         let probe = tls.as_ref().map(|tls| tls.probe.clone());
         let connecting = async {
             match tls {
@@ -314,7 +211,7 @@ async fn connect(
         if let Some(probe) = probe {
             let diagnosis = tokio::select! {
                 _ = stop.cancelled() => return Ok(None),
-                d = tls_diagnosis(&cfg.hosts, probe) => d,
+                d = tls::diagnosis(&cfg.hosts, probe) => d,
             };
             if let Some(diagnosis) = diagnosis {
                 why = format!("{why}; {diagnosis}");
@@ -357,6 +254,7 @@ enum SessionEnd {
 
 /// One session's watch tasks.
 struct Session {
+    /// The connect string, for messages.
     hosts: String,
     /// The client, channel and settings every watch task of this session uses.
     shared: Arc<watch::Shared>,
@@ -369,6 +267,7 @@ struct Session {
 impl Session {
     fn new(
         client: zk::Client,
+        hosts: &str,
         mode: WatchMode,
         out: mpsc::Sender<SourceEvent>,
         stop: CancellationToken,
@@ -377,7 +276,7 @@ impl Session {
         // Long enough for a slow ensemble, short enough that a dead connection is retried.
         let call_timeout = session_timeout.max(Duration::from_secs(1));
         Session {
-            hosts: String::new(),
+            hosts: hosts.to_owned(),
             shared: Arc::new(watch::Shared { client, mode, out, call_timeout }),
             stop,
             tasks: JoinSet::new(),
@@ -466,5 +365,20 @@ impl Session {
     async fn shutdown(mut self) {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_labels_are_stable() {
+        // /status, metrics and `once`'s summary show these; they are part of the interface.
+        assert_eq!(Connection::Connected.as_str(), "connected");
+        assert_eq!(Connection::Disconnected.as_str(), "disconnected");
+        assert_eq!(Connection::Expired.to_string(), "expired");
+        assert_eq!(Connection::label(None), "connecting");
+        assert_eq!(Connection::label(Some(Connection::Expired)), "expired");
     }
 }
