@@ -119,7 +119,7 @@ pub async fn supervise(argv: &[String]) -> std::io::Result<i32> {
                 set_child_pid(None);
                 *RESTARTS.lock().expect("bug: restart lock poisoned") = None;
                 let status = status?;
-                let code = exit_code(status);
+                let code = crate::process::exit_code(status);
                 tracing::info!(code, "the child exited; zkrender exits with its code");
                 return Ok(code);
             }
@@ -131,34 +131,23 @@ pub async fn supervise(argv: &[String]) -> std::io::Result<i32> {
     }
 }
 
+/// Starts the child (see [`crate::process::spawn_supervised`]: from a long-lived thread).
 fn spawn(argv: &[String]) -> std::io::Result<tokio::process::Child> {
-    let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("no command given"))?;
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("starting {program}: {e}")))?;
+    let child = crate::process::spawn_supervised(argv)?;
     set_child_pid(child.id().map(|p| p as i32));
-    tracing::info!(pid = child.id(), command = %program, "started the child");
+    tracing::info!(pid = child.id(), command = %argv[0], "started the child");
     Ok(child)
 }
 
 async fn restart(child: &mut tokio::process::Child, argv: &[String]) -> std::io::Result<()> {
     if let Some(pid) = child.id() {
         tracing::info!(pid, "restarting the child: SIGTERM");
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-        if tokio::time::timeout(RESTART_GRACE, child.wait()).await.is_err() {
+        if crate::process::terminate(child, RESTART_GRACE).await {
             tracing::warn!(pid, grace = ?RESTART_GRACE, "the child ignored SIGTERM; SIGKILL");
-            let _ = child.kill().await;
         }
     }
     *child = spawn(argv)?;
     Ok(())
-}
-
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// As PID 1, adopted orphans become our zombies. Reap those that stay zombies for a second:

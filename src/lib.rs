@@ -24,6 +24,7 @@ pub mod model;
 pub mod notify;
 pub mod ops;
 pub mod pipeline;
+pub mod process;
 pub mod render;
 pub mod runtime;
 pub mod sink;

@@ -22,28 +22,22 @@ use std::fs::{self, File, Metadata, OpenOptions, Permissions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-use nix::unistd::Pid;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use tracing::warn;
 
 use crate::config::{FileSpec, InstallMode};
+use crate::process::{self, Argv, Capture, Ending, Finished, Job, RunError};
 
 /// Permission bits of a mode (`st_mode` also carries the file type).
 const PERMISSION_BITS: u32 = 0o7777;
 /// How much of a failed check's combined stdout and stderr is kept for the error message.
 const CHECK_OUTPUT_LIMIT: usize = 4096;
-/// How long to wait for a check's output pipe to close once the check itself has ended.
-const CHECK_OUTPUT_GRACE: Duration = Duration::from_millis(500);
 /// A path for a message: "the temporary file" for ours (their names are random), else the path.
 fn shown(path: &Path) -> String {
     let temp = path
@@ -462,25 +456,10 @@ fn write_synced(mut file: &File, contents: &[u8]) -> io::Result<()> {
     file.sync_data()
 }
 
-/// Temporary files and check process groups in flight, so that an immediate exit (a second
-/// SIGTERM) can clean up after itself: see [`abort_in_progress`].
-static TEMPS: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
-static CHECKS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
-
-fn registry<T>(m: &'static Mutex<T>) -> std::sync::MutexGuard<'static, T> {
-    // A panic while holding the lock leaves plain data behind; keep using it.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// For an exit that cannot wait for installs to finish: kills every running `check` (and
 /// what it started) and removes every temporary file. The destinations are untouched.
 pub fn abort_in_progress() {
-    for pgid in registry(&CHECKS).iter() {
-        let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
-    }
-    for path in registry(&TEMPS).iter() {
-        let _ = fs::remove_file(path);
-    }
+    process::cleanup::abort_in_progress();
 }
 
 /// Removes leftovers of a crash beside `dest`: our hidden temporary files for it
@@ -556,7 +535,7 @@ impl TempFile {
             let path = dir.join(OsString::from_vec(temp_name));
             match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
                 Ok(file) => {
-                    registry(&TEMPS).insert(path.clone());
+                    process::cleanup::add_temp(&path);
                     // A second open file description carries the lock, so closing `file`
                     // before the check does not release it.
                     let lock = File::open(&path)
@@ -582,7 +561,7 @@ impl TempFile {
     fn rename_to(mut self, target: &Path) -> io::Result<()> {
         fs::rename(&self.path, target)?;
         self.armed = false;
-        registry(&TEMPS).remove(&self.path);
+        process::cleanup::remove_temp(&self.path);
         Ok(())
     }
 }
@@ -592,7 +571,7 @@ impl Drop for TempFile {
         if !self.armed {
             return;
         }
-        registry(&TEMPS).remove(&self.path);
+        process::cleanup::remove_temp(&self.path);
         if let Err(e) = fs::remove_file(&self.path)
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -689,158 +668,35 @@ fn sync_dir_after_commit(dest: &Path, dir: &Path) {
 fn run_check(dest: &Path, argv: &[String], temp: &Path, timeout: Duration) -> Result<(), WriteError> {
     let failed = |reason, output: String, source| WriteError::CheckFailed {
         dest: dest.to_owned(),
-        command: display_command(argv),
+        command: Argv(argv).to_string(),
         reason,
         output,
         source,
     };
-    let not_run = |source| failed(CheckFailure::NotRun, String::new(), Some(source));
-
-    let Some((program, args)) = argv.split_first() else {
-        return Err(not_run(io::Error::new(io::ErrorKind::InvalidInput, "the command is empty")));
+    let job = Job {
+        argv: argv.to_vec(),
+        file: Some(temp.to_owned()),
+        timeout,
+        capture: Capture::Combined,
+        keep: CHECK_OUTPUT_LIMIT,
+        kill_leftovers: true,
     };
-    // One pipe for stdout and stderr keeps their lines in the order they were written.
-    let (reader, writer) = io::pipe().map_err(not_run)?;
-    let stderr = writer.try_clone().map_err(not_run)?;
-    let mut command = Command::new(substitute(program, temp));
-    command
-        .args(args.iter().map(|arg| substitute(arg, temp)))
-        .stdin(Stdio::null())
-        .stdout(writer)
-        .stderr(stderr)
-        // Its own process group, so that a timeout kills whatever it started too.
-        .process_group(0);
-    let spawned = command.spawn();
-    // Close our copies of the pipe's write end, or the reader would never see EOF.
-    drop(command);
-    let mut child = spawned.map_err(not_run)?;
-    registry(&CHECKS).insert(child_pid(&child).as_raw());
-    let output = OutputTail::start(reader);
-
-    let timed_out = wait_with_deadline(&child, Instant::now() + timeout);
-    // The check is still unreaped, so its pid is still its group's id and cannot have been
-    // reused. Killing the group ends a timed-out check, and after a normal exit it ends
-    // anything left running in the background, which would hold the output pipe open.
-    // ESRCH (nothing left) is the normal case.
-    let _ = killpg(child_pid(&child), Signal::SIGKILL);
-    registry(&CHECKS).remove(&child_pid(&child).as_raw());
-    let status = child.wait();
-    let output = output.finish(CHECK_OUTPUT_GRACE);
-
-    match (timed_out, status) {
-        (Ok(true), _) => Err(failed(CheckFailure::TimedOut(timeout), output, None)),
-        (Err(e), _) | (_, Err(e)) => Err(failed(CheckFailure::NotRun, output, Some(e))),
-        (Ok(false), Ok(status)) if status.success() => Ok(()),
-        (Ok(false), Ok(status)) => Err(failed(CheckFailure::Status(status), output, None)),
-    }
-}
-
-fn child_pid(child: &Child) -> Pid {
-    Pid::from_raw(i32::try_from(child.id()).expect("pids fit in pid_t"))
-}
-
-/// Waits until `child` exits or `deadline` passes, *without reaping it* (WNOWAIT), so its
-/// process group id stays reserved for the kill that follows. Returns whether it timed out.
-fn wait_with_deadline(child: &Child, deadline: Instant) -> io::Result<bool> {
-    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match waitid(Id::Pid(child_pid(child)), flags) {
-            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {}
-            Ok(_) => return Ok(false),
-            Err(e) => return Err(e.into()),
+    match process::run_blocking(&job) {
+        Ok(Finished { ending: Ending::Exited(status), .. }) if status.success() => Ok(()),
+        Ok(Finished { ending: Ending::Exited(status), output }) => {
+            Err(failed(CheckFailure::Status(status), output, None))
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(true);
+        Ok(Finished { ending: Ending::TimedOut, output }) => {
+            Err(failed(CheckFailure::TimedOut(timeout), output, None))
         }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
+        Err(RunError::Empty) => Err(failed(
+            CheckFailure::NotRun,
+            String::new(),
+            Some(io::Error::new(io::ErrorKind::InvalidInput, "the command is empty")),
+        )),
+        Err(RunError::Start(source)) => Err(failed(CheckFailure::NotRun, String::new(), Some(source))),
+        Err(RunError::Wait { source, output }) => Err(failed(CheckFailure::NotRun, output, Some(source))),
     }
-}
-
-/// Collects the last [`CHECK_OUTPUT_LIMIT`] bytes a check writes, on a helper thread so
-/// that a chatty check never blocks on a full pipe.
-struct OutputTail {
-    tail: Arc<Mutex<Tail>>,
-    done: mpsc::Receiver<()>,
-}
-
-#[derive(Default)]
-struct Tail {
-    bytes: Vec<u8>,
-    /// Whether earlier bytes were dropped.
-    truncated: bool,
-}
-
-impl OutputTail {
-    fn start(mut reader: io::PipeReader) -> OutputTail {
-        let tail = Arc::new(Mutex::new(Tail::default()));
-        let (done_tx, done) = mpsc::channel();
-        let shared = Arc::clone(&tail);
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 8192];
-            loop {
-                match reader.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        let mut tail = shared.lock().unwrap_or_else(|e| e.into_inner());
-                        tail.bytes.extend_from_slice(&chunk[..n]);
-                        if tail.bytes.len() > 2 * CHECK_OUTPUT_LIMIT {
-                            let excess = tail.bytes.len() - CHECK_OUTPUT_LIMIT;
-                            tail.bytes.drain(..excess);
-                            tail.truncated = true;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-            let _ = done_tx.send(());
-        });
-        OutputTail { tail, done }
-    }
-
-    /// Waits up to `grace` for the pipe to close, then returns what was collected. A process
-    /// that escaped the check's process group may hold the pipe open; the reader thread is
-    /// then left to finish on its own.
-    fn finish(self, grace: Duration) -> String {
-        let _ = self.done.recv_timeout(grace);
-        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
-        let start = tail.bytes.len().saturating_sub(CHECK_OUTPUT_LIMIT);
-        let text = String::from_utf8_lossy(&tail.bytes[start..]);
-        let text = text.trim();
-        if start > 0 || tail.truncated { format!("...{text}") } else { text.to_owned() }
-    }
-}
-
-/// `arg` with every `{file}` replaced by `path`, byte-exact even for non-UTF-8 paths.
-fn substitute(arg: &str, path: &Path) -> OsString {
-    let mut out = OsString::new();
-    let mut parts = arg.split("{file}");
-    if let Some(first) = parts.next() {
-        out.push(first);
-    }
-    for part in parts {
-        out.push(path.as_os_str());
-        out.push(part);
-    }
-    out
-}
-
-/// The argv as one line for messages, quoting arguments that need it.
-fn display_command(argv: &[String]) -> String {
-    let quoted: Vec<String> = argv
-        .iter()
-        .map(|a| {
-            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
-                format!("{a:?}")
-            } else {
-                a.clone()
-            }
-        })
-        .collect();
-    quoted.join(" ")
 }
 
 #[cfg(test)]
@@ -848,6 +704,8 @@ mod tests {
     use super::*;
     use crate::config::{FileSource, OnDelete};
     use crate::model::ZnodePath;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
     use tempfile::TempDir;
 
     fn spec(dest: &Path) -> FileSpec {
@@ -1303,14 +1161,6 @@ mod tests {
             "writing /etc/app/app.conf: moving temporary file into place"
         );
         assert_eq!(rename(nix::libc::EIO).dest(), dest);
-    }
-
-    #[test]
-    fn placeholder_is_replaced_everywhere() {
-        let path = Path::new("/d/.f.zkrender.x");
-        assert_eq!(substitute("{file}", path), "/d/.f.zkrender.x");
-        assert_eq!(substitute("--a={file},{file}", path), "--a=/d/.f.zkrender.x,/d/.f.zkrender.x");
-        assert_eq!(substitute("-t", path), "-t");
     }
 
     #[test]

@@ -1,138 +1,43 @@
 //! Reload by command: run an argv directly (no shell), e.g. `["systemctl", "reload", "app"]`.
 //!
-//! stdin is `/dev/null`; stdout is read and discarded so the agent's own output stays
-//! clean and a chatty command cannot block on a full pipe; the tail of stderr goes into
-//! the error when the command fails. The command runs in a process group of its own:
-//! on timeout the whole group is killed, so `sh -c 'sleep 100'` leaves no orphan behind.
+//! stdin is `/dev/null` and stdout is discarded, so the agent's own output stays clean and
+//! a chatty command cannot block on a full pipe; the tail of stderr goes into the error
+//! when the command fails. The command runs in a process group of its own: on timeout,
+//! or when the reload is dropped (shutdown), the whole group is killed, so
+//! `sh -c 'sleep 100'` leaves no orphan behind. What it leaves running after a normal
+//! exit is left alone: a reload may start a daemon. `crate::process` does the running.
 //! Nothing from ZooKeeper is ever added to the command line or the environment.
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
-use tokio::task::JoinHandle;
-use tracing::debug;
-
-use super::{Argv, NotifyError};
+use super::NotifyError;
+use crate::process::{self, Argv, Capture, Ending, Finished, Job, RunError};
 
 /// How much of the end of stderr goes into the error message.
 const STDERR_TAIL: usize = 2048;
 
-/// After the command exits, how long to wait for its stderr to reach end of file. A
-/// background process it started may hold the pipe open for much longer; its output is
-/// not worth waiting for.
-const PIPE_GRACE: Duration = Duration::from_millis(500);
-
 /// Runs `argv` to completion; it must exit 0 within `timeout`.
 pub(super) async fn run(argv: &[String], timeout: Duration) -> Result<(), NotifyError> {
-    let Some((program, args)) = argv.split_first() else {
-        return Err(NotifyError::CommandEmpty);
-    };
     let command = || Argv(argv).to_string();
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // If the reload future is dropped (shutdown), the command does not outlive it
-        // (though, unlike on timeout, anything it started in the background may).
-        .kill_on_drop(true)
-        .process_group(0)
-        .spawn()
-        .map_err(|source| NotifyError::CommandStart { command: command(), source })?;
-
-    // Both pipes are read while the command runs, or a full pipe would stall it.
-    let _stdout = Reader::spawn(child.stdout.take(), 0);
-    let mut stderr = Reader::spawn(child.stderr.take(), STDERR_TAIL);
-
-    let status = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) => status,
-        Ok(Err(source)) => return Err(NotifyError::CommandWait { command: command(), source }),
-        Err(_elapsed) => {
-            // The child has not been reaped (its wait timed out), so its pid cannot have
-            // been reused: it still names the command's process group.
-            if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok())
-                && let Err(err) = killpg(Pid::from_raw(pid), Signal::SIGKILL)
-            {
-                debug!(command = %command(), error = %err, "killing the process group failed");
-            }
-            if let Err(err) = child.kill().await {
-                debug!(command = %command(), error = %err, "killing the command failed");
-            }
-            return Err(NotifyError::CommandTimeout { command: command(), timeout });
-        }
+    let job = Job {
+        argv: argv.to_vec(),
+        file: None,
+        timeout,
+        capture: Capture::Stderr,
+        keep: STDERR_TAIL,
+        kill_leftovers: false,
     };
-    if status.success() {
-        return Ok(());
-    }
-    let stderr = stderr.tail(PIPE_GRACE).await;
-    Err(NotifyError::CommandFailed { command: command(), status, stderr })
-}
-
-/// The end of a pipe's output so far, and whether anything before it was dropped.
-#[derive(Default)]
-struct Tail {
-    bytes: Vec<u8>,
-    cut: bool,
-}
-
-/// A task reading a pipe to its end, keeping the last `keep` bytes where [`Reader::tail`]
-/// can take them even while the task still runs. The task is aborted when the reader is
-/// dropped, so an early return or a dropped reload leaves nothing behind.
-struct Reader {
-    tail: Arc<Mutex<Tail>>,
-    task: JoinHandle<()>,
-}
-
-impl Reader {
-    fn spawn<R: AsyncRead + Unpin + Send + 'static>(pipe: Option<R>, keep: usize) -> Reader {
-        let tail = Arc::new(Mutex::new(Tail::default()));
-        let shared = Arc::clone(&tail);
-        let task = tokio::spawn(async move {
-            if let Some(pipe) = pipe {
-                read_tail(pipe, keep, &shared).await;
-            }
-        });
-        Reader { tail, task }
-    }
-
-    /// Waits up to `grace` for end of file, then returns what was read, decoded lossily
-    /// and trimmed, with `...` in front if the start was dropped.
-    async fn tail(&mut self, grace: Duration) -> String {
-        let _ = tokio::time::timeout(grace, &mut self.task).await;
-        let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
-        let text = String::from_utf8_lossy(&tail.bytes);
-        let text = text.trim();
-        if tail.cut { format!("...{text}") } else { text.to_owned() }
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Reads `pipe` to its end (or a read error), keeping its last `keep` bytes in `tail`.
-async fn read_tail<R: AsyncRead + Unpin>(mut pipe: R, keep: usize, tail: &Mutex<Tail>) {
-    let mut buf = [0u8; 4096];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
-                tail.bytes.extend_from_slice(&buf[..n]);
-                if tail.bytes.len() > keep {
-                    let excess = tail.bytes.len() - keep;
-                    tail.bytes.drain(..excess);
-                    tail.cut = true;
-                }
-            }
+    match process::run(job).await {
+        Ok(Finished { ending: Ending::Exited(status), .. }) if status.success() => Ok(()),
+        Ok(Finished { ending: Ending::Exited(status), output }) => {
+            Err(NotifyError::CommandFailed { command: command(), status, stderr: output })
         }
+        Ok(Finished { ending: Ending::TimedOut, .. }) => {
+            Err(NotifyError::CommandTimeout { command: command(), timeout })
+        }
+        Err(RunError::Empty) => Err(NotifyError::CommandEmpty),
+        Err(RunError::Start(source)) => Err(NotifyError::CommandStart { command: command(), source }),
+        Err(RunError::Wait { source, .. }) => Err(NotifyError::CommandWait { command: command(), source }),
     }
 }
 
@@ -141,6 +46,7 @@ mod tests {
     use super::*;
     use crate::config::{ReloadAction, ReloadSpec};
     use crate::notify::{attempt, reload};
+    use nix::unistd::Pid;
     use std::time::Instant;
 
     fn argv(args: &[&str]) -> Vec<String> {

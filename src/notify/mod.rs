@@ -293,25 +293,7 @@ impl fmt::Display for Exit<'_> {
     }
 }
 
-/// A command line for messages: arguments joined by spaces; an argument that is empty
-/// or holds whitespace or quotes is shown quoted, so word boundaries stay visible.
-pub(crate) struct Argv<'a>(pub(crate) &'a [String]);
-
-impl fmt::Display for Argv<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, arg) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" ")?;
-            }
-            if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'') {
-                write!(f, "{arg:?}")?;
-            } else {
-                f.write_str(arg)?;
-            }
-        }
-        Ok(())
-    }
-}
+pub(crate) use crate::process::Argv;
 
 #[cfg(test)]
 mod tests {
