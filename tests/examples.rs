@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Agent, Zk, connect, create_chroot, delete, set, unique_chroot, wait_for_file, wait_until};
+use common::{Agent, Env, delete, free_port, run_ok, set, wait_for_file, wait_until};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -238,19 +238,6 @@ fn copy_dir(from: &Path, to: &Path, files: &mut Vec<PathBuf>) {
     }
 }
 
-/// A loopback port nothing listens on (just now).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The shared ZooKeeper, a chroot of the test's own, and a client inside it.
-async fn zookeeper(test: &str) -> (Zk, String, zookeeper_client::Client) {
-    let zk = Zk::shared();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot(test)).await;
-    let client = connect(&hosts).await;
-    (zk, hosts, client)
-}
-
 // ------------------------------------------------------------------ HTTP
 
 /// Reads one request's head and body (per Content-Length); `None` if the peer
@@ -374,21 +361,7 @@ fn every_example_passes_zkrender_check() {
         if !config.is_file() {
             continue;
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_zkrender"))
-            .arg("check")
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run zkrender check");
-        assert!(
-            out.status.success(),
-            "zkrender check -c {} failed ({}):\n{}{}",
-            config.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(Command::new(env!("CARGO_BIN_EXE_zkrender")).arg("check").arg("-c").arg(&config));
         names.push(dir.file_name().unwrap().to_string_lossy().into_owned());
     }
     for name in EXAMPLES.iter().chain(&["demo"]) {
@@ -399,22 +372,51 @@ fn every_example_passes_zkrender_check() {
     }
 }
 
+/// What the proxy examples (nginx, HAProxy) start from: the test's chroot, backends
+/// answering "A" and "B", the example listening on a free port, the first backend's
+/// address in `znode`, and `zkrender once` run so that the proxy's config exists.
+struct Proxy {
+    env: Env,
+    example: Example,
+    /// `PATH` for the agent, with the proxy's directory first.
+    path: String,
+    a: String,
+    b: String,
+    http: reqwest::Client,
+    /// The proxy's URL.
+    url: String,
+}
+
+impl Proxy {
+    /// `listen` is (the example's listen directive, the same with `{port}` for the free port).
+    async fn new(name: &str, program: &Path, listen: (&str, &str), znode: &str) -> Proxy {
+        let env = Env::new(&format!("example-{name}")).await;
+        let (a, b) = (backend("A").await, backend("B").await);
+        let port = free_port();
+        let directive = listen.1.replace("{port}", &port.to_string());
+        let example = Example::new(name, &env.chrooted_hosts(), &[(listen.0, directive)]);
+        let path = path_with(program);
+        env.set(znode, a.as_bytes()).await;
+        example.once(&[("PATH", path.as_str())]);
+        let url = format!("http://127.0.0.1:{port}/");
+        Proxy { env, example, path, a, b, http: http_client(), url }
+    }
+
+    fn agent_env(&self) -> [(&str, &str); 1] {
+        [("PATH", self.path.as_str())]
+    }
+}
+
 /// examples/nginx: the upstream servers follow the children of
 /// /nginx/upstreams/app, through `nginx -t` and a SIGHUP to the running nginx's
 /// master (the same process all along), and traffic moves from A to B.
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_follows_the_upstream_children() {
     let nginx = program("nginx");
-    let (_zk, hosts, client) = zookeeper("example-nginx").await;
-    let (a, b) = (backend("A").await, backend("B").await);
-    let port = free_port();
-    let example =
-        Example::new("nginx", &hosts, &[("listen 127.0.0.1:8080;", format!("listen 127.0.0.1:{port};"))]);
-    let env_path = path_with(&nginx);
-    let env = [("PATH", env_path.as_str())];
-    set(&client, "/nginx/upstreams/app/a", a.as_bytes()).await;
-
-    example.once(&env);
+    let listen = ("listen 127.0.0.1:8080;", "listen 127.0.0.1:{port};");
+    let proxy = Proxy::new("nginx", &nginx, listen, "/nginx/upstreams/app/a").await;
+    let (example, client, env, http, url) = (&proxy.example, proxy.env.client(), proxy.agent_env(), &proxy.http, &proxy.url);
+    let (a, b) = (&proxy.a, &proxy.b);
     let (run, conf) = (example.path("run"), example.path("run/nginx.conf"));
     assert!(read_text(&conf).contains(&format!("server {a};")), "{}", read_text(&conf));
     let prefix = format!("{}/", run.display());
@@ -425,15 +427,13 @@ async fn nginx_follows_the_upstream_children() {
         example.path("nginx.log"),
     );
     server.wait_for_pid_file(&run.join("nginx.pid"));
-    let http = http_client();
-    let url = format!("http://127.0.0.1:{port}/");
-    wait_for_backends(&http, &url, &["A"], &server).await;
+    wait_for_backends(http, url, &["A"], &server).await;
 
     let agent = example.run(&env);
     set(&client, "/nginx/upstreams/app/b", b.as_bytes()).await;
-    wait_for_backends(&http, &url, &["A", "B"], &server).await;
+    wait_for_backends(http, url, &["A", "B"], &server).await;
     delete(&client, "/nginx/upstreams/app/a").await;
-    wait_for_backends(&http, &url, &["B"], &server).await;
+    wait_for_backends(http, url, &["B"], &server).await;
     let rendered = read_text(&conf);
     assert!(
         rendered.contains(&format!("server {b};")) && !rendered.contains(&format!("server {a};")),
@@ -445,7 +445,7 @@ async fn nginx_follows_the_upstream_children() {
     set(&client, "/nginx/upstreams/app/b", b"127.0.0.1:99999").await;
     agent.wait_for_log("check_failed", TIMEOUT);
     assert_eq!(read_text(&conf), rendered, "the refused config was installed");
-    wait_for_backends(&http, &url, &["B"], &server).await;
+    wait_for_backends(http, url, &["B"], &server).await;
     set(&client, "/nginx/upstreams/app/b", b.as_bytes()).await;
     agent.wait_for_log("file recovered", TIMEOUT);
     assert_eq!(agent.log().matches("application reloaded").count(), 2, "{}", agent.log());
@@ -461,29 +461,21 @@ async fn nginx_follows_the_upstream_children() {
 #[tokio::test(flavor = "multi_thread")]
 async fn haproxy_refuses_a_bad_server_address() {
     let haproxy = program("haproxy");
-    let (_zk, hosts, client) = zookeeper("example-haproxy").await;
-    let (a, b) = (backend("A").await, backend("B").await);
-    let port = free_port();
-    let example =
-        Example::new("haproxy", &hosts, &[("bind 127.0.0.1:8081", format!("bind 127.0.0.1:{port}"))]);
-    let env_path = path_with(&haproxy);
-    let env = [("PATH", env_path.as_str())];
-    set(&client, "/haproxy/backends/app/web1", a.as_bytes()).await;
-
-    example.once(&env);
+    let listen = ("bind 127.0.0.1:8081", "bind 127.0.0.1:{port}");
+    let proxy = Proxy::new("haproxy", &haproxy, listen, "/haproxy/backends/app/web1").await;
+    let (example, client, env, http, url) = (&proxy.example, proxy.env.client(), proxy.agent_env(), &proxy.http, &proxy.url);
+    let (a, b) = (&proxy.a, &proxy.b);
     let (cfg, pid_file) = (example.path("run/haproxy.cfg"), example.path("run/haproxy.pid"));
     let (cfg_arg, pid_arg) = (cfg.to_string_lossy().into_owned(), pid_file.to_string_lossy().into_owned());
     // Master-worker mode in the foreground (the test owns the process group).
     let server =
         Daemon::start(&haproxy, &["-W", "-f", &cfg_arg, "-p", &pid_arg], example.path("haproxy.log"));
     server.wait_for_pid_file(&pid_file);
-    let http = http_client();
-    let url = format!("http://127.0.0.1:{port}/");
-    wait_for_backends(&http, &url, &["A"], &server).await;
+    wait_for_backends(http, url, &["A"], &server).await;
 
     let agent = example.run(&env);
     set(&client, "/haproxy/backends/app/web1", b.as_bytes()).await;
-    wait_for_backends(&http, &url, &["B"], &server).await;
+    wait_for_backends(http, url, &["B"], &server).await;
     agent.wait_for_log_count("application reloaded", 1, TIMEOUT);
     let good = read_text(&cfg);
 
@@ -492,14 +484,14 @@ async fn haproxy_refuses_a_bad_server_address() {
     agent.wait_for_log("check_failed", TIMEOUT);
     assert_eq!(read_text(&cfg), good, "the refused config was installed");
     assert!(agent.log().contains("99999"), "the log does not show HAProxy's complaint:\n{}", agent.log());
-    wait_for_backends(&http, &url, &["B"], &server).await;
+    wait_for_backends(http, url, &["B"], &server).await;
     assert_eq!(agent.log().matches("application reloaded").count(), 1, "{}", agent.log());
     server.assert_running();
     assert_eq!(read_text(&pid_file).trim(), server.pid().to_string());
 
     // Fixed: the file recovers and HAProxy follows.
     set(&client, "/haproxy/backends/app/web1", a.as_bytes()).await;
-    wait_for_backends(&http, &url, &["A"], &server).await;
+    wait_for_backends(http, url, &["A"], &server).await;
     agent.wait_for_log("file recovered", TIMEOUT);
     agent.wait_for_log_count("application reloaded", 2, TIMEOUT);
     server.assert_running();
@@ -587,7 +579,8 @@ fn wait_for_app(state: &Mutex<AppState>, interval: &str, targets: &[&str]) {
 /// the app, re-reading the rendered file then, already finds the new contents.
 #[tokio::test(flavor = "multi_thread")]
 async fn http_hook_app_rereads_its_config() {
-    let (_zk, hosts, client) = zookeeper("example-http-hook").await;
+    let env = Env::new("example-http-hook").await;
+    let (hosts, client) = (env.chrooted_hosts(), env.client());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let example = Example::new("http-hook", &hosts, &[("127.0.0.1:9090", addr.to_string())]);
@@ -614,7 +607,8 @@ async fn http_hook_app_rereads_its_config() {
 /// changes, and stays as it was when the znode is deleted (`on_delete = "keep"`).
 #[tokio::test(flavor = "multi_thread")]
 async fn feature_flags_are_copied_byte_for_byte_and_kept_on_delete() {
-    let (_zk, hosts, client) = zookeeper("example-feature-flags").await;
+    let env = Env::new("example-feature-flags").await;
+    let (hosts, client) = (env.chrooted_hosts(), env.client());
     // A sentinel with on_delete = "remove" on the same znode: its removal shows
     // that the agent has seen the deletion (the flags file must not move).
     let example = Example::new("feature-flags", &hosts, &[]);
