@@ -92,12 +92,11 @@ async fn raw_copy_is_byte_exact_binary_and_large_with_mode() {
     env.set("/app/large", &large).await;
     let (bin, big) = (env.path("out/bin"), env.path("out/large"));
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\nznode = \"/app/bin\"\nmode = \"0640\"\n\n\
+        "[[file]]\ndest = {}\nznode = \"/app/bin\"\nmode = \"0640\"\n\n\
              [[file]]\ndest = {}\nznode = \"/app/large\"\nmode = \"0640\"\n",
-            toml_path(&bin),
-            toml_path(&big)
-        ),
-    );
+        toml_path(&bin),
+        toml_path(&big)
+    ));
     let agent = Agent::run(&config);
 
     wait_for_file(&bin, &binary, WAIT);
@@ -122,10 +121,13 @@ async fn raw_copy_is_byte_exact_binary_and_large_with_mode() {
 #[tokio::test(flavor = "multi_thread")]
 async fn template_follows_znode_children_and_default() {
     let env = Env::new("template").await;
-    env.set("/app/db/url", b"postgres://db-1").await;
-    env.set("/app/servers/a", b"10.0.0.1").await;
-    env.set("/app/servers/b", b"10.0.0.2").await;
-    fs::create_dir(env.path("templates")).unwrap();
+    env.seed(&[
+        ("/app/db/url", b"postgres://db-1"),
+        ("/app/servers/a", b"10.0.0.1"),
+        ("/app/servers/b", b"10.0.0.2"),
+    ])
+    .await;
+    env.mkdir("templates");
     fs::write(
         env.path("templates/app.conf.j2"),
         "db_url = {{ znode(\"db/url\") }}\n\
@@ -136,8 +138,10 @@ async fn template_follows_znode_children_and_default() {
     )
     .unwrap();
     let dest = env.path("app.conf");
-    let config = env.write_config(&format!("[[file]]\ndest = {}\ntemplate = \"templates/app.conf.j2\"\nprefix = \"/app\"\n", toml_path(&dest)),
-    );
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ntemplate = \"templates/app.conf.j2\"\nprefix = \"/app\"\n",
+        toml_path(&dest)
+    ));
     let agent = Agent::run(&config);
     let expect = |pool: &str, servers: &[(&str, &str)]| {
         let mut s = format!("db_url = postgres://db-1\npool   = {pool}\n");
@@ -183,19 +187,16 @@ async fn template_follows_znode_children_and_default() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deleted_znode_keeps_or_removes_files_and_recreate_restores_them() {
     let env = Env::new("delete").await;
-    env.set("/app/tpl", b"one").await;
-    env.set("/app/keep", b"kept-1").await;
-    env.set("/app/remove", b"removed-1").await;
+    env.seed(&[("/app/tpl", b"one"), ("/app/keep", b"kept-1"), ("/app/remove", b"removed-1")]).await;
     let (tpl, keep, remove) = (env.path("tpl.conf"), env.path("keep.bin"), env.path("remove.bin"));
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\ninline = 'value={{{{ znode(\"/app/tpl\") }}}}'\n\n\
+        "[[file]]\ndest = {}\ninline = 'value={{{{ znode(\"/app/tpl\") }}}}'\n\n\
              [[file]]\ndest = {}\nznode = \"/app/keep\"\non_delete = \"keep\"\n\n\
              [[file]]\ndest = {}\nznode = \"/app/remove\"\non_delete = \"remove\"\n",
-            toml_path(&tpl),
-            toml_path(&keep),
-            toml_path(&remove)
-        ),
-    );
+        toml_path(&tpl),
+        toml_path(&keep),
+        toml_path(&remove)
+    ));
     let agent = Agent::run(&config);
     wait_for_file(&tpl, b"value=one", WAIT);
     wait_for_file(&keep, b"kept-1", WAIT);
@@ -219,9 +220,7 @@ async fn deleted_znode_keeps_or_removes_files_and_recreate_restores_them() {
     assert_eq!(fs::read(&keep).unwrap(), b"kept-1", "on_delete = keep must keep the file");
     assert!(!remove.exists());
 
-    env.set("/app/tpl", b"two").await;
-    env.set("/app/keep", b"kept-2").await;
-    env.set("/app/remove", b"removed-2").await;
+    env.seed(&[("/app/tpl", b"two"), ("/app/keep", b"kept-2"), ("/app/remove", b"removed-2")]).await;
     wait_for_file(&tpl, b"value=two", WAIT);
     wait_for_file(&keep, b"kept-2", WAIT);
     wait_for_file(&remove, b"removed-2", WAIT);
@@ -304,22 +303,19 @@ async fn failing_check_keeps_the_old_file_and_logs_its_output() {
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_data_keeps_a_non_empty_file_unless_allow_empty() {
     let env = Env::new("empty").await;
-    env.set("/app/guarded", b"guarded").await;
-    env.set("/app/open", b"open").await;
+    env.seed(&[("/app/guarded", b"guarded"), ("/app/open", b"open")]).await;
     let (guarded, open) = (env.path("guarded"), env.path("open"));
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\nznode = \"/app/guarded\"\n\n\
+        "[[file]]\ndest = {}\nznode = \"/app/guarded\"\n\n\
              [[file]]\ndest = {}\nznode = \"/app/open\"\nallow_empty = true\n",
-            toml_path(&guarded),
-            toml_path(&open)
-        ),
-    );
+        toml_path(&guarded),
+        toml_path(&open)
+    ));
     let agent = Agent::run(&config);
     wait_for_file(&guarded, b"guarded", WAIT);
     wait_for_file(&open, b"open", WAIT);
 
-    env.set("/app/guarded", b"").await;
-    env.set("/app/open", b"").await;
+    env.seed(&[("/app/guarded", b""), ("/app/open", b"")]).await;
     wait_for_file(&open, b"", WAIT);
     agent.wait_for_log("refusing to replace a non-empty file with empty contents", WAIT);
     let lines = log_lines(&agent, "refusing to replace");
@@ -327,8 +323,7 @@ async fn empty_data_keeps_a_non_empty_file_unless_allow_empty() {
     assert_eq!(fs::read(&guarded).unwrap(), b"guarded");
 
     // Non-empty again: both follow.
-    env.set("/app/guarded", b"guarded-2").await;
-    env.set("/app/open", b"open-2").await;
+    env.seed(&[("/app/guarded", b"guarded-2"), ("/app/open", b"open-2")]).await;
     wait_for_file(&guarded, b"guarded-2", WAIT);
     wait_for_file(&open, b"open-2", WAIT);
 }
@@ -338,17 +333,15 @@ async fn empty_data_keeps_a_non_empty_file_unless_allow_empty() {
 #[tokio::test(flavor = "multi_thread")]
 async fn equal_bytes_are_not_rewritten_and_do_not_reload() {
     let env = Env::new("equal").await;
-    env.set("/app/conf", b"same").await;
-    env.set("/app/other", b"other-1").await;
+    env.seed(&[("/app/conf", b"same"), ("/app/other", b"other-1")]).await;
     let (dest, other, counter) = (env.path("conf"), env.path("other"), env.path("reloads"));
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\nznode = \"/app/conf\"\n{}\n\
+        "[[file]]\ndest = {}\nznode = \"/app/conf\"\n{}\n\
              [[file]]\ndest = {}\nznode = \"/app/other\"\n",
-            toml_path(&dest),
-            counting_reload(&counter),
-            toml_path(&other)
-        ),
-    );
+        toml_path(&dest),
+        counting_reload(&counter),
+        toml_path(&other)
+    ));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"same", WAIT);
     wait_for_file(&other, b"other-1", WAIT);
@@ -356,8 +349,7 @@ async fn equal_bytes_are_not_rewritten_and_do_not_reload() {
     let before = identity(&dest);
 
     // The same bytes again (a new znode version), then a change elsewhere as a marker.
-    env.set("/app/conf", b"same").await;
-    env.set("/app/other", b"other-2").await;
+    env.seed(&[("/app/conf", b"same"), ("/app/other", b"other-2")]).await;
     wait_for_file(&other, b"other-2", WAIT);
     std::thread::sleep(QUIET);
     assert_eq!(identity(&dest), before, "{} was rewritten with equal bytes", dest.display());
@@ -376,8 +368,7 @@ async fn equal_bytes_are_not_rewritten_and_do_not_reload() {
 /// changed, a child removed and added back: each reaches the file in `mode`.
 async fn follows_data_and_children(mode: &str) {
     let env = Env::new(&format!("watch-{mode}")).await;
-    env.set("/app/name", b"one").await;
-    env.set("/app/list/a", b"1").await;
+    env.seed(&[("/app/name", b"one"), ("/app/list/a", b"1")]).await;
     let dest = env.path("out.txt");
     let config = env.config().zookeeper(&format!("watch = {mode:?}")).write(&format!(
             "[[file]]\ndest = {}\nprefix = \"/app\"\n\
@@ -435,14 +426,13 @@ async fn once_writes_every_file_and_runs_no_reload() {
     env.set("/app/name", b"world").await;
     let (raw, tpl, counter) = (env.path("raw"), env.path("hello"), env.path("reloads"));
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\nznode = \"/app/raw\"\n{}\n\
+        "[[file]]\ndest = {}\nznode = \"/app/raw\"\n{}\n\
              [[file]]\ndest = {}\ninline = 'hello {{{{ znode(\"/app/name\") }}}}'\n{}",
-            toml_path(&raw),
-            counting_reload(&counter),
-            toml_path(&tpl),
-            counting_reload(&counter)
-        ),
-    );
+        toml_path(&raw),
+        counting_reload(&counter),
+        toml_path(&tpl),
+        counting_reload(&counter)
+    ));
     let out = zkrender_in(
         env.dir(),
         &[
@@ -467,13 +457,12 @@ async fn once_with_a_missing_znode_fails_naming_it_and_installs_the_rest() {
     env.set("/app/name", b"world").await;
     let (missing, tpl, counter) = (env.path("missing"), env.path("hello"), env.path("reloads"));
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\nznode = \"/app/not-there\"\n\n\
+        "[[file]]\ndest = {}\nznode = \"/app/not-there\"\n\n\
              [[file]]\ndest = {}\ninline = 'hello {{{{ znode(\"/app/name\") }}}}'\n{}",
-            toml_path(&missing),
-            toml_path(&tpl),
-            counting_reload(&counter)
-        ),
-    );
+        toml_path(&missing),
+        toml_path(&tpl),
+        counting_reload(&counter)
+    ));
     let started = Instant::now();
     let out = zkrender_in(
         env.dir(),
@@ -501,12 +490,12 @@ async fn once_with_a_missing_znode_fails_naming_it_and_installs_the_rest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn render_prints_headers_or_exact_bytes_and_writes_nothing() {
     let env = Env::new("render").await;
-    env.set("/app/alpha", b"alpha\n").await;
-    env.set("/app/name", b"beta").await;
+    env.seed(&[("/app/alpha", b"alpha\n"), ("/app/name", b"beta")]).await;
     let binary = [0x00, 0xff, 0x0a, 0xfe, 0x01];
     env.set("/app/bin", &binary).await;
     let (alpha, beta, bin) = (env.path("out/alpha"), env.path("out/beta"), env.path("out/c.bin"));
-    let config = env.write_config("[[file]]\ndest = \"out/alpha\"\nznode = \"/app/alpha\"\n\n\
+    let config = env.write_config(
+        "[[file]]\ndest = \"out/alpha\"\nznode = \"/app/alpha\"\n\n\
          [[file]]\ndest = \"out/beta\"\ninline = '''name={{ znode(\"/app/name\") }}\n'''\n\n\
          [[file]]\ndest = \"out/c.bin\"\nznode = \"/app/bin\"\n",
     );
@@ -640,8 +629,7 @@ async fn resync_repairs_a_file_edited_by_hand() {
     let env = Env::new("resync").await;
     env.set("/app/x", b"from zookeeper\n").await;
     let dest = env.path("x");
-    let config =
-        env.config().agent("resync = \"1s\"").write(&raw_file(&dest, "/app/x"));
+    let config = env.config().agent("resync = \"1s\"").write(&raw_file(&dest, "/app/x"));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"from zookeeper\n", WAIT);
 
@@ -657,21 +645,19 @@ async fn resync_repairs_a_file_edited_by_hand() {
 #[tokio::test(flavor = "multi_thread")]
 async fn startup_reloads_only_files_that_differed() {
     let env = Env::new("startup").await;
-    env.set("/app/a", b"correct-a").await;
-    env.set("/app/b", b"correct-b").await;
+    env.seed(&[("/app/a", b"correct-a"), ("/app/b", b"correct-b")]).await;
     let (a, b) = (env.path("a"), env.path("b"));
     let (count_a, count_b) = (env.path("reloads-a"), env.path("reloads-b"));
     fs::write(&a, b"correct-a").unwrap();
     fs::write(&b, b"stale-b").unwrap();
     let a_before = identity(&a);
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\nznode = \"/app/a\"\n{}\n[[file]]\ndest = {}\nznode = \"/app/b\"\n{}",
-            toml_path(&a),
-            counting_reload(&count_a),
-            toml_path(&b),
-            counting_reload(&count_b)
-        ),
-    );
+        "[[file]]\ndest = {}\nznode = \"/app/a\"\n{}\n[[file]]\ndest = {}\nznode = \"/app/b\"\n{}",
+        toml_path(&a),
+        counting_reload(&count_a),
+        toml_path(&b),
+        counting_reload(&count_b)
+    ));
     let agent = Agent::run(&config);
     wait_for_file(&b, b"correct-b", WAIT);
     wait_until(|| line_count(&count_b) == 1, WAIT, "the reload of the file that differed");
@@ -691,12 +677,11 @@ async fn identical_reload_of_two_files_changed_together_runs_once() {
     let (one, two, counter) = (env.path("one"), env.path("two"), env.path("reloads"));
     let reload = counting_reload(&counter);
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\ninline = 'one {{{{ znode(\"/app/shared\") }}}}'\n{reload}\n\
+        "[[file]]\ndest = {}\ninline = 'one {{{{ znode(\"/app/shared\") }}}}'\n{reload}\n\
              [[file]]\ndest = {}\ninline = 'two {{{{ znode(\"/app/shared\") }}}}'\n{reload}",
-            toml_path(&one),
-            toml_path(&two)
-        ),
-    );
+        toml_path(&one),
+        toml_path(&two)
+    ));
     let agent = Agent::run(&config);
     wait_for_file(&one, b"one v1", WAIT);
     wait_for_file(&two, b"two v1", WAIT);
@@ -786,11 +771,10 @@ async fn removed_file_reloads_and_on_delete_works_in_persistent_mode() {
     env.set("/app/x", b"x1").await;
     let (dest, counter) = (env.path("x"), env.path("reloads"));
     let config = env.config().zookeeper("watch = \"persistent\"").write(&format!(
-            "[[file]]\ndest = {}\nznode = \"/app/x\"\non_delete = \"remove\"\n{}",
-            toml_path(&dest),
-            counting_reload(&counter)
-        ),
-    );
+        "[[file]]\ndest = {}\nznode = \"/app/x\"\non_delete = \"remove\"\n{}",
+        toml_path(&dest),
+        counting_reload(&counter)
+    ));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"x1", WAIT);
     wait_until(|| line_count(&counter) == 1, WAIT, "the first reload");
@@ -806,9 +790,7 @@ async fn removed_file_reloads_and_on_delete_works_in_persistent_mode() {
 #[tokio::test(flavor = "multi_thread")]
 async fn exists_and_branches_follow_znodes_appearing() {
     let env = Env::new("exists").await;
-    env.set("/app/mode", b"a").await;
-    env.set("/app/a", b"A1").await;
-    env.set("/app/b", b"B1").await;
+    env.seed(&[("/app/mode", b"a"), ("/app/a", b"A1"), ("/app/b", b"B1")]).await;
     let dest = env.path("out");
     let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nprefix = \"/app\"\ninline = '''{{% if exists(\"flag\") %}}flag {{% endif %}}{{% if znode(\"mode\") == \"a\" %}}{{{{ znode(\"a\") }}}}{{% else %}}{{{{ znode(\"b\") }}}}{{% endif %}}'''\n",
@@ -825,8 +807,7 @@ async fn exists_and_branches_follow_znodes_appearing() {
     wait_for_file(&dest, b"flag B2", WAIT);
     env.delete("/app/flag").await;
     wait_for_file(&dest, b"B2", WAIT);
-    env.set("/app/mode", b"a").await;
-    env.set("/app/a", b"A2").await;
+    env.seed(&[("/app/mode", b"a"), ("/app/a", b"A2")]).await;
     wait_for_file(&dest, b"A2", WAIT);
     assert!(agent.is_running());
 }
@@ -846,8 +827,7 @@ async fn chroot_in_the_connect_string_and_hosts_array() {
     let agent = Agent::run(&cfg_a);
     wait_for_file(&a, b"via connect string", WAIT);
     agent.stop();
-    let dir_b = env.path("b-dir");
-    fs::create_dir(&dir_b).unwrap();
+    let dir_b = env.mkdir("b-dir");
     let toml = format!(
         "[zookeeper]\nhosts = [{:?}]\nchroot = {:?}\n\n[agent]\nlisten = \"\"\n\n[[file]]\ndest = {}\nznode = \"/app/x\"\n",
         env.hosts(),
@@ -865,8 +845,7 @@ async fn quiescence_batches_a_burst_into_one_write() {
     let env = Env::new("wait").await;
     env.set("/app/x", b"0").await;
     let dest = env.path("x");
-    let config = env.config().agent("wait = \"400ms\"\nmax_wait = \"5s\"").write(&raw_file(&dest, "/app/x"),
-    );
+    let config = env.config().agent("wait = \"400ms\"\nmax_wait = \"5s\"").write(&raw_file(&dest, "/app/x"));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"0", WAIT);
     agent.wait_for_log("file written", WAIT); // logged just after the install
@@ -900,8 +879,10 @@ async fn template_rendering_empty_is_guarded() {
     let env = Env::new("empty-tpl").await;
     env.set("/app/x", b"text").await;
     let dest = env.path("x");
-    let config = env.write_config(&format!("[[file]]\ndest = {}\ninline = '{{{{ znode(\"/app/x\") }}}}'\n", toml_path(&dest)),
-    );
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ninline = '{{{{ znode(\"/app/x\") }}}}'\n",
+        toml_path(&dest)
+    ));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"text", WAIT);
     env.set("/app/x", b"").await;
@@ -947,10 +928,9 @@ async fn deleted_children_parent_and_back() {
     env.set("/app/list/a", b"1").await;
     let dest = env.path("x");
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\ninline = 'list={{{{ children(\"/app/list\") | join(\",\") }}}}'\n",
-            toml_path(&dest)
-        ),
-    );
+        "[[file]]\ndest = {}\ninline = 'list={{{{ children(\"/app/list\") | join(\",\") }}}}'\n",
+        toml_path(&dest)
+    ));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"list=a", WAIT);
     env.delete("/app/list/a").await;
@@ -1071,8 +1051,7 @@ async fn once_leaves_correct_files_alone_and_fixes_mode() {
 #[tokio::test(flavor = "multi_thread")]
 async fn resync_of_correct_files_neither_rewrites_nor_reloads() {
     let env = Env::new("resync-quiet").await;
-    env.set("/app/x", b"x").await;
-    env.set("/app/t", b"t").await;
+    env.seed(&[("/app/x", b"x"), ("/app/t", b"t")]).await;
     let (raw, tpl, counter) = (env.path("x"), env.path("t"), env.path("reloads"));
     let config = env.config().agent("resync = \"300ms\"").write(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\n{}\n[[file]]\ndest = {}\ninline = 't={{{{ znode(\"/app/t\") }}}}'\n{}",
@@ -1116,16 +1095,14 @@ async fn empty_znode_and_no_file_yet_writes_an_empty_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn only_files_depending_on_a_changed_znode_are_rewritten() {
     let env = Env::new("dependents").await;
-    env.set("/app/a", b"a").await;
-    env.set("/app/b", b"b").await;
+    env.seed(&[("/app/a", b"a"), ("/app/b", b"b")]).await;
     let (a, b) = (env.path("a"), env.path("b"));
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\ninline = 'a={{{{ znode(\"/app/a\") }}}}'\n\n\
+        "[[file]]\ndest = {}\ninline = 'a={{{{ znode(\"/app/a\") }}}}'\n\n\
              [[file]]\ndest = {}\ninline = 'b={{{{ znode(\"/app/b\") }}}}'\n",
-            toml_path(&a),
-            toml_path(&b)
-        ),
-    );
+        toml_path(&a),
+        toml_path(&b)
+    ));
     let agent = Agent::run(&config);
     wait_for_file(&a, b"a=a", WAIT);
     wait_for_file(&b, b"b=b", WAIT);
@@ -1148,8 +1125,10 @@ async fn template_reading_non_utf8_data_fails_naming_the_znode_until_fixed() {
     let env = Env::new("nonutf8").await;
     env.set("/app/x", &[0xff, 0xfe]).await;
     let dest = env.path("x");
-    let config = env.write_config(&format!("[[file]]\ndest = {}\ninline = 'v={{{{ znode(\"/app/x\") }}}}'\n", toml_path(&dest)),
-    );
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ninline = 'v={{{{ znode(\"/app/x\") }}}}'\n",
+        toml_path(&dest)
+    ));
     let agent = Agent::run(&config);
     agent.wait_for_log("file not updated", WAIT);
     let errors = log_lines(&agent, "file not updated");
@@ -1298,10 +1277,9 @@ async fn template_runtime_error_keeps_the_file_until_fixed() {
     env.set("/app/json", br#"{"port": 80}"#).await;
     let dest = env.path("x");
     let config = env.write_config(&format!(
-            "[[file]]\ndest = {}\ninline = 'port={{{{ (znode(\"/app/json\") | from_json).port }}}}'\n",
-            toml_path(&dest)
-        ),
-    );
+        "[[file]]\ndest = {}\ninline = 'port={{{{ (znode(\"/app/json\") | from_json).port }}}}'\n",
+        toml_path(&dest)
+    ));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"port=80", WAIT);
     env.set("/app/json", b"{not json").await;

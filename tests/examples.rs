@@ -372,11 +372,34 @@ fn every_example_passes_zkrender_check() {
     }
 }
 
+/// A proxy example: its name (also the program's), its listen directive (as in the
+/// example, and with `{port}` for the test's free port), and the znode of the first backend.
+struct ProxySpec {
+    name: &'static str,
+    listen: (&'static str, &'static str),
+    znode: &'static str,
+}
+
+const NGINX: ProxySpec = ProxySpec {
+    name: "nginx",
+    listen: ("listen 127.0.0.1:8080;", "listen 127.0.0.1:{port};"),
+    znode: "/nginx/upstreams/app/a",
+};
+
+const HAPROXY: ProxySpec = ProxySpec {
+    name: "haproxy",
+    listen: ("bind 127.0.0.1:8081", "bind 127.0.0.1:{port}"),
+    znode: "/haproxy/backends/app/web1",
+};
+
 /// What the proxy examples (nginx, HAProxy) start from: the test's chroot, backends
 /// answering "A" and "B", the example listening on a free port, the first backend's
 /// address in `znode`, and `zkrender once` run so that the proxy's config exists.
 struct Proxy {
-    env: Env,
+    /// The proxy program (`nginx`, `haproxy`, named like its example).
+    program: PathBuf,
+    /// The test's chroot and client.
+    zk: Env,
     example: Example,
     /// `PATH` for the agent, with the proxy's directory first.
     path: String,
@@ -388,18 +411,19 @@ struct Proxy {
 }
 
 impl Proxy {
-    /// `listen` is (the example's listen directive, the same with `{port}` for the free port).
-    async fn new(name: &str, program: &Path, listen: (&str, &str), znode: &str) -> Proxy {
+    async fn new(spec: &ProxySpec) -> Proxy {
+        let ProxySpec { name, listen, znode } = *spec;
+        let program = program(name);
         let env = Env::new(&format!("example-{name}")).await;
         let (a, b) = (backend("A").await, backend("B").await);
         let port = free_port();
         let directive = listen.1.replace("{port}", &port.to_string());
         let example = Example::new(name, &env.chrooted_hosts(), &[(listen.0, directive)]);
-        let path = path_with(program);
+        let path = path_with(&program);
         env.set(znode, a.as_bytes()).await;
         example.once(&[("PATH", path.as_str())]);
         let url = format!("http://127.0.0.1:{port}/");
-        Proxy { env, example, path, a, b, http: http_client(), url }
+        Proxy { program, zk: env, example, path, a, b, http: http_client(), url }
     }
 
     fn agent_env(&self) -> [(&str, &str); 1] {
@@ -412,11 +436,8 @@ impl Proxy {
 /// master (the same process all along), and traffic moves from A to B.
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_follows_the_upstream_children() {
-    let nginx = program("nginx");
-    let listen = ("listen 127.0.0.1:8080;", "listen 127.0.0.1:{port};");
-    let proxy = Proxy::new("nginx", &nginx, listen, "/nginx/upstreams/app/a").await;
-    let (example, client, env, http, url) = (&proxy.example, proxy.env.client(), proxy.agent_env(), &proxy.http, &proxy.url);
-    let (a, b) = (&proxy.a, &proxy.b);
+    let proxy = Proxy::new(&NGINX).await;
+    let Proxy { program: nginx, zk, example, a, b, http, url, .. } = &proxy;
     let (run, conf) = (example.path("run"), example.path("run/nginx.conf"));
     assert!(read_text(&conf).contains(&format!("server {a};")), "{}", read_text(&conf));
     let prefix = format!("{}/", run.display());
@@ -429,10 +450,10 @@ async fn nginx_follows_the_upstream_children() {
     server.wait_for_pid_file(&run.join("nginx.pid"));
     wait_for_backends(http, url, &["A"], &server).await;
 
-    let agent = example.run(&env);
-    set(&client, "/nginx/upstreams/app/b", b.as_bytes()).await;
+    let agent = example.run(&proxy.agent_env());
+    set(zk.client(), "/nginx/upstreams/app/b", b.as_bytes()).await;
     wait_for_backends(http, url, &["A", "B"], &server).await;
-    delete(&client, "/nginx/upstreams/app/a").await;
+    delete(zk.client(), "/nginx/upstreams/app/a").await;
     wait_for_backends(http, url, &["B"], &server).await;
     let rendered = read_text(&conf);
     assert!(
@@ -442,11 +463,11 @@ async fn nginx_follows_the_upstream_children() {
     agent.wait_for_log_count("application reloaded", 2, TIMEOUT);
 
     // `nginx -t` refuses an invalid port: the file stays, nginx serves on.
-    set(&client, "/nginx/upstreams/app/b", b"127.0.0.1:99999").await;
+    set(zk.client(), "/nginx/upstreams/app/b", b"127.0.0.1:99999").await;
     agent.wait_for_log("check_failed", TIMEOUT);
     assert_eq!(read_text(&conf), rendered, "the refused config was installed");
     wait_for_backends(http, url, &["B"], &server).await;
-    set(&client, "/nginx/upstreams/app/b", b.as_bytes()).await;
+    set(zk.client(), "/nginx/upstreams/app/b", b.as_bytes()).await;
     agent.wait_for_log("file recovered", TIMEOUT);
     assert_eq!(agent.log().matches("application reloaded").count(), 2, "{}", agent.log());
     // Reloaded, not restarted: the master that started serves on.
@@ -460,11 +481,8 @@ async fn nginx_follows_the_upstream_children() {
 /// config; a good value after it goes through (SIGUSR2 to the master).
 #[tokio::test(flavor = "multi_thread")]
 async fn haproxy_refuses_a_bad_server_address() {
-    let haproxy = program("haproxy");
-    let listen = ("bind 127.0.0.1:8081", "bind 127.0.0.1:{port}");
-    let proxy = Proxy::new("haproxy", &haproxy, listen, "/haproxy/backends/app/web1").await;
-    let (example, client, env, http, url) = (&proxy.example, proxy.env.client(), proxy.agent_env(), &proxy.http, &proxy.url);
-    let (a, b) = (&proxy.a, &proxy.b);
+    let proxy = Proxy::new(&HAPROXY).await;
+    let Proxy { program: haproxy, zk, example, a, b, http, url, .. } = &proxy;
     let (cfg, pid_file) = (example.path("run/haproxy.cfg"), example.path("run/haproxy.pid"));
     let (cfg_arg, pid_arg) = (cfg.to_string_lossy().into_owned(), pid_file.to_string_lossy().into_owned());
     // Master-worker mode in the foreground (the test owns the process group).
@@ -473,14 +491,14 @@ async fn haproxy_refuses_a_bad_server_address() {
     server.wait_for_pid_file(&pid_file);
     wait_for_backends(http, url, &["A"], &server).await;
 
-    let agent = example.run(&env);
-    set(&client, "/haproxy/backends/app/web1", b.as_bytes()).await;
+    let agent = example.run(&proxy.agent_env());
+    set(zk.client(), "/haproxy/backends/app/web1", b.as_bytes()).await;
     wait_for_backends(http, url, &["B"], &server).await;
     agent.wait_for_log_count("application reloaded", 1, TIMEOUT);
     let good = read_text(&cfg);
 
     // Port 99999: HAProxy's parser refuses it.
-    set(&client, "/haproxy/backends/app/web1", b"127.0.0.1:99999").await;
+    set(zk.client(), "/haproxy/backends/app/web1", b"127.0.0.1:99999").await;
     agent.wait_for_log("check_failed", TIMEOUT);
     assert_eq!(read_text(&cfg), good, "the refused config was installed");
     assert!(agent.log().contains("99999"), "the log does not show HAProxy's complaint:\n{}", agent.log());
@@ -490,7 +508,7 @@ async fn haproxy_refuses_a_bad_server_address() {
     assert_eq!(read_text(&pid_file).trim(), server.pid().to_string());
 
     // Fixed: the file recovers and HAProxy follows.
-    set(&client, "/haproxy/backends/app/web1", a.as_bytes()).await;
+    set(zk.client(), "/haproxy/backends/app/web1", a.as_bytes()).await;
     wait_for_backends(http, url, &["A"], &server).await;
     agent.wait_for_log("file recovered", TIMEOUT);
     agent.wait_for_log_count("application reloaded", 2, TIMEOUT);

@@ -147,8 +147,7 @@ impl Setup {
     /// with one raw mapping per znode (dest `out/<name>.conf`) and the metrics endpoint.
     async fn new(zk: &Zk, name: &str, znodes: &[&str], mode: Mode, session_timeout: &str) -> Setup {
         let env = Env::on(zk, name).await;
-        let out = env.path("out");
-        fs::create_dir(&out).unwrap();
+        let out = env.mkdir("out");
         let mut toml = String::new();
         let mut files = Vec::new();
         for znode in znodes {
@@ -339,7 +338,12 @@ async fn restart_within_session(mode: Mode) {
     let agent = setup.start_agent();
     let addr = metrics_addr(&agent);
     for m in &setup.files {
-        agent.wait_for_bytes(&m.dest, &get(setup.admin(), &m.znode).await.unwrap(), CONVERGE, "initial render");
+        agent.wait_for_bytes(
+            &m.dest,
+            &get(setup.admin(), &m.znode).await.unwrap(),
+            CONVERGE,
+            "initial render",
+        );
     }
     let readers = setup.readers();
     wait_until(|| metric(&addr, EVENTS) >= 2, SECS_10, "the two initial reads counted");
@@ -492,7 +496,8 @@ async fn ensemble_kill_agents_member(mode: Mode) {
     writes_reach(&writer.1, at + 40).await;
     let last = stop_writer(writer).await;
     assert_eq!(get(setup.admin(), "/v").await.as_deref(), Some(&last[..]));
-    let took = agent.wait_for_bytes(&setup.files[0].dest, &last, CONVERGE, "after killing the agent's member");
+    let took =
+        agent.wait_for_bytes(&setup.files[0].dest, &last, CONVERGE, "after killing the agent's member");
     reader.finish();
     assert_no_panic(&agent);
     print_zk_log("ensemble_kill_agents_member", &agent);
@@ -650,7 +655,8 @@ async fn ensemble_full_restart() {
     start_together(&zk, &[1, 2, 3]);
     let client = setup.fresh_client().await;
     setup.write(&client, 0, b"after-restart").await;
-    let took = agent.wait_for_bytes(&setup.files[0].dest, b"after-restart", CONVERGE, "after the full restart");
+    let took =
+        agent.wait_for_bytes(&setup.files[0].dest, b"after-restart", CONVERGE, "after the full restart");
     reader.finish();
     assert_no_panic(&agent);
     print_zk_log("ensemble_full_restart", &agent);

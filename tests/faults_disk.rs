@@ -22,9 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    Agent, Env, assert_file, connect, raw_file, temp_files, wait_for_file, wait_until,
-};
+use common::{Agent, Env, assert_file, connect, raw_file, temp_files, wait_for_file, wait_until};
 
 /// How long any single expected effect may take.
 const T: Duration = Duration::from_secs(10);
@@ -39,6 +37,32 @@ const CHANGES: usize = 20;
 /// `[agent]` for every test here: a resync period short enough that recovery without a
 /// change is exercised.
 const RESYNC: &str = "resync = \"1s\"";
+
+/// After [`SETTLE`]: `dest` still holds `kept`, and exactly one ERROR line names it (one
+/// line for one cause), containing each of `needed`. Returns the log, for later messages.
+fn assert_kept_with_one_error(agent: &Agent, dest: &Path, kept: &[u8], needed: &[&str]) -> String {
+    std::thread::sleep(SETTLE);
+    let context = format!("log:\n{}", agent.log());
+    assert_file(dest, kept, &context);
+    let errors = error_lines(agent, dest.to_str().unwrap());
+    assert_eq!(errors.len(), 1, "one error line for one cause:\n{context}");
+    for needed in needed {
+        assert!(errors[0].contains(needed), "the error line does not name {needed:?}: {}", errors[0]);
+    }
+    context
+}
+
+/// An agent writing `/app/conf` (set to `first`) to `out/app.conf`, and `/app/control`
+/// (`c0`) to `control.conf` outside `out`, once both are written: (dest, control, agent).
+async fn start_with_control(env: &Env, out: &Path, first: &[u8]) -> (PathBuf, PathBuf, Agent) {
+    let (dest, control) = (out.join("app.conf"), env.path("control.conf"));
+    env.seed(&[("/app/conf", first), ("/app/control", b"c0")]).await;
+    let files = raw_file(&dest, "/app/conf") + &raw_file(&control, "/app/control");
+    let agent = Agent::run(&env.config().agent(RESYNC).write(&files));
+    wait_for_file(&dest, first, T);
+    wait_for_file(&control, b"c0", T);
+    (dest, control, agent)
+}
 
 /// The log lines at level ERROR that mention `needle` (a dest path, usually).
 fn error_lines(agent: &Agent, needle: &str) -> Vec<String> {
@@ -194,15 +218,8 @@ fn fill(path: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn unwritable_dest_dir_keeps_the_old_file_logs_once_and_recovers() {
     let env = Env::new("disk-unwritable").await;
-    let out = env.path("out");
-    fs::create_dir(&out).unwrap();
-    let (dest, control) = (out.join("app.conf"), env.path("control.conf"));
-    env.set("/app/conf", b"good-0").await;
-    env.set("/app/control", b"c0").await;
-    let cfg = env.config().agent(RESYNC).write(&(raw_file(&dest, "/app/conf") + &raw_file(&control, "/app/control")));
-    let agent = Agent::run(&cfg);
-    wait_for_file(&dest, b"good-0", T);
-    wait_for_file(&control, b"c0", T);
+    let out = env.mkdir("out");
+    let (dest, control, agent) = start_with_control(&env, &out, b"good-0").await;
 
     let guard = match Unwritable::make(&out) {
         Ok(guard) => guard,
@@ -248,8 +265,7 @@ async fn unwritable_dest_dir_keeps_the_old_file_logs_once_and_recovers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn full_disk_keeps_the_old_file_logs_no_space_once_and_recovers() {
     let env = Env::new("disk-full").await;
-    let out = env.path("out");
-    fs::create_dir(&out).unwrap();
+    let out = env.mkdir("out");
     let (mounted, what) = match small_fs(&out, &env.path("fs.img")) {
         Ok(m) => m,
         Err(reason) => {
@@ -258,13 +274,7 @@ async fn full_disk_keeps_the_old_file_logs_no_space_once_and_recovers() {
         }
     };
     eprintln!("destination on a {what}");
-    let (dest, control) = (out.join("app.conf"), env.path("control.conf"));
-    env.set("/app/conf", b"small-0").await;
-    env.set("/app/control", b"c0").await;
-    let cfg = env.config().agent(RESYNC).write(&(raw_file(&dest, "/app/conf") + &raw_file(&control, "/app/control")));
-    let agent = Agent::run(&cfg);
-    wait_for_file(&dest, b"small-0", T);
-    wait_for_file(&control, b"c0", T);
+    let (dest, control, agent) = start_with_control(&env, &out, b"small-0").await;
 
     let filler = out.join("filler");
     let filled = fill(&filler);
@@ -329,7 +339,10 @@ async fn full_disk_keeps_the_old_file_logs_no_space_once_and_recovers() {
 async fn reload_target_down(env: &Env, reload: &str, detail: &str) -> Agent {
     let dest = env.path("app.conf");
     env.set("/app/conf", b"v0").await;
-    let cfg = env.config().agent(RESYNC).write(&format!("{}[file.reload]\n{reload}retries = 1\n", raw_file(&dest, "/app/conf")));
+    let cfg = env
+        .config()
+        .agent(RESYNC)
+        .write(&format!("{}[file.reload]\n{reload}retries = 1\n", raw_file(&dest, "/app/conf")));
     let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"v0", T);
     let failed = |n: usize| {
@@ -468,7 +481,10 @@ async fn big_and_binary_znodes_are_copied_byte_exact() {
     env.set("/app/big", &big).await;
     env.set("/app/bin", &binary).await;
     let (big_dest, bin_dest) = (env.path("big.bin"), env.path("all-bytes.bin"));
-    let cfg = env.config().agent(RESYNC).write(&(raw_file(&big_dest, "/app/big") + &raw_file(&bin_dest, "/app/bin")));
+    let cfg = env
+        .config()
+        .agent(RESYNC)
+        .write(&(raw_file(&big_dest, "/app/big") + &raw_file(&bin_dest, "/app/bin")));
     let agent = Agent::run(&cfg);
     agent.wait_for_bytes(&big_dest, &big, T, "");
     agent.wait_for_bytes(&bin_dest, &binary, T, "");
@@ -494,21 +510,16 @@ async fn template_on_invalid_utf8_keeps_the_old_file_and_converges_when_fixed() 
     let dest = env.path("t.conf");
     env.set("/app/t", b"ok-0").await;
     let dest_str = dest.to_str().unwrap();
-    let cfg = env.config().agent(RESYNC).write(&format!("[[file]]\ndest = {dest_str:?}\ntemplate = \"t.j2\"\n"));
+    let cfg =
+        env.config().agent(RESYNC).write(&format!("[[file]]\ndest = {dest_str:?}\ntemplate = \"t.j2\"\n"));
     let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"value=ok-0\n", T);
 
     env.set("/app/t", b"ok\xff\xfe").await;
     agent.wait_for_log("not valid UTF-8", T);
     env.set("/app/t", b"ok\xff\xfe").await; // the same bad value again: no new error line
-    std::thread::sleep(SETTLE);
-    let context = format!("log:\n{}", agent.log());
-    assert_file(&dest, b"value=ok-0\n", &context);
-    let errors = error_lines(&agent, dest_str);
-    assert_eq!(errors.len(), 1, "one error line for one cause:\n{context}");
-    for needed in ["/app/t", "t.j2", "cause=\"render\"", "not valid UTF-8"] {
-        assert!(errors[0].contains(needed), "the error line does not name {needed:?}: {}", errors[0]);
-    }
+    let needed = ["/app/t", "t.j2", "cause=\"render\"", "not valid UTF-8"];
+    assert_kept_with_one_error(&agent, &dest, b"value=ok-0\n", &needed);
     agent.assert_running();
 
     env.set("/app/t", b"ok-1").await;
@@ -523,28 +534,23 @@ async fn template_on_invalid_utf8_keeps_the_old_file_and_converges_when_fixed() 
 #[tokio::test(flavor = "multi_thread")]
 async fn from_json_on_invalid_json_keeps_the_old_file_and_converges_when_fixed() {
     let env = Env::new("data-bad-json").await;
-    fs::create_dir(env.path("templates")).unwrap();
+    env.mkdir("templates");
     fs::write(env.path("templates/j.j2"), "# generated\nport={{ (znode(\"j\") | from_json).port }}\n")
         .unwrap();
     let dest = env.path("j.conf");
     env.set("/app/j", br#"{"port": 8080}"#).await;
     let dest_str = dest.to_str().unwrap();
-    let cfg = env.config().agent(RESYNC).write(&format!(
-        "[[file]]\ndest = {dest_str:?}\ntemplate = \"templates/j.j2\"\nprefix = \"/app\"\n"
-    ));
+    let cfg = env
+        .config()
+        .agent(RESYNC)
+        .write(&format!("[[file]]\ndest = {dest_str:?}\ntemplate = \"templates/j.j2\"\nprefix = \"/app\"\n"));
     let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"# generated\nport=8080\n", T);
 
     env.set("/app/j", br#"{"port": 80"#).await;
     agent.wait_for_log("invalid JSON", T);
-    std::thread::sleep(SETTLE);
-    let context = format!("log:\n{}", agent.log());
-    assert_file(&dest, b"# generated\nport=8080\n", &context);
-    let errors = error_lines(&agent, dest_str);
-    assert_eq!(errors.len(), 1, "one error line for one cause:\n{context}");
-    for needed in ["templates/j.j2", "line 2", "from_json: invalid JSON", "cause=\"render\""] {
-        assert!(errors[0].contains(needed), "the error line does not name {needed:?}: {}", errors[0]);
-    }
+    let needed = ["templates/j.j2", "line 2", "from_json: invalid JSON", "cause=\"render\""];
+    let context = assert_kept_with_one_error(&agent, &dest, b"# generated\nport=8080\n", &needed);
     assert!(!agent.log().contains("panicked"), "{context}");
     agent.assert_running();
 

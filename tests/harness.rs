@@ -282,7 +282,7 @@ fn config_builder_writes_both_sections_then_the_files() {
 async fn env_keeps_a_test_to_its_own_chroot_and_directory() {
     let env = Env::new("harness-env").await;
     assert!(env.chroot().starts_with("/it/harness-env-"), "{}", env.chroot());
-    env.seed(&[("/app/a", "1"), ("/app/b", "2")]).await;
+    env.seed(&[("/app/a", b"1"), ("/app/b", b"2")]).await;
     let root = connect(env.hosts()).await;
     let under_chroot = format!("{}/app", env.chroot());
     assert_eq!(ls(&root, &under_chroot).await, Some(vec!["a".to_string(), "b".to_string()]));

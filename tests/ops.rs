@@ -390,8 +390,7 @@ async fn zookeeper_outage_keeps_readyz_200_but_degraded() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_move_with_changes_reloads_and_check_failures() {
     let env = Env::new("ops-metrics").await;
-    env.set("/app/value", b"v1").await;
-    env.set("/app/raw", b"raw").await;
+    env.seed(&[("/app/value", b"v1"), ("/app/raw", b"raw")]).await;
     let d = env.dir();
     let cfg = config(
         &env,
@@ -481,9 +480,7 @@ znode = "/app/raw"
 #[tokio::test(flavor = "multi_thread")]
 async fn status_json_reports_deps_writes_reloads_and_errors() {
     let env = Env::new("ops-status").await;
-    env.set("/app/db", b"one").await;
-    env.set("/app/nodes/a", b"").await;
-    env.set("/app/nodes/b", b"").await;
+    env.seed(&[("/app/db", b"one"), ("/app/nodes/a", b""), ("/app/nodes/b", b"")]).await;
     let d = env.dir();
     let cfg = config(
         &env,
@@ -843,7 +840,8 @@ async fn readyz_names_every_file_while_zookeeper_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Nothing listens there: the agent keeps trying to connect.
-    let cfg = ops_config(d, &free_addr()).write(&in_dir(d, "[[file]]\ndest = \"DIR/a.txt\"\nznode = \"/app/a\"\n"));
+    let cfg =
+        ops_config(d, &free_addr()).write(&in_dir(d, "[[file]]\ndest = \"DIR/a.txt\"\nznode = \"/app/a\"\n"));
     let agent = Agent::run(&cfg);
     let ops = Ops::new(&bound_addr(&agent));
     let body = eventually("/readyz to name a.txt", T, async || {

@@ -203,8 +203,7 @@ async fn serve(
 #[tokio::test(flavor = "multi_thread")]
 async fn signal_via_pid_file_reaches_the_process_once_per_change() {
     let env = Env::new("reload-signal-pidfile").await;
-    let app = env.path("app");
-    fs::create_dir(&app).unwrap();
+    let app = env.mkdir("app");
     let counter = start_counter(Path::new("bash"), &app);
     let pid_file = env.path("app.pid");
     fs::write(&pid_file, format!("{}\n", counter.pid())).unwrap();
@@ -235,8 +234,7 @@ async fn signal_via_pid_file_reaches_the_process_once_per_change() {
 #[tokio::test(flavor = "multi_thread")]
 async fn signal_by_process_name_reaches_the_master() {
     let env = Env::new("reload-signal-process").await;
-    let app = env.path("app");
-    fs::create_dir(&app).unwrap();
+    let app = env.mkdir("app");
     let program = unique_copy(env.dir(), "bash");
     let name = program.file_name().unwrap().to_str().unwrap().to_owned();
     let counter = start_counter(&program, &app);
@@ -267,8 +265,7 @@ async fn http_hook_gets_one_request_per_change() {
     let env = Env::new("reload-http-ok").await;
     let hook = Hook::start(None, |_, _| 200).await;
     let (a, b) = (env.path("a.conf"), env.path("b.conf"));
-    env.set("/app/a", "a0").await;
-    env.set("/app/b", "b0").await;
+    env.seed(&[("/app/a", b"a0"), ("/app/b", b"b0")]).await;
     let cfg = env.write_config(&format!(
         "[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nhttp = {:?}\n\n\
          [[file]]\ndest = {b:?}\nznode = \"/app/b\"\n[file.reload]\nhttp = {:?}\nmethod = \"put\"\n",
@@ -331,8 +328,7 @@ async fn command_reload_runs_and_a_failing_command_is_logged_with_stderr() {
     let env = Env::new("reload-command").await;
     let (ok, bad) = (env.path("ok.conf"), env.path("bad.conf"));
     let out = env.path("reloads.txt");
-    env.set("/app/ok", "o0").await;
-    env.set("/app/bad", "x0").await;
+    env.seed(&[("/app/ok", b"o0"), ("/app/bad", b"x0")]).await;
     let append = format!("echo reload >> '{}'", out.display());
     let cfg = env.write_config(&format!(
         "[[file]]\ndest = {ok:?}\nznode = \"/app/ok\"\n[file.reload]\ncommand = [\"sh\", \"-c\", {append:?}]\n\n\
@@ -556,7 +552,9 @@ async fn exec_reload_signal_without_target_goes_to_the_child() {
     // Already up to date: the first render writes nothing and fires no reload (the
     // first install's reload is `exec_first_install_does_not_signal_the_new_child`).
     fs::write(&a, "A1").unwrap();
-    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nsignal = \"USR1\"\n"));
+    let cfg = env.write_config(&format!(
+        "[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nsignal = \"USR1\"\n"
+    ));
     let agent = exec_agent(&cfg, &[], &app_script(&app_log, &[&a]));
     let pid = wait_ready(&app_log, 1, &agent);
     let usr1 = || lines_starting(&app_log, "USR1 ").len();
@@ -582,7 +580,8 @@ async fn exec_fresh_file(name: &str, reload: &str) -> (Env, Agent, PathBuf) {
     let a = env.path("a.conf");
     let app_log = env.path("app.log");
     env.set("/app/a", "A1").await;
-    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\n{reload}\n"));
+    let cfg =
+        env.write_config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\n{reload}\n"));
     let agent = exec_agent(&cfg, &[], &app_script(&app_log, &[&a]));
     let deadline = Instant::now() + T;
     while lines_starting(&app_log, "ready ").is_empty() && agent.is_running() && Instant::now() < deadline {
@@ -659,8 +658,9 @@ async fn exec_restart_true_restarts_the_child_on_change() {
     let app_log = env.path("app.log");
     env.set("/app/a", "A1").await;
     fs::write(&a, "A1").unwrap(); // up to date: the first render fires no reload
-    let cfg =
-        env.write_config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nrestart = true\n"));
+    let cfg = env.write_config(&format!(
+        "[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nrestart = true\n"
+    ));
     let agent = exec_agent(&cfg, &[], &app_script(&app_log, &[&a]));
     let first = wait_ready(&app_log, 1, &agent);
     let starts = || lines_starting(&app_log, "start ").len();
@@ -715,8 +715,9 @@ async fn run_refuses_exec_only_reloads() {
     let env = Env::new("run-exec-only").await;
     let dest = env.path("a.conf");
     for reload in ["signal = \"HUP\"", "restart = true"] {
-        let cfg =
-            env.write_config(&format!("[[file]]\ndest = {dest:?}\nznode = \"/app/a\"\n[file.reload]\n{reload}\n"));
+        let cfg = env.write_config(&format!(
+            "[[file]]\ndest = {dest:?}\nznode = \"/app/a\"\n[file.reload]\n{reload}\n"
+        ));
         let agent = Agent::run(&cfg);
         let status = agent.wait_exit(T);
         let log = agent.log();
@@ -735,9 +736,7 @@ async fn config_hot_reload_keeps_the_session_and_survives_a_bad_config() {
     let template = env.path("a.j2");
     let (a, b, c) = (env.path("a.conf"), env.path("b.conf"), env.path("c.conf"));
     let a_reloads = env.path("a-reloads.txt");
-    env.set("/app/a", "A1").await;
-    env.set("/app/b", "B1").await;
-    env.set("/app/c", "C1").await;
+    env.seed(&[("/app/a", b"A1"), ("/app/b", b"B1"), ("/app/c", b"C1")]).await;
     fs::write(&template, "v1 {{ znode(\"/app/a\") }}").unwrap();
     let file_a = format!(
         "[[file]]\ndest = {a:?}\ntemplate = \"a.j2\"\n[file.reload]\ncommand = [\"sh\", \"-c\", {:?}]\n",

@@ -748,6 +748,16 @@ impl Soak {
         self.deck.pop().unwrap()
     }
 
+    /// Kills member `m`, keeps operating for 0.5 to 3 s, then starts it again (operating
+    /// meanwhile); says what happened.
+    async fn kill_and_start(&mut self, m: usize) -> String {
+        self.zk.kill(m);
+        let pause = self.ms(500..3000);
+        let during = self.ops_for(pause).await;
+        let restarting = self.ops_during(move |zk| zk.start(m)).await;
+        format!("member {m}; {during} ops while down, {restarting} while starting")
+    }
+
     async fn fault(&mut self, fault: Fault) -> String {
         *self.faults.entry(fault.name()).or_default() += 1;
         let pause = self.ms(0..1000);
@@ -755,11 +765,7 @@ impl Soak {
         let detail = match fault {
             Fault::KillConnected => {
                 let m = self.agent_member();
-                self.zk.kill(m);
-                let pause = self.ms(500..3000);
-                let during = self.ops_for(pause).await;
-                let restarting = self.ops_during(move |zk| zk.start(m)).await;
-                format!("member {m}; {during} ops while down, {restarting} while starting")
+                self.kill_and_start(m).await
             }
             Fault::PauseMember => {
                 let m = if self.rng.random_bool(0.5) {
@@ -781,11 +787,7 @@ impl Soak {
             }
             Fault::KillLeader => {
                 let m = self.zk.leader();
-                self.zk.kill(m);
-                let pause = self.ms(500..3000);
-                let during = self.ops_for(pause).await;
-                let restarting = self.ops_during(move |zk| zk.start(m)).await;
-                format!("member {m}; {during} ops while down, {restarting} while starting")
+                self.kill_and_start(m).await
             }
             Fault::PauseAgent => {
                 let expired_before = self.agent.log().matches(EXPIRED).count();
@@ -974,9 +976,8 @@ async fn soak() {
     let client = connect_with_session_timeout(&env.chrooted_hosts(), Duration::from_secs(30)).await;
     println!("soak: ensemble {} chroot {}", zk.hosts(), env.chroot());
 
-    let out = env.path("out");
-    fs::create_dir(&out).unwrap();
-    fs::create_dir(env.path("tpl")).unwrap();
+    let out = env.mkdir("out");
+    env.mkdir("tpl");
     for t in Tpl::ALL {
         fs::write(env.path("tpl").join(format!("{}.j2", t.dest())), t.source()).unwrap();
     }

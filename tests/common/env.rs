@@ -67,6 +67,14 @@ impl Env {
         self.dir.path().join(name)
     }
 
+    /// Creates the directory `name` (and its parents) inside the temporary directory;
+    /// returns its path.
+    pub fn mkdir(&self, name: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        path
+    }
+
     /// The server's connect string, without the chroot.
     pub fn hosts(&self) -> &str {
         &self.hosts
@@ -93,7 +101,7 @@ impl Env {
     }
 
     /// Sets each `(znode, value)` in order.
-    pub async fn seed<V: AsRef<[u8]>>(&self, values: &[(&str, V)]) {
+    pub async fn seed(&self, values: &[(&str, &[u8])]) {
         for (znode, value) in values {
             self.set(znode, value).await;
         }

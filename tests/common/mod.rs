@@ -36,8 +36,8 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -502,7 +502,10 @@ pub async fn set_with(retry: &Retry, client: &Client, path: &str, data: &[u8]) {
         Ok(_) => {}
         // Created meanwhile (by someone else, or by a try whose reply was lost): set it after all.
         Err(ZkError::NodeExists) => {
-            retry.run(|| client.set_data(path, data, None)).await.unwrap_or_else(|e| panic!("set {path}: {e}"));
+            retry
+                .run(|| client.set_data(path, data, None))
+                .await
+                .unwrap_or_else(|e| panic!("set {path}: {e}"));
         }
         Err(e) => panic!("create {path}: {e}"),
     }
