@@ -946,7 +946,7 @@ async fn deleted_children_parent_and_back() {
 async fn burst_of_everything(mode: &str) {
     let env = Env::new(&format!("burst-all-{mode}")).await;
     env.set("/app/x", b"x0").await;
-    common::mkdir(&env.client(), "/app/kids").await;
+    common::mkdir(env.client(), "/app/kids").await;
     let (raw, list) = (env.path("raw"), env.path("list"));
     let config = env.config().zookeeper(&format!("watch = {mode:?}")).write(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\n\n[[file]]\ndest = {}\ninline = 'n={{{{ children(\"/app/kids\") | length }}}}'\n",
@@ -957,7 +957,7 @@ async fn burst_of_everything(mode: &str) {
     wait_for_file(&raw, b"x0", WAIT);
     wait_for_file(&list, b"n=0", WAIT);
     for i in 0..30 {
-        assert!(common::delete(&env.client(), "/app/x").await);
+        assert!(common::delete(env.client(), "/app/x").await);
         env.set("/app/x", format!("x{}", i + 1).as_bytes()).await;
     }
     for i in 0..200 {
@@ -966,7 +966,7 @@ async fn burst_of_everything(mode: &str) {
     wait_for_file(&raw, b"x30", WAIT);
     wait_for_file(&list, b"n=200", WAIT);
     for i in 0..150 {
-        assert!(common::delete(&env.client(), &format!("/app/kids/k{i:03}")).await);
+        assert!(common::delete(env.client(), &format!("/app/kids/k{i:03}")).await);
     }
     wait_for_file(&list, b"n=50", WAIT);
     for i in 0..500 {

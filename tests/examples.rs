@@ -443,7 +443,7 @@ async fn nginx_follows_the_upstream_children() {
     let prefix = format!("{}/", run.display());
     let conf_arg = conf.to_string_lossy().into_owned();
     let server = Daemon::start(
-        &nginx,
+        nginx,
         &["-p", &prefix, "-c", &conf_arg, "-g", "daemon off;"],
         example.path("nginx.log"),
     );
@@ -487,7 +487,7 @@ async fn haproxy_refuses_a_bad_server_address() {
     let (cfg_arg, pid_arg) = (cfg.to_string_lossy().into_owned(), pid_file.to_string_lossy().into_owned());
     // Master-worker mode in the foreground (the test owns the process group).
     let server =
-        Daemon::start(&haproxy, &["-W", "-f", &cfg_arg, "-p", &pid_arg], example.path("haproxy.log"));
+        Daemon::start(haproxy, &["-W", "-f", &cfg_arg, "-p", &pid_arg], example.path("haproxy.log"));
     server.wait_for_pid_file(&pid_file);
     wait_for_backends(http, url, &["A"], &server).await;
 
@@ -603,16 +603,16 @@ async fn http_hook_app_rereads_its_config() {
     let addr = listener.local_addr().unwrap();
     let example = Example::new("http-hook", &hosts, &[("127.0.0.1:9090", addr.to_string())]);
     let state = hook_app(listener, example.path("run/prometheus.yml"));
-    set(&client, "/prometheus/scrape_interval", b"30s").await;
-    set(&client, "/prometheus/targets/app/node-a", b"10.0.0.1:9100").await;
+    set(client, "/prometheus/scrape_interval", b"30s").await;
+    set(client, "/prometheus/targets/app/node-a", b"10.0.0.1:9100").await;
 
     // No `once` first: writing the first file fires the hook too.
     let agent = example.run(&[]);
     wait_for_app(&state, "30s", &["10.0.0.1:9100"]);
-    set(&client, "/prometheus/targets/app/node-b", b"10.0.0.2:9100").await;
+    set(client, "/prometheus/targets/app/node-b", b"10.0.0.2:9100").await;
     wait_for_app(&state, "30s", &["10.0.0.1:9100", "10.0.0.2:9100"]);
-    set(&client, "/prometheus/scrape_interval", b"10s").await;
-    delete(&client, "/prometheus/targets/app/node-a").await;
+    set(client, "/prometheus/scrape_interval", b"10s").await;
+    delete(client, "/prometheus/targets/app/node-a").await;
     wait_for_app(&state, "10s", &["10.0.0.2:9100"]);
 
     agent.wait_for_log_count("application reloaded", 3, TIMEOUT);
@@ -639,22 +639,22 @@ async fn feature_flags_are_copied_byte_for_byte_and_kept_on_delete() {
     // Not how a JSON encoder would write it: CRLF, tabs, UTF-8, no final newline.
     let v1: &[u8] = b"{\r\n\t\"new_checkout\": false,  \"banner\": \"Gr\xc3\xbc\xc3\x9fe \\u2603\"\r\n}";
     let v2: &[u8] = b"{\"new_checkout\":true,\"banner\":\"\",\"max_items\":50}\n\n";
-    set(&client, "/flags/checkout", v1).await;
+    set(client, "/flags/checkout", v1).await;
 
     let agent = example.run(&[]);
     wait_for_file(&flags, v1, TIMEOUT);
     assert_eq!(fs::metadata(&flags).unwrap().permissions().mode() & 0o7777, 0o644);
-    set(&client, "/flags/checkout", v2).await;
+    set(client, "/flags/checkout", v2).await;
     wait_for_file(&flags, v2, TIMEOUT);
     let parsed: serde_json::Value = serde_json::from_slice(v2).unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&fs::read(&flags).unwrap()).unwrap(), parsed);
 
-    delete(&client, "/flags/checkout").await;
+    delete(client, "/flags/checkout").await;
     wait_until(|| !sentinel.exists(), TIMEOUT, "the sentinel (on_delete = \"remove\") to go");
     assert_eq!(fs::read(&flags).unwrap(), v2, "on_delete = \"keep\" did not keep the flags");
 
     let v3: &[u8] = b"{\"new_checkout\": true}";
-    set(&client, "/flags/checkout", v3).await;
+    set(client, "/flags/checkout", v3).await;
     wait_for_file(&flags, v3, TIMEOUT);
     assert!(agent.stop().success(), "{}", agent.log());
 }
