@@ -486,8 +486,7 @@ async fn haproxy_refuses_a_bad_server_address() {
     let (cfg, pid_file) = (example.path("run/haproxy.cfg"), example.path("run/haproxy.pid"));
     let (cfg_arg, pid_arg) = (cfg.to_string_lossy().into_owned(), pid_file.to_string_lossy().into_owned());
     // Master-worker mode in the foreground (the test owns the process group).
-    let server =
-        Daemon::start(haproxy, &["-W", "-f", &cfg_arg, "-p", &pid_arg], example.path("haproxy.log"));
+    let server = Daemon::start(haproxy, &["-W", "-f", &cfg_arg, "-p", &pid_arg], example.path("haproxy.log"));
     server.wait_for_pid_file(&pid_file);
     wait_for_backends(http, url, &["A"], &server).await;
 
