@@ -12,14 +12,11 @@ mod common;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tempfile::TempDir;
-use zookeeper_client::Client;
 
 /// Deadline for anything that should happen in about one ZooKeeper round trip.
 const WAIT: Duration = Duration::from_secs(10);
@@ -27,73 +24,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// How long to watch for something that must NOT happen.
 const QUIET: Duration = Duration::from_millis(600);
 
-static ZK: OnceLock<Zk> = OnceLock::new();
-
-/// One ZooKeeper for every test in this file: `ZK_TEST_HOSTS`'s, or a standalone server
-/// started on first use (never dropped: `scripts/zk up --owner` takes it down when this test
-/// process exits).
-fn zk() -> &'static Zk {
-    ZK.get_or_init(Zk::shared)
-}
-
-/// A test's chroot, client and temporary directory.
-struct Env {
-    dir: TempDir,
-    chroot: String,
-    client: Client,
-}
-
-impl Env {
-    async fn new(name: &str) -> Env {
-        let chroot = unique_chroot(&format!("agent-{name}"));
-        let hosts = create_chroot(zk().hosts(), &chroot).await;
-        let client = connect(&hosts).await;
-        let dir = tempfile::Builder::new().prefix("zkrender-agent-test-").tempdir().expect("tempdir");
-        Env { dir, chroot, client }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Writes `zkrender.toml` in the test's directory: `[zookeeper]` with the server, the
-    /// chroot and `zookeeper_extra`; `[agent]` with `listen = ""` and `agent_extra`; then `files`.
-    fn config(&self, zookeeper_extra: &str, agent_extra: &str, files: &str) -> PathBuf {
-        let toml = format!(
-            "[zookeeper]\nhosts = {hosts:?}\nchroot = {chroot:?}\n{zookeeper_extra}\n\n\
-             [agent]\nlisten = \"\"\n{agent_extra}\n\n{files}",
-            hosts = zk().hosts(),
-            chroot = self.chroot,
-        );
-        write_config(self.dir.path(), &toml)
-    }
-
-    async fn set(&self, path: &str, data: &[u8]) {
-        common::set(&self.client, path, data).await;
-    }
-
-    async fn delete(&self, path: &str) {
-        assert!(common::delete(&self.client, path).await, "{path} did not exist");
-    }
-}
-
-/// A path as a TOML string.
-fn q(path: &Path) -> String {
-    format!("{:?}", path.to_str().expect("UTF-8 path"))
-}
-
 /// A `[file.reload]` table whose command appends a line to `counter`.
 fn counting_reload(counter: &Path) -> String {
     format!("[file.reload]\ncommand = [\"sh\", \"-c\", 'echo x >> \"{}\"']\n", counter.display())
-}
-
-/// Lines in `path` (0 when it does not exist).
-fn line_count(path: &Path) -> usize {
-    fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
-}
-
-fn run_agent(config: &Path) -> Agent {
-    Agent::start([OsStr::new("run"), OsStr::new("-c"), config.as_os_str()])
 }
 
 /// Runs the binary to completion (stdin from /dev/null) in `cwd`.
@@ -158,17 +91,13 @@ async fn raw_copy_is_byte_exact_binary_and_large_with_mode() {
     env.set("/app/bin", &binary).await;
     env.set("/app/large", &large).await;
     let (bin, big) = (env.path("out/bin"), env.path("out/large"));
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\nznode = \"/app/bin\"\nmode = \"0640\"\n\n\
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\nznode = \"/app/bin\"\nmode = \"0640\"\n\n\
              [[file]]\ndest = {}\nznode = \"/app/large\"\nmode = \"0640\"\n",
-            q(&bin),
-            q(&big)
-        ),
-    );
-    let agent = run_agent(&config);
+        toml_path(&bin),
+        toml_path(&big)
+    ));
+    let agent = Agent::run(&config);
 
     wait_for_file(&bin, &binary, WAIT);
     wait_for_large_file(&big, &large, WAIT);
@@ -192,10 +121,13 @@ async fn raw_copy_is_byte_exact_binary_and_large_with_mode() {
 #[tokio::test(flavor = "multi_thread")]
 async fn template_follows_znode_children_and_default() {
     let env = Env::new("template").await;
-    env.set("/app/db/url", b"postgres://db-1").await;
-    env.set("/app/servers/a", b"10.0.0.1").await;
-    env.set("/app/servers/b", b"10.0.0.2").await;
-    fs::create_dir(env.path("templates")).unwrap();
+    env.seed(&[
+        ("/app/db/url", b"postgres://db-1"),
+        ("/app/servers/a", b"10.0.0.1"),
+        ("/app/servers/b", b"10.0.0.2"),
+    ])
+    .await;
+    env.mkdir("templates");
     fs::write(
         env.path("templates/app.conf.j2"),
         "db_url = {{ znode(\"db/url\") }}\n\
@@ -206,12 +138,11 @@ async fn template_follows_znode_children_and_default() {
     )
     .unwrap();
     let dest = env.path("app.conf");
-    let config = env.config(
-        "",
-        "",
-        &format!("[[file]]\ndest = {}\ntemplate = \"templates/app.conf.j2\"\nprefix = \"/app\"\n", q(&dest)),
-    );
-    let agent = run_agent(&config);
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ntemplate = \"templates/app.conf.j2\"\nprefix = \"/app\"\n",
+        toml_path(&dest)
+    ));
+    let agent = Agent::run(&config);
     let expect = |pool: &str, servers: &[(&str, &str)]| {
         let mut s = format!("db_url = postgres://db-1\npool   = {pool}\n");
         for (name, addr) in servers {
@@ -256,23 +187,17 @@ async fn template_follows_znode_children_and_default() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deleted_znode_keeps_or_removes_files_and_recreate_restores_them() {
     let env = Env::new("delete").await;
-    env.set("/app/tpl", b"one").await;
-    env.set("/app/keep", b"kept-1").await;
-    env.set("/app/remove", b"removed-1").await;
+    env.seed(&[("/app/tpl", b"one"), ("/app/keep", b"kept-1"), ("/app/remove", b"removed-1")]).await;
     let (tpl, keep, remove) = (env.path("tpl.conf"), env.path("keep.bin"), env.path("remove.bin"));
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\ninline = 'value={{{{ znode(\"/app/tpl\") }}}}'\n\n\
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ninline = 'value={{{{ znode(\"/app/tpl\") }}}}'\n\n\
              [[file]]\ndest = {}\nznode = \"/app/keep\"\non_delete = \"keep\"\n\n\
              [[file]]\ndest = {}\nznode = \"/app/remove\"\non_delete = \"remove\"\n",
-            q(&tpl),
-            q(&keep),
-            q(&remove)
-        ),
-    );
-    let agent = run_agent(&config);
+        toml_path(&tpl),
+        toml_path(&keep),
+        toml_path(&remove)
+    ));
+    let agent = Agent::run(&config);
     wait_for_file(&tpl, b"value=one", WAIT);
     wait_for_file(&keep, b"kept-1", WAIT);
     wait_for_file(&remove, b"removed-1", WAIT);
@@ -295,9 +220,7 @@ async fn deleted_znode_keeps_or_removes_files_and_recreate_restores_them() {
     assert_eq!(fs::read(&keep).unwrap(), b"kept-1", "on_delete = keep must keep the file");
     assert!(!remove.exists());
 
-    env.set("/app/tpl", b"two").await;
-    env.set("/app/keep", b"kept-2").await;
-    env.set("/app/remove", b"removed-2").await;
+    env.seed(&[("/app/tpl", b"two"), ("/app/keep", b"kept-2"), ("/app/remove", b"removed-2")]).await;
     wait_for_file(&tpl, b"value=two", WAIT);
     wait_for_file(&keep, b"kept-2", WAIT);
     wait_for_file(&remove, b"removed-2", WAIT);
@@ -311,14 +234,14 @@ async fn a_thousand_rapid_sets_converge_to_the_last_value() {
     let env = Env::new("burst").await;
     env.set("/app/hot", b"start").await;
     let dest = env.path("hot");
-    let config = env.config("", "", &format!("[[file]]\ndest = {}\nznode = \"/app/hot\"\n", q(&dest)));
-    let agent = run_agent(&config);
+    let config = env.write_config(&raw_file(&dest, "/app/hot"));
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"start", WAIT);
 
     let started = Instant::now();
     for i in 0..1000 {
         let value = format!("value-{i}");
-        env.client
+        env.client()
             .set_data("/app/hot", value.as_bytes(), None)
             .await
             .unwrap_or_else(|e| panic!("set {i}: {e}"));
@@ -343,16 +266,13 @@ async fn failing_check_keeps_the_old_file_and_logs_its_output() {
     let env = Env::new("check").await;
     env.set("/app/conf", b"good v1\n").await;
     let dest = env.path("app.conf");
-    let config = env.config(
-        "",
-        "",
-        &format!(
+    let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/conf\"\n\
              check = [\"sh\", \"-c\", 'grep -q good \"$1\" || {{ echo \"CHECK-SAYS no good in $1\" >&2; exit 3; }}', \"sh\", \"{{file}}\"]\n",
-            q(&dest)
+            toml_path(&dest)
         ),
     );
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"good v1\n", WAIT);
 
     env.set("/app/conf", b"bad v2\n").await;
@@ -366,7 +286,7 @@ async fn failing_check_keeps_the_old_file_and_logs_its_output() {
     );
     assert_eq!(fs::read(&dest).unwrap(), b"good v1\n", "a failed check must keep the old file");
     // No temporary file is left behind.
-    let leftovers: Vec<_> = fs::read_dir(env.dir.path())
+    let leftovers: Vec<_> = fs::read_dir(env.dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n != "zkrender.toml" && n != "app.conf")
@@ -383,25 +303,19 @@ async fn failing_check_keeps_the_old_file_and_logs_its_output() {
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_data_keeps_a_non_empty_file_unless_allow_empty() {
     let env = Env::new("empty").await;
-    env.set("/app/guarded", b"guarded").await;
-    env.set("/app/open", b"open").await;
+    env.seed(&[("/app/guarded", b"guarded"), ("/app/open", b"open")]).await;
     let (guarded, open) = (env.path("guarded"), env.path("open"));
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\nznode = \"/app/guarded\"\n\n\
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\nznode = \"/app/guarded\"\n\n\
              [[file]]\ndest = {}\nznode = \"/app/open\"\nallow_empty = true\n",
-            q(&guarded),
-            q(&open)
-        ),
-    );
-    let agent = run_agent(&config);
+        toml_path(&guarded),
+        toml_path(&open)
+    ));
+    let agent = Agent::run(&config);
     wait_for_file(&guarded, b"guarded", WAIT);
     wait_for_file(&open, b"open", WAIT);
 
-    env.set("/app/guarded", b"").await;
-    env.set("/app/open", b"").await;
+    env.seed(&[("/app/guarded", b""), ("/app/open", b"")]).await;
     wait_for_file(&open, b"", WAIT);
     agent.wait_for_log("refusing to replace a non-empty file with empty contents", WAIT);
     let lines = log_lines(&agent, "refusing to replace");
@@ -409,8 +323,7 @@ async fn empty_data_keeps_a_non_empty_file_unless_allow_empty() {
     assert_eq!(fs::read(&guarded).unwrap(), b"guarded");
 
     // Non-empty again: both follow.
-    env.set("/app/guarded", b"guarded-2").await;
-    env.set("/app/open", b"open-2").await;
+    env.seed(&[("/app/guarded", b"guarded-2"), ("/app/open", b"open-2")]).await;
     wait_for_file(&guarded, b"guarded-2", WAIT);
     wait_for_file(&open, b"open-2", WAIT);
 }
@@ -420,29 +333,23 @@ async fn empty_data_keeps_a_non_empty_file_unless_allow_empty() {
 #[tokio::test(flavor = "multi_thread")]
 async fn equal_bytes_are_not_rewritten_and_do_not_reload() {
     let env = Env::new("equal").await;
-    env.set("/app/conf", b"same").await;
-    env.set("/app/other", b"other-1").await;
+    env.seed(&[("/app/conf", b"same"), ("/app/other", b"other-1")]).await;
     let (dest, other, counter) = (env.path("conf"), env.path("other"), env.path("reloads"));
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\nznode = \"/app/conf\"\n{}\n\
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\nznode = \"/app/conf\"\n{}\n\
              [[file]]\ndest = {}\nznode = \"/app/other\"\n",
-            q(&dest),
-            counting_reload(&counter),
-            q(&other)
-        ),
-    );
-    let agent = run_agent(&config);
+        toml_path(&dest),
+        counting_reload(&counter),
+        toml_path(&other)
+    ));
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"same", WAIT);
     wait_for_file(&other, b"other-1", WAIT);
     wait_until(|| line_count(&counter) == 1, WAIT, "the first reload");
     let before = identity(&dest);
 
     // The same bytes again (a new znode version), then a change elsewhere as a marker.
-    env.set("/app/conf", b"same").await;
-    env.set("/app/other", b"other-2").await;
+    env.seed(&[("/app/conf", b"same"), ("/app/other", b"other-2")]).await;
     wait_for_file(&other, b"other-2", WAIT);
     std::thread::sleep(QUIET);
     assert_eq!(identity(&dest), before, "{} was rewritten with equal bytes", dest.display());
@@ -461,19 +368,15 @@ async fn equal_bytes_are_not_rewritten_and_do_not_reload() {
 /// changed, a child removed and added back: each reaches the file in `mode`.
 async fn follows_data_and_children(mode: &str) {
     let env = Env::new(&format!("watch-{mode}")).await;
-    env.set("/app/name", b"one").await;
-    env.set("/app/list/a", b"1").await;
+    env.seed(&[("/app/name", b"one"), ("/app/list/a", b"1")]).await;
     let dest = env.path("out.txt");
-    let config = env.config(
-        &format!("watch = {mode:?}"),
-        "",
-        &format!(
+    let config = env.config().zookeeper(&format!("watch = {mode:?}")).write(&format!(
             "[[file]]\ndest = {}\nprefix = \"/app\"\n\
              inline = '''name={{{{ znode(\"name\") }}}}{{% for c in children(\"list\") %}} {{{{ c }}}}={{{{ znode(\"list/\" ~ c) }}}}{{% endfor %}}'''\n",
-            q(&dest)
+            toml_path(&dest)
         ),
     );
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"name=one a=1", WAIT);
     let started = log_lines(&agent, "zkrender starting");
     assert!(
@@ -522,20 +425,16 @@ async fn once_writes_every_file_and_runs_no_reload() {
     env.set("/app/raw", &[0xde, 0xad, 0x00, 0xbe, 0xef]).await;
     env.set("/app/name", b"world").await;
     let (raw, tpl, counter) = (env.path("raw"), env.path("hello"), env.path("reloads"));
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\nznode = \"/app/raw\"\n{}\n\
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\nznode = \"/app/raw\"\n{}\n\
              [[file]]\ndest = {}\ninline = 'hello {{{{ znode(\"/app/name\") }}}}'\n{}",
-            q(&raw),
-            counting_reload(&counter),
-            q(&tpl),
-            counting_reload(&counter)
-        ),
-    );
+        toml_path(&raw),
+        counting_reload(&counter),
+        toml_path(&tpl),
+        counting_reload(&counter)
+    ));
     let out = zkrender_in(
-        env.dir.path(),
+        env.dir(),
         &[
             OsStr::new("once"),
             OsStr::new("-c"),
@@ -557,20 +456,16 @@ async fn once_with_a_missing_znode_fails_naming_it_and_installs_the_rest() {
     let env = Env::new("once-missing").await;
     env.set("/app/name", b"world").await;
     let (missing, tpl, counter) = (env.path("missing"), env.path("hello"), env.path("reloads"));
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\nznode = \"/app/not-there\"\n\n\
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\nznode = \"/app/not-there\"\n\n\
              [[file]]\ndest = {}\ninline = 'hello {{{{ znode(\"/app/name\") }}}}'\n{}",
-            q(&missing),
-            q(&tpl),
-            counting_reload(&counter)
-        ),
-    );
+        toml_path(&missing),
+        toml_path(&tpl),
+        counting_reload(&counter)
+    ));
     let started = Instant::now();
     let out = zkrender_in(
-        env.dir.path(),
+        env.dir(),
         &[
             OsStr::new("once"),
             OsStr::new("-c"),
@@ -595,14 +490,11 @@ async fn once_with_a_missing_znode_fails_naming_it_and_installs_the_rest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn render_prints_headers_or_exact_bytes_and_writes_nothing() {
     let env = Env::new("render").await;
-    env.set("/app/alpha", b"alpha\n").await;
-    env.set("/app/name", b"beta").await;
+    env.seed(&[("/app/alpha", b"alpha\n"), ("/app/name", b"beta")]).await;
     let binary = [0x00, 0xff, 0x0a, 0xfe, 0x01];
     env.set("/app/bin", &binary).await;
     let (alpha, beta, bin) = (env.path("out/alpha"), env.path("out/beta"), env.path("out/c.bin"));
-    let config = env.config(
-        "",
-        "",
+    let config = env.write_config(
         "[[file]]\ndest = \"out/alpha\"\nznode = \"/app/alpha\"\n\n\
          [[file]]\ndest = \"out/beta\"\ninline = '''name={{ znode(\"/app/name\") }}\n'''\n\n\
          [[file]]\ndest = \"out/c.bin\"\nznode = \"/app/bin\"\n",
@@ -721,8 +613,8 @@ async fn sigterm_exits_zero() {
     let env = Env::new("sigterm").await;
     env.set("/app/x", b"x").await;
     let dest = env.path("x");
-    let config = env.config("", "", &format!("[[file]]\ndest = {}\nznode = \"/app/x\"\n", q(&dest)));
-    let agent = run_agent(&config);
+    let config = env.write_config(&raw_file(&dest, "/app/x"));
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"x", WAIT);
     agent.wait_for_log("ready: every file is written", WAIT);
     let status = agent.stop();
@@ -737,9 +629,8 @@ async fn resync_repairs_a_file_edited_by_hand() {
     let env = Env::new("resync").await;
     env.set("/app/x", b"from zookeeper\n").await;
     let dest = env.path("x");
-    let config =
-        env.config("", "resync = \"1s\"", &format!("[[file]]\ndest = {}\nznode = \"/app/x\"\n", q(&dest)));
-    let agent = run_agent(&config);
+    let config = env.config().agent("resync = \"1s\"").write(&raw_file(&dest, "/app/x"));
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"from zookeeper\n", WAIT);
 
     fs::write(&dest, b"garbage written by hand").unwrap();
@@ -754,25 +645,20 @@ async fn resync_repairs_a_file_edited_by_hand() {
 #[tokio::test(flavor = "multi_thread")]
 async fn startup_reloads_only_files_that_differed() {
     let env = Env::new("startup").await;
-    env.set("/app/a", b"correct-a").await;
-    env.set("/app/b", b"correct-b").await;
+    env.seed(&[("/app/a", b"correct-a"), ("/app/b", b"correct-b")]).await;
     let (a, b) = (env.path("a"), env.path("b"));
     let (count_a, count_b) = (env.path("reloads-a"), env.path("reloads-b"));
     fs::write(&a, b"correct-a").unwrap();
     fs::write(&b, b"stale-b").unwrap();
     let a_before = identity(&a);
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\nznode = \"/app/a\"\n{}\n[[file]]\ndest = {}\nznode = \"/app/b\"\n{}",
-            q(&a),
-            counting_reload(&count_a),
-            q(&b),
-            counting_reload(&count_b)
-        ),
-    );
-    let agent = run_agent(&config);
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\nznode = \"/app/a\"\n{}\n[[file]]\ndest = {}\nznode = \"/app/b\"\n{}",
+        toml_path(&a),
+        counting_reload(&count_a),
+        toml_path(&b),
+        counting_reload(&count_b)
+    ));
+    let agent = Agent::run(&config);
     wait_for_file(&b, b"correct-b", WAIT);
     wait_until(|| line_count(&count_b) == 1, WAIT, "the reload of the file that differed");
     agent.wait_for_log("ready: every file is written", WAIT);
@@ -790,17 +676,13 @@ async fn identical_reload_of_two_files_changed_together_runs_once() {
     env.set("/app/shared", b"v1").await;
     let (one, two, counter) = (env.path("one"), env.path("two"), env.path("reloads"));
     let reload = counting_reload(&counter);
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\ninline = 'one {{{{ znode(\"/app/shared\") }}}}'\n{reload}\n\
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ninline = 'one {{{{ znode(\"/app/shared\") }}}}'\n{reload}\n\
              [[file]]\ndest = {}\ninline = 'two {{{{ znode(\"/app/shared\") }}}}'\n{reload}",
-            q(&one),
-            q(&two)
-        ),
-    );
-    let agent = run_agent(&config);
+        toml_path(&one),
+        toml_path(&two)
+    ));
+    let agent = Agent::run(&config);
     wait_for_file(&one, b"one v1", WAIT);
     wait_for_file(&two, b"two v1", WAIT);
     wait_until(|| line_count(&counter) >= 1, WAIT, "the first reload");
@@ -835,11 +717,11 @@ async fn relative_dest_and_template_resolve_against_the_config_directory() {
         "[zookeeper]\nhosts = {:?}\nchroot = {:?}\n\n[agent]\nlisten = \"\"\n\n\
          [[file]]\ndest = \"out/app.conf\"\ntemplate = \"templates/app.j2\"\nprefix = \"/app\"\n\n\
          [[file]]\ndest = \"raw.txt\"\nznode = \"/app/name\"\n",
-        zk().hosts(),
-        env.chroot
+        env.hosts(),
+        env.chroot()
     );
     write_config(&cfg_dir, &toml);
-    let script = format!("cd {} && exec \"$0\" run -c ../cfg/zkrender.toml", q(&cwd));
+    let script = format!("cd {} && exec \"$0\" run -c ../cfg/zkrender.toml", toml_path(&cwd));
     let agent = Agent::start_program("sh", ["-c", &script, env!("CARGO_BIN_EXE_zkrender")], &[]);
     wait_for_file(cfg_dir.join("out/app.conf"), b"name=relative\n", WAIT);
     wait_for_file(cfg_dir.join("raw.txt"), b"relative", WAIT);
@@ -862,7 +744,7 @@ async fn relative_dest_and_template_resolve_against_the_config_directory() {
 async fn once_waits_for_a_missing_znode_within_its_timeout() {
     let env = Env::new("once-wait").await;
     let dest = env.path("late");
-    let config = env.config("", "", &format!("[[file]]\ndest = {}\nznode = \"/app/late\"\n", q(&dest)));
+    let config = env.write_config(&raw_file(&dest, "/app/late"));
     let child = Command::new(env!("CARGO_BIN_EXE_zkrender"))
         .args([
             OsStr::new("once"),
@@ -888,16 +770,12 @@ async fn removed_file_reloads_and_on_delete_works_in_persistent_mode() {
     let env = Env::new("remove-reload").await;
     env.set("/app/x", b"x1").await;
     let (dest, counter) = (env.path("x"), env.path("reloads"));
-    let config = env.config(
-        "watch = \"persistent\"",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\nznode = \"/app/x\"\non_delete = \"remove\"\n{}",
-            q(&dest),
-            counting_reload(&counter)
-        ),
-    );
-    let agent = run_agent(&config);
+    let config = env.config().zookeeper("watch = \"persistent\"").write(&format!(
+        "[[file]]\ndest = {}\nznode = \"/app/x\"\non_delete = \"remove\"\n{}",
+        toml_path(&dest),
+        counting_reload(&counter)
+    ));
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"x1", WAIT);
     wait_until(|| line_count(&counter) == 1, WAIT, "the first reload");
     env.delete("/app/x").await;
@@ -912,19 +790,14 @@ async fn removed_file_reloads_and_on_delete_works_in_persistent_mode() {
 #[tokio::test(flavor = "multi_thread")]
 async fn exists_and_branches_follow_znodes_appearing() {
     let env = Env::new("exists").await;
-    env.set("/app/mode", b"a").await;
-    env.set("/app/a", b"A1").await;
-    env.set("/app/b", b"B1").await;
+    env.seed(&[("/app/mode", b"a"), ("/app/a", b"A1"), ("/app/b", b"B1")]).await;
     let dest = env.path("out");
-    let config = env.config(
-        "",
-        "",
-        &format!(
+    let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nprefix = \"/app\"\ninline = '''{{% if exists(\"flag\") %}}flag {{% endif %}}{{% if znode(\"mode\") == \"a\" %}}{{{{ znode(\"a\") }}}}{{% else %}}{{{{ znode(\"b\") }}}}{{% endif %}}'''\n",
-            q(&dest)
+            toml_path(&dest)
         ),
     );
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"A1", WAIT);
     env.set("/app/flag", b"").await;
     wait_for_file(&dest, b"flag A1", WAIT);
@@ -934,8 +807,7 @@ async fn exists_and_branches_follow_znodes_appearing() {
     wait_for_file(&dest, b"flag B2", WAIT);
     env.delete("/app/flag").await;
     wait_for_file(&dest, b"B2", WAIT);
-    env.set("/app/mode", b"a").await;
-    env.set("/app/a", b"A2").await;
+    env.seed(&[("/app/mode", b"a"), ("/app/a", b"A2")]).await;
     wait_for_file(&dest, b"A2", WAIT);
     assert!(agent.is_running());
 }
@@ -947,24 +819,23 @@ async fn chroot_in_the_connect_string_and_hosts_array() {
     let (a, b) = (env.path("a"), env.path("b"));
     let toml = format!(
         "[zookeeper]\nhosts = \"{}{}\"\n\n[agent]\nlisten = \"\"\n\n[[file]]\ndest = {}\nznode = \"/app/x\"\n",
-        zk().hosts(),
-        env.chroot,
-        q(&a)
+        env.hosts(),
+        env.chroot(),
+        toml_path(&a)
     );
     let cfg_a = write_config(&env.path(""), &toml);
-    let agent = run_agent(&cfg_a);
+    let agent = Agent::run(&cfg_a);
     wait_for_file(&a, b"via connect string", WAIT);
     agent.stop();
-    let dir_b = env.path("b-dir");
-    fs::create_dir(&dir_b).unwrap();
+    let dir_b = env.mkdir("b-dir");
     let toml = format!(
         "[zookeeper]\nhosts = [{:?}]\nchroot = {:?}\n\n[agent]\nlisten = \"\"\n\n[[file]]\ndest = {}\nznode = \"/app/x\"\n",
-        zk().hosts(),
-        env.chroot,
-        q(&b)
+        env.hosts(),
+        env.chroot(),
+        toml_path(&b)
     );
     let cfg_b = write_config(&dir_b, &toml);
-    let agent = run_agent(&cfg_b);
+    let agent = Agent::run(&cfg_b);
     wait_for_file(&b, b"via connect string", WAIT);
     assert!(agent.is_running());
 }
@@ -974,12 +845,8 @@ async fn quiescence_batches_a_burst_into_one_write() {
     let env = Env::new("wait").await;
     env.set("/app/x", b"0").await;
     let dest = env.path("x");
-    let config = env.config(
-        "",
-        "wait = \"400ms\"\nmax_wait = \"5s\"",
-        &format!("[[file]]\ndest = {}\nznode = \"/app/x\"\n", q(&dest)),
-    );
-    let agent = run_agent(&config);
+    let config = env.config().agent("wait = \"400ms\"\nmax_wait = \"5s\"").write(&raw_file(&dest, "/app/x"));
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"0", WAIT);
     agent.wait_for_log("file written", WAIT); // logged just after the install
     let before = log_lines(&agent, "file written").len();
@@ -997,15 +864,12 @@ async fn check_file_placeholder_inside_an_argument() {
     let env = Env::new("check-arg").await;
     env.set("/app/x", b"hello").await;
     let dest = env.path("x");
-    let config = env.config(
-        "",
-        "",
-        &format!(
+    let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\ncheck = [\"sh\", \"-c\", '[ \"$2\" = \"--file=$1\" ] && [ \"$(cat \"$1\")\" = hello ]', \"sh\", \"{{file}}\", \"--file={{file}}\"]\n",
-            q(&dest)
+            toml_path(&dest)
         ),
     );
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"hello", WAIT);
     assert!(agent.is_running());
 }
@@ -1015,12 +879,11 @@ async fn template_rendering_empty_is_guarded() {
     let env = Env::new("empty-tpl").await;
     env.set("/app/x", b"text").await;
     let dest = env.path("x");
-    let config = env.config(
-        "",
-        "",
-        &format!("[[file]]\ndest = {}\ninline = '{{{{ znode(\"/app/x\") }}}}'\n", q(&dest)),
-    );
-    let agent = run_agent(&config);
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ninline = '{{{{ znode(\"/app/x\") }}}}'\n",
+        toml_path(&dest)
+    ));
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"text", WAIT);
     env.set("/app/x", b"").await;
     agent.wait_for_log("refusing to replace", WAIT);
@@ -1032,8 +895,8 @@ async fn sigint_exits_zero() {
     let env = Env::new("sigint").await;
     env.set("/app/x", b"x").await;
     let dest = env.path("x");
-    let config = env.config("", "", &format!("[[file]]\ndest = {}\nznode = \"/app/x\"\n", q(&dest)));
-    let agent = run_agent(&config);
+    let config = env.write_config(&raw_file(&dest, "/app/x"));
+    let agent = Agent::run(&config);
     agent.wait_for_log("ready: every file is written", WAIT);
     agent.signal(nix::sys::signal::Signal::SIGINT);
     let status = agent.wait_exit(WAIT);
@@ -1043,9 +906,9 @@ async fn sigint_exits_zero() {
 #[tokio::test(flavor = "multi_thread")]
 async fn render_with_a_missing_znode_fails() {
     let env = Env::new("render-missing").await;
-    let config = env.config("", "", "[[file]]\ndest = \"out\"\nznode = \"/app/none\"\n");
+    let config = env.write_config("[[file]]\ndest = \"out\"\nznode = \"/app/none\"\n");
     let out = zkrender_in(
-        env.dir.path(),
+        env.dir(),
         &[
             OsStr::new("render"),
             OsStr::new("-c"),
@@ -1064,15 +927,11 @@ async fn deleted_children_parent_and_back() {
     let env = Env::new("parent").await;
     env.set("/app/list/a", b"1").await;
     let dest = env.path("x");
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\ninline = 'list={{{{ children(\"/app/list\") | join(\",\") }}}}'\n",
-            q(&dest)
-        ),
-    );
-    let agent = run_agent(&config);
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ninline = 'list={{{{ children(\"/app/list\") | join(\",\") }}}}'\n",
+        toml_path(&dest)
+    ));
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"list=a", WAIT);
     env.delete("/app/list/a").await;
     wait_for_file(&dest, b"list=", WAIT);
@@ -1087,21 +946,18 @@ async fn deleted_children_parent_and_back() {
 async fn burst_of_everything(mode: &str) {
     let env = Env::new(&format!("burst-all-{mode}")).await;
     env.set("/app/x", b"x0").await;
-    common::mkdir(&env.client, "/app/kids").await;
+    common::mkdir(env.client(), "/app/kids").await;
     let (raw, list) = (env.path("raw"), env.path("list"));
-    let config = env.config(
-        &format!("watch = {mode:?}"),
-        "",
-        &format!(
+    let config = env.config().zookeeper(&format!("watch = {mode:?}")).write(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\n\n[[file]]\ndest = {}\ninline = 'n={{{{ children(\"/app/kids\") | length }}}}'\n",
-            q(&raw), q(&list)
+            toml_path(&raw), toml_path(&list)
         ),
     );
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&raw, b"x0", WAIT);
     wait_for_file(&list, b"n=0", WAIT);
     for i in 0..30 {
-        assert!(common::delete(&env.client, "/app/x").await);
+        assert!(common::delete(env.client(), "/app/x").await);
         env.set("/app/x", format!("x{}", i + 1).as_bytes()).await;
     }
     for i in 0..200 {
@@ -1110,11 +966,11 @@ async fn burst_of_everything(mode: &str) {
     wait_for_file(&raw, b"x30", WAIT);
     wait_for_file(&list, b"n=200", WAIT);
     for i in 0..150 {
-        assert!(common::delete(&env.client, &format!("/app/kids/k{i:03}")).await);
+        assert!(common::delete(env.client(), &format!("/app/kids/k{i:03}")).await);
     }
     wait_for_file(&list, b"n=50", WAIT);
     for i in 0..500 {
-        env.client.set_data("/app/x", format!("y{i}").as_bytes(), None).await.unwrap();
+        env.client().set_data("/app/x", format!("y{i}").as_bytes(), None).await.unwrap();
     }
     wait_for_file(&raw, b"y499", WAIT);
     assert!(agent.is_running());
@@ -1135,15 +991,12 @@ async fn check_timeout_kills_and_keeps_the_old_file() {
     let env = Env::new("check-timeout").await;
     env.set("/app/x", b"fast").await;
     let dest = env.path("x");
-    let config = env.config(
-        "",
-        "",
-        &format!(
+    let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\ncheck_timeout = \"500ms\"\ncheck = [\"sh\", \"-c\", 'grep -q slow \"$1\" && sleep 30; exit 0', \"sh\", \"{{file}}\"]\n",
-            q(&dest)
+            toml_path(&dest)
         ),
     );
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"fast", WAIT);
     let t = Instant::now();
     env.set("/app/x", b"slow").await;
@@ -1160,15 +1013,12 @@ async fn backup_and_in_place() {
     let env = Env::new("backup").await;
     env.set("/app/x", b"one").await;
     let (bak, inplace) = (env.path("bak"), env.path("inplace"));
-    let config = env.config(
-        "",
-        "",
-        &format!(
+    let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\nbackup = true\n\n[[file]]\ndest = {}\nznode = \"/app/x\"\ninstall = \"in-place\"\nmode = \"0600\"\n",
-            q(&bak), q(&inplace)
+            toml_path(&bak), toml_path(&inplace)
         ),
     );
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&bak, b"one", WAIT);
     wait_for_file(&inplace, b"one", WAIT);
     let ino = fs::metadata(&inplace).unwrap().ino();
@@ -1192,8 +1042,8 @@ async fn once_leaves_correct_files_alone_and_fixes_mode() {
     let dest = env.path("x");
     fs::write(&dest, b"same").unwrap();
     let before = identity(&dest);
-    let config = env.config("", "", &format!("[[file]]\ndest = {}\nznode = \"/app/x\"\n", q(&dest)));
-    let out = zkrender_in(env.dir.path(), &[OsStr::new("once"), OsStr::new("-c"), config.as_os_str()]);
+    let config = env.write_config(&raw_file(&dest, "/app/x"));
+    let out = zkrender_in(env.dir(), &[OsStr::new("once"), OsStr::new("-c"), config.as_os_str()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(identity(&dest), before);
 }
@@ -1201,17 +1051,13 @@ async fn once_leaves_correct_files_alone_and_fixes_mode() {
 #[tokio::test(flavor = "multi_thread")]
 async fn resync_of_correct_files_neither_rewrites_nor_reloads() {
     let env = Env::new("resync-quiet").await;
-    env.set("/app/x", b"x").await;
-    env.set("/app/t", b"t").await;
+    env.seed(&[("/app/x", b"x"), ("/app/t", b"t")]).await;
     let (raw, tpl, counter) = (env.path("x"), env.path("t"), env.path("reloads"));
-    let config = env.config(
-        "",
-        "resync = \"300ms\"",
-        &format!(
+    let config = env.config().agent("resync = \"300ms\"").write(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\n{}\n[[file]]\ndest = {}\ninline = 't={{{{ znode(\"/app/t\") }}}}'\n{}",
-            q(&raw),
+            toml_path(&raw),
             counting_reload(&counter),
-            q(&tpl),
+            toml_path(&tpl),
             counting_reload(&counter)
         ),
     );
@@ -1240,8 +1086,8 @@ async fn empty_znode_and_no_file_yet_writes_an_empty_file() {
     let env = Env::new("empty-new").await;
     env.set("/app/x", b"").await;
     let dest = env.path("x");
-    let config = env.config("", "", &format!("[[file]]\ndest = {}\nznode = \"/app/x\"\n", q(&dest)));
-    let agent = run_agent(&config);
+    let config = env.write_config(&raw_file(&dest, "/app/x"));
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"", WAIT);
     agent.wait_for_log("ready: every file is written", WAIT);
 }
@@ -1249,20 +1095,15 @@ async fn empty_znode_and_no_file_yet_writes_an_empty_file() {
 #[tokio::test(flavor = "multi_thread")]
 async fn only_files_depending_on_a_changed_znode_are_rewritten() {
     let env = Env::new("dependents").await;
-    env.set("/app/a", b"a").await;
-    env.set("/app/b", b"b").await;
+    env.seed(&[("/app/a", b"a"), ("/app/b", b"b")]).await;
     let (a, b) = (env.path("a"), env.path("b"));
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\ninline = 'a={{{{ znode(\"/app/a\") }}}}'\n\n\
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ninline = 'a={{{{ znode(\"/app/a\") }}}}'\n\n\
              [[file]]\ndest = {}\ninline = 'b={{{{ znode(\"/app/b\") }}}}'\n",
-            q(&a),
-            q(&b)
-        ),
-    );
-    let agent = run_agent(&config);
+        toml_path(&a),
+        toml_path(&b)
+    ));
+    let agent = Agent::run(&config);
     wait_for_file(&a, b"a=a", WAIT);
     wait_for_file(&b, b"b=b", WAIT);
     let b_id = identity(&b);
@@ -1284,12 +1125,11 @@ async fn template_reading_non_utf8_data_fails_naming_the_znode_until_fixed() {
     let env = Env::new("nonutf8").await;
     env.set("/app/x", &[0xff, 0xfe]).await;
     let dest = env.path("x");
-    let config = env.config(
-        "",
-        "",
-        &format!("[[file]]\ndest = {}\ninline = 'v={{{{ znode(\"/app/x\") }}}}'\n", q(&dest)),
-    );
-    let agent = run_agent(&config);
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ninline = 'v={{{{ znode(\"/app/x\") }}}}'\n",
+        toml_path(&dest)
+    ));
+    let agent = Agent::run(&config);
     agent.wait_for_log("file not updated", WAIT);
     let errors = log_lines(&agent, "file not updated");
     assert!(errors.iter().any(|l| l.contains("/app/x") && l.contains("UTF-8")), "{errors:#?}");
@@ -1304,17 +1144,14 @@ async fn sigterm_finishes_the_install_in_progress_then_exits_zero() {
     env.set("/app/x", b"old").await;
     let (dest, marker) = (env.path("x"), env.path("check-started"));
     // The check of "new" announces itself, then takes 1.5 s.
-    let config = env.config(
-        "",
-        "",
-        &format!(
+    let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\n\
              check = [\"sh\", \"-c\", 'if grep -q new \"$1\"; then touch \"$2\"; sleep 1.5; fi', \"sh\", \"{{file}}\", {}]\n",
-            q(&dest),
-            q(&marker)
+            toml_path(&dest),
+            toml_path(&marker)
         ),
     );
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"old", WAIT);
     env.set("/app/x", b"new").await;
     wait_until(|| marker.exists(), WAIT, "the check of the new value to start");
@@ -1340,32 +1177,20 @@ fn alive(pid: i32) -> bool {
         .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
 }
 
-/// The temporary files zkrender left in `dir` (`.NAME.zkrender.RANDOM`).
-fn temp_files(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".zkrender."))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_exits_at_once_leaving_no_check_process_or_temp_file() {
     let env = Env::new("sigterm-twice").await;
     env.set("/app/x", b"old").await;
     let (dest, marker) = (env.path("x"), env.path("check-pid"));
     // The check of "new" writes its pid (it leads its own process group), then hangs.
-    let config = env.config(
-        "",
-        "",
-        &format!(
+    let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\ncheck_timeout = \"60s\"\n\
              check = [\"sh\", \"-c\", 'if grep -q new \"$1\"; then echo $$ > \"$2\"; sleep 20; fi', \"sh\", \"{{file}}\", {}]\n",
-            q(&dest),
-            q(&marker)
+            toml_path(&dest),
+            toml_path(&marker)
         ),
     );
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"old", WAIT);
     env.set("/app/x", b"new").await;
     let mut check_pid = 0;
@@ -1388,7 +1213,7 @@ async fn a_second_sigterm_exits_at_once_leaving_no_check_process_or_temp_file() 
     eprintln!("second SIGTERM: {status} after {:?}", t.elapsed());
     assert_eq!(fs::read(&dest).unwrap(), b"old", "an abandoned install must leave the old file");
     let check_left = alive(check_pid);
-    let temps = temp_files(env.dir.path());
+    let temps = temp_files(env.dir());
     if check_left {
         // Clean up what the agent left: the check's process group (the test started it).
         let _ = nix::sys::signal::killpg(
@@ -1440,7 +1265,7 @@ fn run_with_a_bad_config_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let config =
         write_config(dir.path(), "[zookeeper]\nhosts = \"127.0.0.1:1\"\n\n[[file]]\ndest = \"out\"\n");
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     let status = agent.wait_exit(WAIT);
     assert_eq!(status.code(), Some(2), "log:\n{}", agent.log());
     eprintln!("{}", agent.log());
@@ -1451,15 +1276,11 @@ async fn template_runtime_error_keeps_the_file_until_fixed() {
     let env = Env::new("tpl-error").await;
     env.set("/app/json", br#"{"port": 80}"#).await;
     let dest = env.path("x");
-    let config = env.config(
-        "",
-        "",
-        &format!(
-            "[[file]]\ndest = {}\ninline = 'port={{{{ (znode(\"/app/json\") | from_json).port }}}}'\n",
-            q(&dest)
-        ),
-    );
-    let agent = run_agent(&config);
+    let config = env.write_config(&format!(
+        "[[file]]\ndest = {}\ninline = 'port={{{{ (znode(\"/app/json\") | from_json).port }}}}'\n",
+        toml_path(&dest)
+    ));
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"port=80", WAIT);
     env.set("/app/json", b"{not json").await;
     agent.wait_for_log("file not updated", WAIT);

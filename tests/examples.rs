@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Agent, Zk, connect, create_chroot, delete, set, unique_chroot, wait_for_file, wait_until};
+use common::{Agent, Env, delete, free_port, run_ok, set, wait_for_file, wait_until};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -238,19 +238,6 @@ fn copy_dir(from: &Path, to: &Path, files: &mut Vec<PathBuf>) {
     }
 }
 
-/// A loopback port nothing listens on (just now).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The shared ZooKeeper, a chroot of the test's own, and a client inside it.
-async fn zookeeper(test: &str) -> (Zk, String, zookeeper_client::Client) {
-    let zk = Zk::shared();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot(test)).await;
-    let client = connect(&hosts).await;
-    (zk, hosts, client)
-}
-
 // ------------------------------------------------------------------ HTTP
 
 /// Reads one request's head and body (per Content-Length); `None` if the peer
@@ -374,21 +361,7 @@ fn every_example_passes_zkrender_check() {
         if !config.is_file() {
             continue;
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_zkrender"))
-            .arg("check")
-            .arg("-c")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run zkrender check");
-        assert!(
-            out.status.success(),
-            "zkrender check -c {} failed ({}):\n{}{}",
-            config.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(Command::new(env!("CARGO_BIN_EXE_zkrender")).arg("check").arg("-c").arg(&config));
         names.push(dir.file_name().unwrap().to_string_lossy().into_owned());
     }
     for name in EXAMPLES.iter().chain(&["demo"]) {
@@ -399,41 +372,89 @@ fn every_example_passes_zkrender_check() {
     }
 }
 
+/// A proxy example: its name (also the program's), its listen directive (as in the
+/// example, and with `{port}` for the test's free port), and the znode of the first backend.
+struct ProxySpec {
+    name: &'static str,
+    listen: (&'static str, &'static str),
+    znode: &'static str,
+}
+
+const NGINX: ProxySpec = ProxySpec {
+    name: "nginx",
+    listen: ("listen 127.0.0.1:8080;", "listen 127.0.0.1:{port};"),
+    znode: "/nginx/upstreams/app/a",
+};
+
+const HAPROXY: ProxySpec = ProxySpec {
+    name: "haproxy",
+    listen: ("bind 127.0.0.1:8081", "bind 127.0.0.1:{port}"),
+    znode: "/haproxy/backends/app/web1",
+};
+
+/// What the proxy examples (nginx, HAProxy) start from: the test's chroot, backends
+/// answering "A" and "B", the example listening on a free port, the first backend's
+/// address in `znode`, and `zkrender once` run so that the proxy's config exists.
+struct Proxy {
+    /// The proxy program (`nginx`, `haproxy`, named like its example).
+    program: PathBuf,
+    /// The test's chroot and client.
+    zk: Env,
+    example: Example,
+    /// `PATH` for the agent, with the proxy's directory first.
+    path: String,
+    a: String,
+    b: String,
+    http: reqwest::Client,
+    /// The proxy's URL.
+    url: String,
+}
+
+impl Proxy {
+    async fn new(spec: &ProxySpec) -> Proxy {
+        let ProxySpec { name, listen, znode } = *spec;
+        let program = program(name);
+        let env = Env::new(&format!("example-{name}")).await;
+        let (a, b) = (backend("A").await, backend("B").await);
+        let port = free_port();
+        let directive = listen.1.replace("{port}", &port.to_string());
+        let example = Example::new(name, &env.chrooted_hosts(), &[(listen.0, directive)]);
+        let path = path_with(&program);
+        env.set(znode, a.as_bytes()).await;
+        example.once(&[("PATH", path.as_str())]);
+        let url = format!("http://127.0.0.1:{port}/");
+        Proxy { program, zk: env, example, path, a, b, http: http_client(), url }
+    }
+
+    fn agent_env(&self) -> [(&str, &str); 1] {
+        [("PATH", self.path.as_str())]
+    }
+}
+
 /// examples/nginx: the upstream servers follow the children of
 /// /nginx/upstreams/app, through `nginx -t` and a SIGHUP to the running nginx's
 /// master (the same process all along), and traffic moves from A to B.
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_follows_the_upstream_children() {
-    let nginx = program("nginx");
-    let (_zk, hosts, client) = zookeeper("example-nginx").await;
-    let (a, b) = (backend("A").await, backend("B").await);
-    let port = free_port();
-    let example =
-        Example::new("nginx", &hosts, &[("listen 127.0.0.1:8080;", format!("listen 127.0.0.1:{port};"))]);
-    let env_path = path_with(&nginx);
-    let env = [("PATH", env_path.as_str())];
-    set(&client, "/nginx/upstreams/app/a", a.as_bytes()).await;
-
-    example.once(&env);
+    let proxy = Proxy::new(&NGINX).await;
+    let Proxy { program: nginx, zk, example, a, b, http, url, .. } = &proxy;
     let (run, conf) = (example.path("run"), example.path("run/nginx.conf"));
     assert!(read_text(&conf).contains(&format!("server {a};")), "{}", read_text(&conf));
     let prefix = format!("{}/", run.display());
     let conf_arg = conf.to_string_lossy().into_owned();
     let server = Daemon::start(
-        &nginx,
+        nginx,
         &["-p", &prefix, "-c", &conf_arg, "-g", "daemon off;"],
         example.path("nginx.log"),
     );
     server.wait_for_pid_file(&run.join("nginx.pid"));
-    let http = http_client();
-    let url = format!("http://127.0.0.1:{port}/");
-    wait_for_backends(&http, &url, &["A"], &server).await;
+    wait_for_backends(http, url, &["A"], &server).await;
 
-    let agent = example.run(&env);
-    set(&client, "/nginx/upstreams/app/b", b.as_bytes()).await;
-    wait_for_backends(&http, &url, &["A", "B"], &server).await;
-    delete(&client, "/nginx/upstreams/app/a").await;
-    wait_for_backends(&http, &url, &["B"], &server).await;
+    let agent = example.run(&proxy.agent_env());
+    set(zk.client(), "/nginx/upstreams/app/b", b.as_bytes()).await;
+    wait_for_backends(http, url, &["A", "B"], &server).await;
+    delete(zk.client(), "/nginx/upstreams/app/a").await;
+    wait_for_backends(http, url, &["B"], &server).await;
     let rendered = read_text(&conf);
     assert!(
         rendered.contains(&format!("server {b};")) && !rendered.contains(&format!("server {a};")),
@@ -442,11 +463,11 @@ async fn nginx_follows_the_upstream_children() {
     agent.wait_for_log_count("application reloaded", 2, TIMEOUT);
 
     // `nginx -t` refuses an invalid port: the file stays, nginx serves on.
-    set(&client, "/nginx/upstreams/app/b", b"127.0.0.1:99999").await;
+    set(zk.client(), "/nginx/upstreams/app/b", b"127.0.0.1:99999").await;
     agent.wait_for_log("check_failed", TIMEOUT);
     assert_eq!(read_text(&conf), rendered, "the refused config was installed");
-    wait_for_backends(&http, &url, &["B"], &server).await;
-    set(&client, "/nginx/upstreams/app/b", b.as_bytes()).await;
+    wait_for_backends(http, url, &["B"], &server).await;
+    set(zk.client(), "/nginx/upstreams/app/b", b.as_bytes()).await;
     agent.wait_for_log("file recovered", TIMEOUT);
     assert_eq!(agent.log().matches("application reloaded").count(), 2, "{}", agent.log());
     // Reloaded, not restarted: the master that started serves on.
@@ -460,46 +481,34 @@ async fn nginx_follows_the_upstream_children() {
 /// config; a good value after it goes through (SIGUSR2 to the master).
 #[tokio::test(flavor = "multi_thread")]
 async fn haproxy_refuses_a_bad_server_address() {
-    let haproxy = program("haproxy");
-    let (_zk, hosts, client) = zookeeper("example-haproxy").await;
-    let (a, b) = (backend("A").await, backend("B").await);
-    let port = free_port();
-    let example =
-        Example::new("haproxy", &hosts, &[("bind 127.0.0.1:8081", format!("bind 127.0.0.1:{port}"))]);
-    let env_path = path_with(&haproxy);
-    let env = [("PATH", env_path.as_str())];
-    set(&client, "/haproxy/backends/app/web1", a.as_bytes()).await;
-
-    example.once(&env);
+    let proxy = Proxy::new(&HAPROXY).await;
+    let Proxy { program: haproxy, zk, example, a, b, http, url, .. } = &proxy;
     let (cfg, pid_file) = (example.path("run/haproxy.cfg"), example.path("run/haproxy.pid"));
     let (cfg_arg, pid_arg) = (cfg.to_string_lossy().into_owned(), pid_file.to_string_lossy().into_owned());
     // Master-worker mode in the foreground (the test owns the process group).
-    let server =
-        Daemon::start(&haproxy, &["-W", "-f", &cfg_arg, "-p", &pid_arg], example.path("haproxy.log"));
+    let server = Daemon::start(haproxy, &["-W", "-f", &cfg_arg, "-p", &pid_arg], example.path("haproxy.log"));
     server.wait_for_pid_file(&pid_file);
-    let http = http_client();
-    let url = format!("http://127.0.0.1:{port}/");
-    wait_for_backends(&http, &url, &["A"], &server).await;
+    wait_for_backends(http, url, &["A"], &server).await;
 
-    let agent = example.run(&env);
-    set(&client, "/haproxy/backends/app/web1", b.as_bytes()).await;
-    wait_for_backends(&http, &url, &["B"], &server).await;
+    let agent = example.run(&proxy.agent_env());
+    set(zk.client(), "/haproxy/backends/app/web1", b.as_bytes()).await;
+    wait_for_backends(http, url, &["B"], &server).await;
     agent.wait_for_log_count("application reloaded", 1, TIMEOUT);
     let good = read_text(&cfg);
 
     // Port 99999: HAProxy's parser refuses it.
-    set(&client, "/haproxy/backends/app/web1", b"127.0.0.1:99999").await;
+    set(zk.client(), "/haproxy/backends/app/web1", b"127.0.0.1:99999").await;
     agent.wait_for_log("check_failed", TIMEOUT);
     assert_eq!(read_text(&cfg), good, "the refused config was installed");
     assert!(agent.log().contains("99999"), "the log does not show HAProxy's complaint:\n{}", agent.log());
-    wait_for_backends(&http, &url, &["B"], &server).await;
+    wait_for_backends(http, url, &["B"], &server).await;
     assert_eq!(agent.log().matches("application reloaded").count(), 1, "{}", agent.log());
     server.assert_running();
     assert_eq!(read_text(&pid_file).trim(), server.pid().to_string());
 
     // Fixed: the file recovers and HAProxy follows.
-    set(&client, "/haproxy/backends/app/web1", a.as_bytes()).await;
-    wait_for_backends(&http, &url, &["A"], &server).await;
+    set(zk.client(), "/haproxy/backends/app/web1", a.as_bytes()).await;
+    wait_for_backends(http, url, &["A"], &server).await;
     agent.wait_for_log("file recovered", TIMEOUT);
     agent.wait_for_log_count("application reloaded", 2, TIMEOUT);
     server.assert_running();
@@ -587,21 +596,22 @@ fn wait_for_app(state: &Mutex<AppState>, interval: &str, targets: &[&str]) {
 /// the app, re-reading the rendered file then, already finds the new contents.
 #[tokio::test(flavor = "multi_thread")]
 async fn http_hook_app_rereads_its_config() {
-    let (_zk, hosts, client) = zookeeper("example-http-hook").await;
+    let env = Env::new("example-http-hook").await;
+    let (hosts, client) = (env.chrooted_hosts(), env.client());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let example = Example::new("http-hook", &hosts, &[("127.0.0.1:9090", addr.to_string())]);
     let state = hook_app(listener, example.path("run/prometheus.yml"));
-    set(&client, "/prometheus/scrape_interval", b"30s").await;
-    set(&client, "/prometheus/targets/app/node-a", b"10.0.0.1:9100").await;
+    set(client, "/prometheus/scrape_interval", b"30s").await;
+    set(client, "/prometheus/targets/app/node-a", b"10.0.0.1:9100").await;
 
     // No `once` first: writing the first file fires the hook too.
     let agent = example.run(&[]);
     wait_for_app(&state, "30s", &["10.0.0.1:9100"]);
-    set(&client, "/prometheus/targets/app/node-b", b"10.0.0.2:9100").await;
+    set(client, "/prometheus/targets/app/node-b", b"10.0.0.2:9100").await;
     wait_for_app(&state, "30s", &["10.0.0.1:9100", "10.0.0.2:9100"]);
-    set(&client, "/prometheus/scrape_interval", b"10s").await;
-    delete(&client, "/prometheus/targets/app/node-a").await;
+    set(client, "/prometheus/scrape_interval", b"10s").await;
+    delete(client, "/prometheus/targets/app/node-a").await;
     wait_for_app(&state, "10s", &["10.0.0.2:9100"]);
 
     agent.wait_for_log_count("application reloaded", 3, TIMEOUT);
@@ -614,7 +624,8 @@ async fn http_hook_app_rereads_its_config() {
 /// changes, and stays as it was when the znode is deleted (`on_delete = "keep"`).
 #[tokio::test(flavor = "multi_thread")]
 async fn feature_flags_are_copied_byte_for_byte_and_kept_on_delete() {
-    let (_zk, hosts, client) = zookeeper("example-feature-flags").await;
+    let env = Env::new("example-feature-flags").await;
+    let (hosts, client) = (env.chrooted_hosts(), env.client());
     // A sentinel with on_delete = "remove" on the same znode: its removal shows
     // that the agent has seen the deletion (the flags file must not move).
     let example = Example::new("feature-flags", &hosts, &[]);
@@ -627,22 +638,22 @@ async fn feature_flags_are_copied_byte_for_byte_and_kept_on_delete() {
     // Not how a JSON encoder would write it: CRLF, tabs, UTF-8, no final newline.
     let v1: &[u8] = b"{\r\n\t\"new_checkout\": false,  \"banner\": \"Gr\xc3\xbc\xc3\x9fe \\u2603\"\r\n}";
     let v2: &[u8] = b"{\"new_checkout\":true,\"banner\":\"\",\"max_items\":50}\n\n";
-    set(&client, "/flags/checkout", v1).await;
+    set(client, "/flags/checkout", v1).await;
 
     let agent = example.run(&[]);
     wait_for_file(&flags, v1, TIMEOUT);
     assert_eq!(fs::metadata(&flags).unwrap().permissions().mode() & 0o7777, 0o644);
-    set(&client, "/flags/checkout", v2).await;
+    set(client, "/flags/checkout", v2).await;
     wait_for_file(&flags, v2, TIMEOUT);
     let parsed: serde_json::Value = serde_json::from_slice(v2).unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&fs::read(&flags).unwrap()).unwrap(), parsed);
 
-    delete(&client, "/flags/checkout").await;
+    delete(client, "/flags/checkout").await;
     wait_until(|| !sentinel.exists(), TIMEOUT, "the sentinel (on_delete = \"remove\") to go");
     assert_eq!(fs::read(&flags).unwrap(), v2, "on_delete = \"keep\" did not keep the flags");
 
     let v3: &[u8] = b"{\"new_checkout\": true}";
-    set(&client, "/flags/checkout", v3).await;
+    set(client, "/flags/checkout", v3).await;
     wait_for_file(&flags, v3, TIMEOUT);
     assert!(agent.stop().success(), "{}", agent.log());
 }

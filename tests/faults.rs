@@ -24,9 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Agent, Zk, connect, create_chroot, get, set, unique_chroot, wait_until, write_config};
+use common::{Agent, Env, Zk, connect, get, set, show, temp_files, wait_until};
 use nix::sys::signal::Signal;
-use tempfile::TempDir;
 use zookeeper_client::Client;
 
 /// How long a file may take to converge once a fault is over (generous: 2 CPUs, JVMs).
@@ -61,16 +60,6 @@ impl Allowed {
     fn contains(&self, value: &[u8]) -> bool {
         self.0.lock().unwrap().contains(value)
     }
-}
-
-fn show(bytes: &[u8]) -> String {
-    let head = &bytes[..bytes.len().min(60)];
-    format!(
-        "{} bytes {:?}{}",
-        bytes.len(),
-        String::from_utf8_lossy(head),
-        if bytes.len() > 60 { "..." } else { "" }
-    )
 }
 
 /// A thread reading one file in a tight loop, recording every read that breaks the promise.
@@ -146,32 +135,20 @@ struct Mapped {
     allowed: Allowed,
 }
 
-/// A test's agent, its files and a chrooted admin client.
+/// A test's environment (chroot, admin client, directory), its agent config and files.
 struct Setup {
-    dir: TempDir,
-    hosts: String,
-    chroot: String,
+    env: Env,
     config: PathBuf,
     files: Vec<Mapped>,
-    admin: Client,
 }
 
 impl Setup {
     /// Creates a chroot on `zk`, seeds each znode with `<name>0` and writes an agent config
     /// with one raw mapping per znode (dest `out/<name>.conf`) and the metrics endpoint.
     async fn new(zk: &Zk, name: &str, znodes: &[&str], mode: Mode, session_timeout: &str) -> Setup {
-        let chroot = unique_chroot(name);
-        let chrooted = create_chroot(zk.hosts(), &chroot).await;
-        let admin = connect(&chrooted).await;
-        let dir = tempfile::Builder::new().prefix("zkrender-faults-").tempdir().unwrap();
-        let out = dir.path().join("out");
-        fs::create_dir(&out).unwrap();
-        let mut toml = format!(
-            "[zookeeper]\nhosts = {:?}\nchroot = {chroot:?}\nsession_timeout = {session_timeout:?}\n\
-             watch = {:?}\n\n[agent]\nlisten = \"127.0.0.1:0\"\n",
-            zk.hosts(),
-            mode.as_str()
-        );
+        let env = Env::on(zk, name).await;
+        let out = env.mkdir("out");
+        let mut toml = String::new();
         let mut files = Vec::new();
         for znode in znodes {
             let base = znode.trim_start_matches('/').replace('/', "_");
@@ -180,19 +157,28 @@ impl Setup {
             let m = Mapped { znode: znode.to_string(), dest, allowed: Allowed::default() };
             let first = format!("{base}0");
             m.allowed.allow(first.as_bytes());
-            set(&admin, znode, first.as_bytes()).await;
+            env.set(znode, &first).await;
             files.push(m);
         }
-        let config = write_config(dir.path(), &toml);
-        Setup { dir, hosts: zk.hosts().to_string(), chroot, config, files, admin }
+        let config = env
+            .config()
+            .zookeeper(&format!("session_timeout = {session_timeout:?}\nwatch = {:?}", mode.as_str()))
+            .listen("127.0.0.1:0")
+            .write(&toml);
+        Setup { env, config, files }
+    }
+
+    /// The chrooted admin client.
+    fn admin(&self) -> &Client {
+        self.env.client()
     }
 
     fn out(&self) -> PathBuf {
-        self.dir.path().join("out")
+        self.env.path("out")
     }
 
     fn start_agent(&self) -> Agent {
-        Agent::start(["run", "-c", self.config.to_str().unwrap()])
+        Agent::run(&self.config)
     }
 
     /// Allows `value` for file `i`, then writes it through `client`.
@@ -208,37 +194,12 @@ impl Setup {
     /// Connects a client to the given members only (chrooted).
     async fn client_on(&self, zk: &Zk, members: &[usize]) -> Client {
         let hosts: Vec<String> = members.iter().map(|&i| zk.address(i)).collect();
-        connect(&format!("{}{}", hosts.join(","), self.chroot)).await
+        connect(&format!("{}{}", hosts.join(","), self.env.chroot())).await
     }
 
     /// A new admin-like client on every member (after a fault expired the old sessions).
     async fn fresh_client(&self) -> Client {
-        connect(&format!("{}{}", self.hosts, self.chroot)).await
-    }
-}
-
-/// Waits until `path` holds `expected`; on timeout shows the contents and the agent's log.
-fn converge(agent: &Agent, path: &Path, expected: &[u8], timeout: Duration, what: &str) -> Duration {
-    let started = Instant::now();
-    loop {
-        let actual = fs::read(path);
-        if actual.as_deref().ok() == Some(expected) {
-            return started.elapsed();
-        }
-        if started.elapsed() >= timeout {
-            let actual = match actual {
-                Ok(bytes) => show(&bytes),
-                Err(e) => format!("<unreadable: {e}>"),
-            };
-            panic!(
-                "{what}: {} did not become {} within {timeout:?}; it is {actual}; agent running: {}\nagent log:\n{}",
-                path.display(),
-                show(expected),
-                agent.is_running(),
-                agent.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
+        connect(&self.env.chrooted_hosts()).await
     }
 }
 
@@ -302,19 +263,6 @@ fn agent_member(zk: &Zk, agent: &Agent) -> usize {
         assert!(Instant::now() < deadline, "no member holds session {session}:\n{}", zk.status());
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Temporary files of ours (`.<name>.zkrender.<random>`) in `dir`, with their sizes.
-fn temp_files(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let name = e.file_name().into_string().ok()?;
-            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-            name.contains(".zkrender.").then(|| format!("{name} ({size} bytes)"))
-        })
-        .collect()
 }
 
 /// The agent's connection story (for `--nocapture` runs and bug reports).
@@ -390,7 +338,12 @@ async fn restart_within_session(mode: Mode) {
     let agent = setup.start_agent();
     let addr = metrics_addr(&agent);
     for m in &setup.files {
-        converge(&agent, &m.dest, &get(&setup.admin, &m.znode).await.unwrap(), CONVERGE, "initial render");
+        agent.wait_for_bytes(
+            &m.dest,
+            &get(setup.admin(), &m.znode).await.unwrap(),
+            CONVERGE,
+            "initial render",
+        );
     }
     let readers = setup.readers();
     wait_until(|| metric(&addr, EVENTS) >= 2, SECS_10, "the two initial reads counted");
@@ -430,10 +383,10 @@ async fn restart_within_session(mode: Mode) {
     }
 
     // The watches still work: a change after the restart reaches both files.
-    setup.write(&setup.admin, 0, b"a-after-restart").await;
-    setup.write(&setup.admin, 1, b"b-after-restart").await;
-    let took = converge(&agent, &setup.files[0].dest, b"a-after-restart", CONVERGE, "after restart");
-    converge(&agent, &setup.files[1].dest, b"b-after-restart", CONVERGE, "after restart");
+    setup.write(setup.admin(), 0, b"a-after-restart").await;
+    setup.write(setup.admin(), 1, b"b-after-restart").await;
+    let took = agent.wait_for_bytes(&setup.files[0].dest, b"a-after-restart", CONVERGE, "after restart");
+    agent.wait_for_bytes(&setup.files[1].dest, b"b-after-restart", CONVERGE, "after restart");
     for r in readers {
         r.finish();
     }
@@ -462,32 +415,32 @@ async fn session_expiry(mode: Mode) {
     let setup = Setup::new(&zk, &format!("expiry-{}", mode.as_str()), &["/a", "/b"], mode, "1s").await;
     let agent = setup.start_agent();
     let addr = metrics_addr(&agent);
-    converge(&agent, &setup.files[0].dest, b"a0", CONVERGE, "initial render");
-    converge(&agent, &setup.files[1].dest, b"b0", CONVERGE, "initial render");
+    agent.wait_for_bytes(&setup.files[0].dest, b"a0", CONVERGE, "initial render");
+    agent.wait_for_bytes(&setup.files[1].dest, b"b0", CONVERGE, "initial render");
     let readers = setup.readers();
     // /b does not change: after the expiry its file must not be rewritten.
     let b_inode = fs::metadata(&setup.files[1].dest).unwrap().ino();
 
     agent.signal(Signal::SIGSTOP);
-    setup.write(&setup.admin, 0, b"a-during-1").await;
+    setup.write(setup.admin(), 0, b"a-during-1").await;
     std::thread::sleep(Duration::from_secs(2));
-    setup.write(&setup.admin, 0, b"a-during-2").await;
+    setup.write(setup.admin(), 0, b"a-during-2").await;
     std::thread::sleep(Duration::from_secs(2));
     agent.signal(Signal::SIGCONT);
 
-    let took = converge(&agent, &setup.files[0].dest, b"a-during-2", CONVERGE, "after expiry");
+    let took = agent.wait_for_bytes(&setup.files[0].dest, b"a-during-2", CONVERGE, "after expiry");
     agent.wait_for_log("zookeeper session expired", SECS_10);
     agent.wait_for_log("new zookeeper session; re-establishing every watch", SECS_10);
     // Watches re-established: later changes arrive, on both znodes.
-    setup.write(&setup.admin, 0, b"a-later").await;
-    converge(&agent, &setup.files[0].dest, b"a-later", CONVERGE, "change after the new session");
+    setup.write(setup.admin(), 0, b"a-later").await;
+    agent.wait_for_bytes(&setup.files[0].dest, b"a-later", CONVERGE, "change after the new session");
     assert_eq!(
         fs::metadata(&setup.files[1].dest).unwrap().ino(),
         b_inode,
         "b.conf did not change in ZooKeeper but was rewritten after the expiry"
     );
-    setup.write(&setup.admin, 1, b"b-later").await;
-    converge(&agent, &setup.files[1].dest, b"b-later", CONVERGE, "change after the new session");
+    setup.write(setup.admin(), 1, b"b-later").await;
+    agent.wait_for_bytes(&setup.files[1].dest, b"b-later", CONVERGE, "change after the new session");
     wait_until(|| metric(&addr, EXPIRATIONS) == 1, SECS_10, "zkrender_zk_session_expirations_total == 1");
     for r in readers {
         r.finish();
@@ -519,7 +472,7 @@ async fn ensemble_setup(
     let zk = Zk::ensemble(3);
     let setup = Setup::new(&zk, name, &["/v"], mode, session_timeout).await;
     let agent = setup.start_agent();
-    converge(&agent, &setup.files[0].dest, b"v0", CONVERGE, "initial render");
+    agent.wait_for_bytes(&setup.files[0].dest, b"v0", CONVERGE, "initial render");
     let reader = Reader::spawn(&setup.files[0].dest, &setup.files[0].allowed);
     let member = agent_member(&zk, &agent);
     eprintln!("{name}: agent on member {member}, leader {}", zk.leader());
@@ -542,8 +495,9 @@ async fn ensemble_kill_agents_member(mode: Mode) {
     let at = writer.1.load(Ordering::SeqCst);
     writes_reach(&writer.1, at + 40).await;
     let last = stop_writer(writer).await;
-    assert_eq!(get(&setup.admin, "/v").await.as_deref(), Some(&last[..]));
-    let took = converge(&agent, &setup.files[0].dest, &last, CONVERGE, "after killing the agent's member");
+    assert_eq!(get(setup.admin(), "/v").await.as_deref(), Some(&last[..]));
+    let took =
+        agent.wait_for_bytes(&setup.files[0].dest, &last, CONVERGE, "after killing the agent's member");
     reader.finish();
     assert_no_panic(&agent);
     print_zk_log("ensemble_kill_agents_member", &agent);
@@ -576,10 +530,10 @@ async fn ensemble_pause_agents_member(mode: Mode) {
     writes_reach(&writer.1, at + 40).await;
     let last = stop_writer(writer).await;
     // Converges while the member is still frozen: the agent must have moved away from it.
-    let took = converge(&agent, &setup.files[0].dest, &last, CONVERGE, "with the agent's member paused");
+    let took = agent.wait_for_bytes(&setup.files[0].dest, &last, CONVERGE, "with the agent's member paused");
     zk.start(member);
     setup.write(&client, 0, b"after-resume").await;
-    converge(&agent, &setup.files[0].dest, b"after-resume", CONVERGE, "after the member resumed");
+    agent.wait_for_bytes(&setup.files[0].dest, b"after-resume", CONVERGE, "after the member resumed");
     reader.finish();
     assert_no_panic(&agent);
     print_zk_log("ensemble_pause_agents_member", &agent);
@@ -612,9 +566,9 @@ async fn ensemble_kill_leader() {
     let at = writer.1.load(Ordering::SeqCst);
     writes_reach(&writer.1, at + 40).await;
     let last = stop_writer(writer).await;
-    let took = converge(&agent, &setup.files[0].dest, &last, CONVERGE, "after killing the leader");
+    let took = agent.wait_for_bytes(&setup.files[0].dest, &last, CONVERGE, "after killing the leader");
     setup.write(&client, 0, b"after-election").await;
-    converge(&agent, &setup.files[0].dest, b"after-election", CONVERGE, "a change after the election");
+    agent.wait_for_bytes(&setup.files[0].dest, b"after-election", CONVERGE, "a change after the election");
     reader.finish();
     assert_no_panic(&agent);
     print_zk_log("ensemble_kill_leader", &agent);
@@ -640,8 +594,8 @@ async fn ensemble_quorum_lost(mode: Mode, session_timeout: &str, expires: bool) 
     let name = format!("ens-quorum-{}-{session_timeout}", mode.as_str());
     let (zk, setup, agent, reader, member) = ensemble_setup(&name, mode, session_timeout).await;
     let addr = metrics_addr(&agent);
-    setup.write(&setup.admin, 0, b"before-loss").await;
-    converge(&agent, &setup.files[0].dest, b"before-loss", CONVERGE, "before the quorum loss");
+    setup.write(setup.admin(), 0, b"before-loss").await;
+    agent.wait_for_bytes(&setup.files[0].dest, b"before-loss", CONVERGE, "before the quorum loss");
     let gone = others(member);
     for &m in &gone {
         zk.kill(m);
@@ -654,10 +608,10 @@ async fn ensemble_quorum_lost(mode: Mode, session_timeout: &str, expires: bool) 
     setup.write(&client, 0, b"after-quorum-1").await;
     setup.write(&client, 0, b"after-quorum-2").await;
     let took =
-        converge(&agent, &setup.files[0].dest, b"after-quorum-2", CONVERGE, "after the quorum returned");
+        agent.wait_for_bytes(&setup.files[0].dest, b"after-quorum-2", CONVERGE, "after the quorum returned");
     // Later changes still arrive (the watch is in place, whichever path was taken).
     setup.write(&client, 0, b"after-quorum-3").await;
-    converge(&agent, &setup.files[0].dest, b"after-quorum-3", CONVERGE, "a later change");
+    agent.wait_for_bytes(&setup.files[0].dest, b"after-quorum-3", CONVERGE, "a later change");
     reader.finish();
     assert_no_panic(&agent);
     print_zk_log(&name, &agent);
@@ -692,8 +646,8 @@ async fn ensemble_quorum_lost_within_session_persistent() {
 async fn ensemble_full_restart() {
     let t0 = Instant::now();
     let (zk, setup, agent, reader, _member) = ensemble_setup("ens-full", Mode::Oneshot, "10s").await;
-    setup.write(&setup.admin, 0, b"before-restart").await;
-    converge(&agent, &setup.files[0].dest, b"before-restart", CONVERGE, "before the restart");
+    setup.write(setup.admin(), 0, b"before-restart").await;
+    agent.wait_for_bytes(&setup.files[0].dest, b"before-restart", CONVERGE, "before the restart");
     for m in 1..=3 {
         zk.kill(m);
     }
@@ -701,7 +655,8 @@ async fn ensemble_full_restart() {
     start_together(&zk, &[1, 2, 3]);
     let client = setup.fresh_client().await;
     setup.write(&client, 0, b"after-restart").await;
-    let took = converge(&agent, &setup.files[0].dest, b"after-restart", CONVERGE, "after the full restart");
+    let took =
+        agent.wait_for_bytes(&setup.files[0].dest, b"after-restart", CONVERGE, "after the full restart");
     reader.finish();
     assert_no_panic(&agent);
     print_zk_log("ensemble_full_restart", &agent);
@@ -730,10 +685,10 @@ async fn killed_mid_burst(name: &str, kills: usize, burst: usize) {
     let mut after_each_kill = Vec::new();
     for round in 0..kills {
         let agent = setup.start_agent();
-        converge(&agent, &dest, &current, CONVERGE, &format!("round {round}: agent started"));
+        agent.wait_for_bytes(&dest, &current, CONVERGE, &format!("round {round}: agent started"));
         for k in 1..=burst {
             current = value(round * burst + k);
-            setup.write(&setup.admin, 0, &current).await;
+            setup.write(setup.admin(), 0, &current).await;
             if k == burst / 2 {
                 agent.kill();
             }
@@ -741,7 +696,7 @@ async fn killed_mid_burst(name: &str, kills: usize, burst: usize) {
         after_each_kill.push(temp_files(&setup.out()).len());
     }
     let agent = setup.start_agent();
-    let took = converge(&agent, &dest, &current, CONVERGE, "after the agent restarted");
+    let took = agent.wait_for_bytes(&dest, &current, CONVERGE, "after the agent restarted");
     reader.finish();
     let left = temp_files(&setup.out());
     print_zk_log(name, &agent);
@@ -806,8 +761,8 @@ async fn unreachable_at_start() {
     assert!(temp_files(&setup.out()).is_empty(), "temp files: {:?}", temp_files(&setup.out()));
 
     zk.start(1);
-    let took = converge(&agent, &setup.files[0].dest, b"x0", CONVERGE, "after the server started");
-    converge(&agent, &setup.files[1].dest, b"y0", CONVERGE, "after the server started");
+    let took = agent.wait_for_bytes(&setup.files[0].dest, b"x0", CONVERGE, "after the server started");
+    agent.wait_for_bytes(&setup.files[1].dest, b"y0", CONVERGE, "after the server started");
     for r in readers {
         r.finish();
     }

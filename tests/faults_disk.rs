@@ -20,14 +20,9 @@ use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{
-    Agent, Zk, connect, create_chroot, set, unique_chroot, wait_for_file, wait_until, write_config,
-};
-use tempfile::TempDir;
-use zookeeper_client::Client;
+use common::{Agent, Env, assert_file, connect, raw_file, temp_files, wait_for_file, wait_until};
 
 /// How long any single expected effect may take.
 const T: Duration = Duration::from_secs(10);
@@ -39,120 +34,39 @@ const CHANGES: usize = 20;
 
 // ------------------------------------------------------------------ fixture
 
-/// One ZooKeeper for the whole test binary.
-fn zk() -> &'static Zk {
-    static ZK: OnceLock<Zk> = OnceLock::new();
-    ZK.get_or_init(Zk::shared)
-}
+/// `[agent]` for every test here: a resync period short enough that recovery without a
+/// change is exercised.
+const RESYNC: &str = "resync = \"1s\"";
 
-/// A test's chroot, client and temporary directory.
-struct Env {
-    dir: TempDir,
-    chroot: String,
-    client: Client,
-}
-
-async fn env(name: &str) -> Env {
-    let chroot = unique_chroot(name);
-    let hosts = create_chroot(zk().hosts(), &chroot).await;
-    let client = connect(&hosts).await;
-    let dir = tempfile::Builder::new().prefix("zkr-faults-disk-").tempdir().unwrap();
-    Env { dir, chroot, client }
-}
-
-impl Env {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+/// After [`SETTLE`]: `dest` still holds `kept`, and exactly one ERROR line names it (one
+/// line for one cause), containing each of `needed`. Returns the log, for later messages.
+fn assert_kept_with_one_error(agent: &Agent, dest: &Path, kept: &[u8], needed: &[&str]) -> String {
+    std::thread::sleep(SETTLE);
+    let context = format!("log:\n{}", agent.log());
+    assert_file(dest, kept, &context);
+    let errors = error_lines(agent, dest.to_str().unwrap());
+    assert_eq!(errors.len(), 1, "one error line for one cause:\n{context}");
+    for needed in needed {
+        assert!(errors[0].contains(needed), "the error line does not name {needed:?}: {}", errors[0]);
     }
-
-    /// Writes the config: `[zookeeper]` with this test's chroot, `[agent] listen = ""` and
-    /// `resync = "1s"` (so that recovery without a change is exercised), then `files`.
-    fn config(&self, files: &str) -> PathBuf {
-        let text = format!(
-            "[zookeeper]\nhosts = {:?}\nchroot = {:?}\n\n[agent]\nlisten = \"\"\nresync = \"1s\"\n\n{files}",
-            zk().hosts(),
-            self.chroot
-        );
-        write_config(self.dir.path(), &text)
-    }
-
-    async fn set(&self, znode: &str, value: &[u8]) {
-        set(&self.client, znode, value).await;
-    }
+    context
 }
 
-fn run_agent(config: &Path) -> Agent {
-    Agent::start([Path::new("run"), Path::new("-c"), config])
-}
-
-/// A raw `[[file]]` table.
-fn raw(dest: &Path, znode: &str) -> String {
-    format!("[[file]]\ndest = {:?}\nznode = {znode:?}\n\n", dest.to_str().unwrap())
+/// An agent writing `/app/conf` (set to `first`) to `out/app.conf`, and `/app/control`
+/// (`c0`) to `control.conf` outside `out`, once both are written: (dest, control, agent).
+async fn start_with_control(env: &Env, out: &Path, first: &[u8]) -> (PathBuf, PathBuf, Agent) {
+    let (dest, control) = (out.join("app.conf"), env.path("control.conf"));
+    env.seed(&[("/app/conf", first), ("/app/control", b"c0")]).await;
+    let files = raw_file(&dest, "/app/conf") + &raw_file(&control, "/app/control");
+    let agent = Agent::run(&env.config().agent(RESYNC).write(&files));
+    wait_for_file(&dest, first, T);
+    wait_for_file(&control, b"c0", T);
+    (dest, control, agent)
 }
 
 /// The log lines at level ERROR that mention `needle` (a dest path, usually).
 fn error_lines(agent: &Agent, needle: &str) -> Vec<String> {
     agent.log().lines().filter(|l| l.contains(" ERROR ") && l.contains(needle)).map(str::to_owned).collect()
-}
-
-fn assert_running(agent: &Agent) {
-    assert!(agent.is_running(), "the agent exited ({:?}); log:\n{}", agent.try_status(), agent.log());
-}
-
-/// Temporary files zkrender left in `dir` (`.<name>.zkrender.<random>`).
-fn temp_files(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains(".zkrender."))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn show(bytes: &[u8]) -> String {
-    let head = &bytes[..bytes.len().min(40)];
-    format!(
-        "{} bytes {:?}{}",
-        bytes.len(),
-        String::from_utf8_lossy(head),
-        if bytes.len() > 40 { "..." } else { "" }
-    )
-}
-
-/// Asserts that `path` holds exactly `expected`, showing both briefly otherwise.
-fn assert_file(path: &Path, expected: &[u8], context: &str) {
-    let actual = fs::read(path).unwrap_or_else(|e| panic!("{}: unreadable: {e}\n{context}", path.display()));
-    assert!(
-        actual == expected,
-        "{} holds {}, expected {}\n{context}",
-        path.display(),
-        show(&actual),
-        show(expected)
-    );
-}
-
-/// Waits until `path` holds exactly `expected` (binary-safe, short diagnostics).
-fn wait_for_bytes(path: &Path, expected: &[u8], timeout: Duration, agent: &Agent) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let actual = fs::read(path);
-        if actual.as_deref().ok() == Some(expected) {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let actual = actual.map(|b| show(&b)).unwrap_or_else(|e| format!("<unreadable: {e}>"));
-            panic!(
-                "{} did not become {} within {timeout:?}; it is {actual}\nlog:\n{}",
-                path.display(),
-                show(expected),
-                agent.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 // ------------------------------------------------------------------ system tools (root)
@@ -303,16 +217,9 @@ fn fill(path: &Path) -> u64 {
 /// by itself (resync), "file recovered" is logged, and later changes apply.
 #[tokio::test(flavor = "multi_thread")]
 async fn unwritable_dest_dir_keeps_the_old_file_logs_once_and_recovers() {
-    let env = env("disk-unwritable").await;
-    let out = env.path("out");
-    fs::create_dir(&out).unwrap();
-    let (dest, control) = (out.join("app.conf"), env.path("control.conf"));
-    env.set("/app/conf", b"good-0").await;
-    env.set("/app/control", b"c0").await;
-    let cfg = env.config(&(raw(&dest, "/app/conf") + &raw(&control, "/app/control")));
-    let agent = run_agent(&cfg);
-    wait_for_file(&dest, b"good-0", T);
-    wait_for_file(&control, b"c0", T);
+    let env = Env::new("disk-unwritable").await;
+    let out = env.mkdir("out");
+    let (dest, control, agent) = start_with_control(&env, &out, b"good-0").await;
 
     let guard = match Unwritable::make(&out) {
         Ok(guard) => guard,
@@ -338,7 +245,7 @@ async fn unwritable_dest_dir_keeps_the_old_file_logs_once_and_recovers() {
     assert_eq!(errors.len(), 1, "expected one error line for one cause, got {}:\n{context}", errors.len());
     let cause = format!("cause={:?}", guard.cause());
     assert!(errors[0].contains(&cause), "the error line does not say {cause}: {}", errors[0]);
-    assert_running(&agent);
+    agent.assert_running();
 
     drop(guard);
     assert!(can_create_in(&out), "{} is still unwritable", out.display());
@@ -349,7 +256,7 @@ async fn unwritable_dest_dir_keeps_the_old_file_logs_once_and_recovers() {
     wait_for_file(&dest, b"good-21", T);
     assert_eq!(temp_files(&out), Vec::<String>::new(), "temporary files left behind");
     assert_eq!(error_lines(&agent, dest_str).len(), 1, "log:\n{}", agent.log());
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 /// 7b. The destination's file system is full. While it is, 20 changes each larger than the
@@ -357,9 +264,8 @@ async fn unwritable_dest_dir_keeps_the_old_file_logs_once_and_recovers() {
 /// space, the agent runs. Space freed: the file converges by itself, then follows changes.
 #[tokio::test(flavor = "multi_thread")]
 async fn full_disk_keeps_the_old_file_logs_no_space_once_and_recovers() {
-    let env = env("disk-full").await;
-    let out = env.path("out");
-    fs::create_dir(&out).unwrap();
+    let env = Env::new("disk-full").await;
+    let out = env.mkdir("out");
     let (mounted, what) = match small_fs(&out, &env.path("fs.img")) {
         Ok(m) => m,
         Err(reason) => {
@@ -368,13 +274,7 @@ async fn full_disk_keeps_the_old_file_logs_no_space_once_and_recovers() {
         }
     };
     eprintln!("destination on a {what}");
-    let (dest, control) = (out.join("app.conf"), env.path("control.conf"));
-    env.set("/app/conf", b"small-0").await;
-    env.set("/app/control", b"c0").await;
-    let cfg = env.config(&(raw(&dest, "/app/conf") + &raw(&control, "/app/control")));
-    let agent = run_agent(&cfg);
-    wait_for_file(&dest, b"small-0", T);
-    wait_for_file(&control, b"c0", T);
+    let (dest, control, agent) = start_with_control(&env, &out, b"small-0").await;
 
     let filler = out.join("filler");
     let filled = fill(&filler);
@@ -408,17 +308,17 @@ async fn full_disk_keeps_the_old_file_logs_no_space_once_and_recovers() {
         "the error line does not say cause=\"no_space\": {}",
         errors[0]
     );
-    assert_running(&agent);
+    agent.assert_running();
     // Once per cause is checked last, so that a failure of it still shows whether the
     // agent recovers.
     let errors_while_full = errors;
 
     fs::remove_file(&filler).unwrap();
-    wait_for_bytes(&dest, &big(CHANGES), T, &agent);
+    agent.wait_for_bytes(&dest, &big(CHANGES), T, "");
     agent.wait_for_log("file recovered", T);
     env.set("/app/conf", b"small-21").await;
     wait_for_file(&dest, b"small-21", T);
-    assert_running(&agent);
+    agent.assert_running();
     agent.stop();
     assert_eq!(
         errors_while_full.len(),
@@ -439,8 +339,11 @@ async fn full_disk_keeps_the_old_file_logs_no_space_once_and_recovers() {
 async fn reload_target_down(env: &Env, reload: &str, detail: &str) -> Agent {
     let dest = env.path("app.conf");
     env.set("/app/conf", b"v0").await;
-    let cfg = env.config(&format!("{}[file.reload]\n{reload}retries = 1\n", raw(&dest, "/app/conf")));
-    let agent = run_agent(&cfg);
+    let cfg = env
+        .config()
+        .agent(RESYNC)
+        .write(&format!("{}[file.reload]\n{reload}retries = 1\n", raw_file(&dest, "/app/conf")));
+    let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"v0", T);
     let failed = |n: usize| {
         agent.wait_for_log_count("reload failed after all retries", n, T);
@@ -462,14 +365,14 @@ async fn reload_target_down(env: &Env, reload: &str, detail: &str) -> Agent {
         failed(1 + i);
     }
     assert_file(&dest, b"v2", "the file stays written");
-    assert_running(&agent);
+    agent.assert_running();
     agent
 }
 
 /// 8a. `pid_file` names a pid nobody has.
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_to_a_dead_pid_is_logged_and_changes_keep_applying() {
-    let env = env("reload-down-pid").await;
+    let env = Env::new("reload-down-pid").await;
     let mut gone = Command::new("true").spawn().unwrap();
     let pid = gone.id();
     gone.wait().unwrap(); // reaped: nobody has this pid now
@@ -484,7 +387,7 @@ async fn reload_to_a_dead_pid_is_logged_and_changes_keep_applying() {
 /// 8b. The HTTP hook's port refuses connections.
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_to_a_refused_http_port_is_logged_and_changes_keep_applying() {
-    let env = env("reload-down-http").await;
+    let env = Env::new("reload-down-http").await;
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
@@ -520,7 +423,7 @@ fn processes_with(needle: &str) -> Vec<u32> {
 /// and the next changes still apply.
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_command_that_hangs_is_killed_logged_and_leaves_nothing_behind() {
-    let env = env("reload-down-command").await;
+    let env = Env::new("reload-down-command").await;
     // A duration no other process uses, to find this test's sleeps; `; true` keeps the
     // shell waiting as the sleep's parent, so both must be killed.
     let token = format!("30.{:06}", rand::random::<u32>() % 1_000_000);
@@ -535,7 +438,7 @@ async fn reload_command_that_hangs_is_killed_logged_and_leaves_nothing_behind() 
     wait_for_file(&dest, b"v4", T);
     agent.wait_for_log_count("reload failed after all retries", 4, T);
     wait_until(|| processes_with(&token).is_empty(), Duration::from_secs(3), "the hung reloads to be gone");
-    assert_running(&agent);
+    agent.assert_running();
     agent.stop();
     assert!(processes_with(&token).is_empty(), "left behind: {:?}", processes_with(&token));
 }
@@ -569,8 +472,8 @@ async fn largest_accepted(hosts: &str, path: &str) -> usize {
 /// 9a, 9b. A znode of nearly 1 MiB and one holding every byte value are copied byte-exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn big_and_binary_znodes_are_copied_byte_exact() {
-    let env = env("data-big-binary").await;
-    let hosts = format!("{}{}", zk().hosts(), env.chroot);
+    let env = Env::new("data-big-binary").await;
+    let hosts = env.chrooted_hosts();
     let size = largest_accepted(&hosts, "/probe").await;
     eprintln!("largest znode the server accepts: {size} bytes");
     let big: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
@@ -578,20 +481,23 @@ async fn big_and_binary_znodes_are_copied_byte_exact() {
     env.set("/app/big", &big).await;
     env.set("/app/bin", &binary).await;
     let (big_dest, bin_dest) = (env.path("big.bin"), env.path("all-bytes.bin"));
-    let cfg = env.config(&(raw(&big_dest, "/app/big") + &raw(&bin_dest, "/app/bin")));
-    let agent = run_agent(&cfg);
-    wait_for_bytes(&big_dest, &big, T, &agent);
-    wait_for_bytes(&bin_dest, &binary, T, &agent);
+    let cfg = env
+        .config()
+        .agent(RESYNC)
+        .write(&(raw_file(&big_dest, "/app/big") + &raw_file(&bin_dest, "/app/bin")));
+    let agent = Agent::run(&cfg);
+    agent.wait_for_bytes(&big_dest, &big, T, "");
+    agent.wait_for_bytes(&bin_dest, &binary, T, "");
 
     // Changed: a different big value, the byte values reversed.
     let big2: Vec<u8> = big.iter().rev().copied().collect();
     let binary2: Vec<u8> = binary.iter().rev().copied().collect();
     env.set("/app/big", &big2).await;
     env.set("/app/bin", &binary2).await;
-    wait_for_bytes(&big_dest, &big2, T, &agent);
-    wait_for_bytes(&bin_dest, &binary2, T, &agent);
+    agent.wait_for_bytes(&big_dest, &big2, T, "");
+    agent.wait_for_bytes(&bin_dest, &binary2, T, "");
     assert!(error_lines(&agent, "").is_empty(), "errors logged:\n{}", agent.log());
-    assert_running(&agent);
+    agent.assert_running();
     agent.stop();
 }
 
@@ -599,32 +505,27 @@ async fn big_and_binary_znodes_are_copied_byte_exact() {
 /// logged once, the old file kept; fixed, the file converges.
 #[tokio::test(flavor = "multi_thread")]
 async fn template_on_invalid_utf8_keeps_the_old_file_and_converges_when_fixed() {
-    let env = env("data-bad-utf8").await;
+    let env = Env::new("data-bad-utf8").await;
     fs::write(env.path("t.j2"), "value={{ znode(\"/app/t\") }}\n").unwrap();
     let dest = env.path("t.conf");
     env.set("/app/t", b"ok-0").await;
     let dest_str = dest.to_str().unwrap();
-    let cfg = env.config(&format!("[[file]]\ndest = {dest_str:?}\ntemplate = \"t.j2\"\n"));
-    let agent = run_agent(&cfg);
+    let cfg =
+        env.config().agent(RESYNC).write(&format!("[[file]]\ndest = {dest_str:?}\ntemplate = \"t.j2\"\n"));
+    let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"value=ok-0\n", T);
 
     env.set("/app/t", b"ok\xff\xfe").await;
     agent.wait_for_log("not valid UTF-8", T);
     env.set("/app/t", b"ok\xff\xfe").await; // the same bad value again: no new error line
-    std::thread::sleep(SETTLE);
-    let context = format!("log:\n{}", agent.log());
-    assert_file(&dest, b"value=ok-0\n", &context);
-    let errors = error_lines(&agent, dest_str);
-    assert_eq!(errors.len(), 1, "one error line for one cause:\n{context}");
-    for needed in ["/app/t", "t.j2", "cause=\"render\"", "not valid UTF-8"] {
-        assert!(errors[0].contains(needed), "the error line does not name {needed:?}: {}", errors[0]);
-    }
-    assert_running(&agent);
+    let needed = ["/app/t", "t.j2", "cause=\"render\"", "not valid UTF-8"];
+    assert_kept_with_one_error(&agent, &dest, b"value=ok-0\n", &needed);
+    agent.assert_running();
 
     env.set("/app/t", b"ok-1").await;
     wait_for_file(&dest, b"value=ok-1\n", T);
     agent.wait_for_log("file recovered", T);
-    assert_running(&agent);
+    agent.assert_running();
     agent.stop();
 }
 
@@ -632,35 +533,30 @@ async fn template_on_invalid_utf8_keeps_the_old_file_and_converges_when_fixed() 
 /// kept, no panic; fixed, the file converges.
 #[tokio::test(flavor = "multi_thread")]
 async fn from_json_on_invalid_json_keeps_the_old_file_and_converges_when_fixed() {
-    let env = env("data-bad-json").await;
-    fs::create_dir(env.path("templates")).unwrap();
+    let env = Env::new("data-bad-json").await;
+    env.mkdir("templates");
     fs::write(env.path("templates/j.j2"), "# generated\nport={{ (znode(\"j\") | from_json).port }}\n")
         .unwrap();
     let dest = env.path("j.conf");
     env.set("/app/j", br#"{"port": 8080}"#).await;
     let dest_str = dest.to_str().unwrap();
-    let cfg = env.config(&format!(
-        "[[file]]\ndest = {dest_str:?}\ntemplate = \"templates/j.j2\"\nprefix = \"/app\"\n"
-    ));
-    let agent = run_agent(&cfg);
+    let cfg = env
+        .config()
+        .agent(RESYNC)
+        .write(&format!("[[file]]\ndest = {dest_str:?}\ntemplate = \"templates/j.j2\"\nprefix = \"/app\"\n"));
+    let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"# generated\nport=8080\n", T);
 
     env.set("/app/j", br#"{"port": 80"#).await;
     agent.wait_for_log("invalid JSON", T);
-    std::thread::sleep(SETTLE);
-    let context = format!("log:\n{}", agent.log());
-    assert_file(&dest, b"# generated\nport=8080\n", &context);
-    let errors = error_lines(&agent, dest_str);
-    assert_eq!(errors.len(), 1, "one error line for one cause:\n{context}");
-    for needed in ["templates/j.j2", "line 2", "from_json: invalid JSON", "cause=\"render\""] {
-        assert!(errors[0].contains(needed), "the error line does not name {needed:?}: {}", errors[0]);
-    }
+    let needed = ["templates/j.j2", "line 2", "from_json: invalid JSON", "cause=\"render\""];
+    let context = assert_kept_with_one_error(&agent, &dest, b"# generated\nport=8080\n", &needed);
     assert!(!agent.log().contains("panicked"), "{context}");
-    assert_running(&agent);
+    agent.assert_running();
 
     env.set("/app/j", br#"{"port": 9090}"#).await;
     wait_for_file(&dest, b"# generated\nport=9090\n", T);
     agent.wait_for_log("file recovered", T);
-    assert_running(&agent);
+    agent.assert_running();
     agent.stop();
 }

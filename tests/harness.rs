@@ -236,3 +236,60 @@ fn wait_for_file_shows_the_actual_contents() {
 fn wait_until_names_what_it_waited_for() {
     wait_until(|| false, Duration::from_millis(20), "the impossible");
 }
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn agent_drop_kills_its_process_group_and_children_that_left_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (in_group, escaped) = (dir.path().join("in-group"), dir.path().join("escaped"));
+    // One child stays in the agent's process group; one leaves it (a session of its own),
+    // as a check or reload command run in a group of its own does.
+    let script = r#"sleep 60 & echo $! > "$1"; setsid sleep 60 & echo $! > "$2"; wait"#;
+    let args = ["-c", script, "sh", in_group.to_str().unwrap(), escaped.to_str().unwrap()];
+    let agent = Agent::start_program("sh", args, &[]);
+    let pid_in = |path: &std::path::Path| std::fs::read_to_string(path).ok()?.trim().parse::<i32>().ok();
+    wait_until(|| pid_in(&in_group).is_some() && pid_in(&escaped).is_some(), SECS_10, "both children");
+    let pids = [pid_in(&in_group).unwrap(), pid_in(&escaped).unwrap()];
+    assert!(pids.iter().all(|&p| alive(p)), "the children did not start: {pids:?}");
+    drop(agent);
+    // Killed; their new parent (init or a subreaper) reaps them soon after.
+    wait_until(|| !pids.iter().any(|&p| alive(p)), SECS_10, "the children to be gone");
+}
+
+#[test]
+fn config_builder_writes_both_sections_then_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ConfigBuilder::new(dir.path(), "127.0.0.1:2181/it/x")
+        .zookeeper("session_timeout = \"5s\"")
+        .zookeeper("watch = \"persistent\"\n")
+        .agent("resync = \"1s\"")
+        .listen("127.0.0.1:0");
+    let expected = "[zookeeper]\nhosts = \"127.0.0.1:2181/it/x\"\nsession_timeout = \"5s\"\n\
+                    watch = \"persistent\"\n\n[agent]\nlisten = \"127.0.0.1:0\"\nresync = \"1s\"\n\n\
+                    [[file]]\n";
+    assert_eq!(config.text("[[file]]\n"), expected);
+    let path = config.write("[[file]]\n");
+    assert_eq!(path, dir.path().join("zkrender.toml"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn env_keeps_a_test_to_its_own_chroot_and_directory() {
+    let env = Env::new("harness-env").await;
+    assert!(env.chroot().starts_with("/it/harness-env-"), "{}", env.chroot());
+    env.seed(&[("/app/a", b"1"), ("/app/b", b"2")]).await;
+    let root = connect(env.hosts()).await;
+    let under_chroot = format!("{}/app", env.chroot());
+    assert_eq!(ls(&root, &under_chroot).await, Some(vec!["a".to_string(), "b".to_string()]));
+    assert_eq!(get(env.client(), "/app/a").await.as_deref(), Some(&b"1"[..]));
+    env.delete("/app/a").await;
+    assert_eq!(get(&root, &format!("{under_chroot}/a")).await, None);
+    let config = std::fs::read_to_string(env.write_config("")).unwrap();
+    assert!(config.contains(&format!("chroot = {:?}", env.chroot())), "{config}");
+    assert!(env.path("x").starts_with(env.dir()));
+}

@@ -28,22 +28,28 @@ const LISTEN_LOG: &str = "serving /healthz /readyz /metrics /status";
 
 // ------------------------------------------------------------------ helpers
 
-/// Writes `zkrender.toml` in `dir`: ZooKeeper at `hosts`, no quiet period, the endpoint on
-/// an ephemeral loopback port, then `files` (TOML) with `DIR` replaced by `dir`.
-fn config(dir: &Path, hosts: &str, files: &str) -> PathBuf {
-    write_config(dir, &config_text(dir, hosts, files))
+/// The config of every agent here: ZooKeeper at `hosts` (with the chroot, if any, in the
+/// connect string), no quiet period and the endpoint on an ephemeral loopback port.
+fn ops_config(dir: &Path, hosts: &str) -> ConfigBuilder {
+    ConfigBuilder::new(dir, hosts)
+        .zookeeper("session_timeout = \"10s\"")
+        .agent("wait = \"0ms\"")
+        .listen("127.0.0.1:0")
 }
 
-fn config_text(dir: &Path, hosts: &str, files: &str) -> String {
-    let files = files.replace("DIR", &dir.display().to_string());
-    format!(
-        "[zookeeper]\nhosts = \"{hosts}\"\nsession_timeout = \"10s\"\n\n\
-         [agent]\nwait = \"0ms\"\nlisten = \"127.0.0.1:0\"\n\n{files}"
-    )
+/// `files` (TOML) with `DIR` replaced by `dir`.
+fn in_dir(dir: &Path, files: &str) -> String {
+    files.replace("DIR", &dir.display().to_string())
 }
 
-fn start_agent(config: &Path) -> Agent {
-    Agent::start(["run".as_ref(), "-c".as_ref(), config.as_os_str()])
+/// The config text of an agent for `env`, then `files` (with `DIR`: its directory).
+fn config_text(env: &Env, files: &str) -> String {
+    ops_config(env.dir(), &env.chrooted_hosts()).text(&in_dir(env.dir(), files))
+}
+
+/// Writes [`config_text`] to `zkrender.toml` in the test's directory.
+fn config(env: &Env, files: &str) -> PathBuf {
+    write_config(env.dir(), &config_text(env, files))
 }
 
 /// The address the agent bound, parsed from its log.
@@ -221,15 +227,11 @@ fn config_reload_attempts(agent: &Agent, sighups: usize) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_flips_exactly_when_the_last_pending_file_is_written() {
-    let zk = Zk::shared();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot("ops-readyz")).await;
-    let client = connect(&hosts).await;
-    set(&client, "/app/ok", b"ok\n").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let env = Env::new("ops-readyz").await;
+    env.set("/app/ok", b"ok\n").await;
+    let d = env.dir();
     let cfg = config(
-        d,
-        &hosts,
+        &env,
         r#"
 [[file]]
 dest = "DIR/ok.txt"
@@ -244,7 +246,7 @@ dest = "DIR/late.conf"
 inline = "late={{ znode('/app/late') }}\n"
 "#,
     );
-    let agent = start_agent(&cfg);
+    let agent = Agent::run(&cfg);
     let ops = Ops::new(&bound_addr(&agent));
     wait_for_file(d.join("ok.txt"), b"ok\n", T);
 
@@ -294,7 +296,7 @@ inline = "late={{ znode('/app/late') }}\n"
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    set(&client, "/app/late", b"L").await;
+    env.set("/app/late", b"L").await;
     wait_for_file(&late_txt, b"L", T);
     wait_for_file(&late_conf, b"late=L\n", T);
     let samples = match tokio::time::timeout(T, prober).await {
@@ -330,18 +332,15 @@ inline = "late={{ znode('/app/late') }}\n"
 #[tokio::test(flavor = "multi_thread")]
 async fn zookeeper_outage_keeps_readyz_200_but_degraded() {
     let zk = Zk::standalone();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot("ops-degraded")).await;
-    let client = connect(&hosts).await;
-    set(&client, "/app/v", b"1").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let cfg = config(d, &hosts, "[[file]]\ndest = \"DIR/v.txt\"\nznode = \"/app/v\"\n");
-    let agent = start_agent(&cfg);
+    let env = Env::on(&zk, "ops-degraded").await;
+    env.set("/app/v", b"1").await;
+    let d = env.dir();
+    let cfg = config(&env, "[[file]]\ndest = \"DIR/v.txt\"\nznode = \"/app/v\"\n");
+    let agent = Agent::run(&cfg);
     let ops = Ops::new(&bound_addr(&agent));
     wait_for_file(d.join("v.txt"), b"1", T);
     eventually("ready", T, async || (ops.get("/readyz").await.0 == 200).then_some(())).await;
     assert_eq!(ops.metrics().await.value("zkrender_zk_connected"), 1.0);
-    drop(client);
 
     zk.kill(1);
     let body = eventually("/readyz degraded", Duration::from_secs(10), async || {
@@ -379,8 +378,8 @@ async fn zookeeper_outage_keeps_readyz_200_but_degraded() {
     assert!(m.value("zkrender_zk_reconnects_total") >= 1.0);
     assert!(ops.status().await["zookeeper"]["reconnects"].as_u64().unwrap() >= 1);
 
-    // And it still follows ZooKeeper.
-    let client = connect(&hosts).await;
+    // And it still follows ZooKeeper (through a new session: the old one may have expired).
+    let client = connect(&env.chrooted_hosts()).await;
     set(&client, "/app/v", b"2").await;
     wait_for_file(d.join("v.txt"), b"2", T);
     agent.stop();
@@ -390,16 +389,11 @@ async fn zookeeper_outage_keeps_readyz_200_but_degraded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_move_with_changes_reloads_and_check_failures() {
-    let zk = Zk::shared();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot("ops-metrics")).await;
-    let client = connect(&hosts).await;
-    set(&client, "/app/value", b"v1").await;
-    set(&client, "/app/raw", b"raw").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let env = Env::new("ops-metrics").await;
+    env.seed(&[("/app/value", b"v1"), ("/app/raw", b"raw")]).await;
+    let d = env.dir();
     let cfg = config(
-        d,
-        &hosts,
+        &env,
         r#"
 [[file]]
 dest = "DIR/app.conf"
@@ -415,7 +409,7 @@ znode = "/app/raw"
 "#,
     );
     let app = d.join("app.conf");
-    let agent = start_agent(&cfg);
+    let agent = Agent::run(&cfg);
     let ops = Ops::new(&bound_addr(&agent));
     wait_for_file(&app, b"value=v1\n", T);
     wait_for_file(d.join("raw.txt"), b"raw", T);
@@ -431,7 +425,7 @@ znode = "/app/raw"
     let before = ops.metrics().await;
     assert!(before.value(ok) >= 1.0, "the first install's reload is counted");
 
-    set(&client, "/app/value", b"v2").await;
+    env.set("/app/value", b"v2").await;
     wait_for_file(&app, b"value=v2\n", T);
     let after = eventually("the reload to be counted", T, async || {
         let m = ops.metrics().await;
@@ -460,7 +454,7 @@ znode = "/app/raw"
     }
 
     // A rendering the check rejects: counted, not installed, not reloaded.
-    set(&client, "/app/value", b"BAD").await;
+    env.set("/app/value", b"BAD").await;
     let rejected = eventually("the check failure to be counted", T, async || {
         let m = ops.metrics().await;
         (m.value("zkrender_check_failures_total") > after.value("zkrender_check_failures_total")).then_some(m)
@@ -485,17 +479,11 @@ znode = "/app/raw"
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_json_reports_deps_writes_reloads_and_errors() {
-    let zk = Zk::shared();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot("ops-status")).await;
-    let client = connect(&hosts).await;
-    set(&client, "/app/db", b"one").await;
-    set(&client, "/app/nodes/a", b"").await;
-    set(&client, "/app/nodes/b", b"").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let env = Env::new("ops-status").await;
+    env.seed(&[("/app/db", b"one"), ("/app/nodes/a", b""), ("/app/nodes/b", b"")]).await;
+    let d = env.dir();
     let cfg = config(
-        d,
-        &hosts,
+        &env,
         r#"
 [[file]]
 dest = "DIR/app.conf"
@@ -508,7 +496,7 @@ command = ["sh", "-c", "test ! -e DIR/fail-reload"]
     );
     let app = d.join("app.conf");
     let started = unix_now();
-    let agent = start_agent(&cfg);
+    let agent = Agent::run(&cfg);
     let ops = Ops::new(&bound_addr(&agent));
     wait_for_file(&app, b"db=one nodes=a,b\n", T);
 
@@ -535,7 +523,7 @@ command = ["sh", "-c", "test ! -e DIR/fail-reload"]
         .await
     }
 
-    let file = expect_deps(&ops, &client, &app).await;
+    let file = expect_deps(&ops, env.client(), &app).await;
     assert_eq!(file["state"], "ok", "{file}");
     assert_eq!(file["settled"], true, "{file}");
     let written = file["last_write"].as_f64().unwrap_or_else(|| panic!("no last_write: {file}"));
@@ -549,14 +537,14 @@ command = ["sh", "-c", "test ! -e DIR/fail-reload"]
     assert!(reload.get("error").is_none(), "{reload}");
 
     // A change: new Stat, new last_write.
-    set(&client, "/app/db", b"two").await;
+    env.set("/app/db", b"two").await;
     wait_for_file(&app, b"db=two nodes=a,b\n", T);
-    let file = expect_deps(&ops, &client, &app).await;
+    let file = expect_deps(&ops, env.client(), &app).await;
     assert!(file["last_write"].as_f64().unwrap() >= written, "{file}");
 
     // A failed reload.
     std::fs::write(d.join("fail-reload"), b"").unwrap();
-    set(&client, "/app/db", b"three").await;
+    env.set("/app/db", b"three").await;
     wait_for_file(&app, b"db=three nodes=a,b\n", T);
     let reload = eventually("a failed last_reload", T, async || {
         let reload = file_entry(&ops.status().await["files"], &app)?.get("last_reload")?.clone();
@@ -568,7 +556,7 @@ command = ["sh", "-c", "test ! -e DIR/fail-reload"]
     std::fs::remove_file(d.join("fail-reload")).unwrap();
 
     // A rejected rendering: failed with check_failed, the file keeps its last good contents.
-    set(&client, "/app/db", b"BAD").await;
+    env.set("/app/db", b"BAD").await;
     let file = eventually("check_failed in /status", T, async || {
         let file = file_entry(&ops.status().await["files"], &app)?.clone();
         (file["state"] == "failed").then_some(file)
@@ -580,12 +568,12 @@ command = ["sh", "-c", "test ! -e DIR/fail-reload"]
     assert!(error.contains("check"), "{error}");
     assert!(file["stale_since"].as_f64().is_some(), "a rejected file is stale: {file}");
     assert_eq!(read(&app), "db=three nodes=a,b\n");
-    expect_deps(&ops, &client, &app).await;
+    expect_deps(&ops, env.client(), &app).await;
     let status = ops.status().await;
     assert_eq!(status["ready"], true, "a file written once stays ready: {status}");
 
     // Fixed: the error is cleared.
-    set(&client, "/app/db", b"four").await;
+    env.set("/app/db", b"four").await;
     wait_for_file(&app, b"db=four nodes=a,b\n", T);
     let file = eventually("ok again in /status", T, async || {
         let file = file_entry(&ops.status().await["files"], &app)?.clone();
@@ -601,19 +589,15 @@ command = ["sh", "-c", "test ! -e DIR/fail-reload"]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_command_prints_the_table_and_json() {
-    let zk = Zk::shared();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot("ops-cli")).await;
-    let client = connect(&hosts).await;
-    set(&client, "/app/a", b"a").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let env = Env::new("ops-cli").await;
+    env.set("/app/a", b"a").await;
+    let d = env.dir();
     let cfg = config(
-        d,
-        &hosts,
+        &env,
         "[[file]]\ndest = \"DIR/a.txt\"\nznode = \"/app/a\"\n\n\
          [[file]]\ndest = \"DIR/b.txt\"\nznode = \"/app/b\"\n",
     );
-    let agent = start_agent(&cfg);
+    let agent = Agent::run(&cfg);
     let addr = bound_addr(&agent);
     let ops = Ops::new(&addr);
     wait_for_file(d.join("a.txt"), b"a", T);
@@ -679,15 +663,11 @@ fn notify_socket() -> (tempfile::TempDir, PathBuf, UnixDatagram) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn systemd_ready_is_sent_once_every_file_is_written() {
-    let zk = Zk::shared();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot("ops-sdnotify")).await;
-    let client = connect(&hosts).await;
-    set(&client, "/app/a", b"a").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let env = Env::new("ops-sdnotify").await;
+    env.set("/app/a", b"a").await;
+    let d = env.dir();
     let cfg = config(
-        d,
-        &hosts,
+        &env,
         "[[file]]\ndest = \"DIR/a.txt\"\nznode = \"/app/a\"\n\n\
          [[file]]\ndest = \"DIR/b.txt\"\nznode = \"/app/b\"\n",
     );
@@ -700,7 +680,7 @@ async fn systemd_ready_is_sent_once_every_file_is_written() {
     let early = drain(&socket, Duration::from_millis(1500));
     assert!(!has_ready(&early), "READY=1 while b.txt is missing: {early:?}");
 
-    set(&client, "/app/b", b"b").await;
+    env.set("/app/b", b"b").await;
     let deadline = Instant::now() + T;
     let mut seen = Vec::new();
     while !has_ready(&seen) && Instant::now() < deadline {
@@ -716,11 +696,9 @@ async fn systemd_ready_is_sent_once_every_file_is_written() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn systemd_ready_is_not_sent_by_a_config_reload_before_ready() {
-    let zk = Zk::shared();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot("ops-sdnotify-hup")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let cfg = config(d, &hosts, "[[file]]\ndest = \"DIR/b.txt\"\nznode = \"/app/b\"\n");
+    let env = Env::new("ops-sdnotify-hup").await;
+    let d = env.dir();
+    let cfg = config(&env, "[[file]]\ndest = \"DIR/b.txt\"\nznode = \"/app/b\"\n");
     let (_sock_dir, sock, socket) = notify_socket();
     let agent = Agent::start_with_env(
         ["run".as_ref(), "-c".as_ref(), cfg.as_os_str()],
@@ -748,15 +726,12 @@ async fn systemd_ready_is_not_sent_by_a_config_reload_before_ready() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn config_reload_outcomes_are_counted() {
-    let zk = Zk::shared();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot("ops-hup")).await;
-    let client = connect(&hosts).await;
-    set(&client, "/app/a", b"a").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let env = Env::new("ops-hup").await;
+    env.set("/app/a", b"a").await;
+    let d = env.dir();
     let files = "[[file]]\ndest = \"DIR/a.txt\"\nznode = \"/app/a\"\n";
-    let cfg = config(d, &hosts, files);
-    let agent = start_agent(&cfg);
+    let cfg = config(&env, files);
+    let agent = Agent::run(&cfg);
     let ops = Ops::new(&bound_addr(&agent));
     wait_for_file(d.join("a.txt"), b"a", T);
     let ok = r#"zkrender_config_reloads_total{outcome="ok"}"#;
@@ -778,10 +753,10 @@ async fn config_reload_outcomes_are_counted() {
     assert_eq!(broken.value(failed), invalid as f64);
     assert_eq!(broken.value(ok), 0.0);
     // Still running the old configuration.
-    set(&client, "/app/a", b"a2").await;
+    env.set("/app/a", b"a2").await;
     wait_for_file(d.join("a.txt"), b"a2", T);
 
-    std::fs::write(&cfg, config_text(d, &hosts, files)).unwrap();
+    std::fs::write(&cfg, config_text(&env, files)).unwrap();
     agent.signal(Signal::SIGHUP);
     let (invalid_now, applied) = config_reload_attempts(&agent, 2);
     assert_eq!(invalid_now, invalid, "a valid configuration was refused; log:\n{}", agent.log());
@@ -799,19 +774,15 @@ async fn config_reload_outcomes_are_counted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn config_reload_keeps_what_status_and_metrics_know_about_written_files() {
-    let zk = Zk::shared();
-    let hosts = create_chroot(zk.hosts(), &unique_chroot("ops-hup-keep")).await;
-    let client = connect(&hosts).await;
-    set(&client, "/app/a", b"a").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let env = Env::new("ops-hup-keep").await;
+    env.set("/app/a", b"a").await;
+    let d = env.dir();
     let cfg = config(
-        d,
-        &hosts,
+        &env,
         "[[file]]\ndest = \"DIR/a.txt\"\nznode = \"/app/a\"\n\n[file.reload]\ncommand = [\"true\"]\n",
     );
     let a = d.join("a.txt");
-    let agent = start_agent(&cfg);
+    let agent = Agent::run(&cfg);
     let ops = Ops::new(&bound_addr(&agent));
     wait_for_file(&a, b"a", T);
     let before = eventually("last_write and last_reload", T, async || {
@@ -848,10 +819,11 @@ async fn taken_listen_address_stops_the_agent_naming_the_address() {
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let text = config_text(d, "127.0.0.1:1", "[[file]]\ndest = \"DIR/a.txt\"\nznode = \"/app/a\"\n")
-        .replace("127.0.0.1:0", &addr);
+    let text = ops_config(d, "127.0.0.1:1")
+        .listen(&addr)
+        .text(&in_dir(d, "[[file]]\ndest = \"DIR/a.txt\"\nznode = \"/app/a\"\n"));
     let cfg = write_config(d, &text);
-    let agent = start_agent(&cfg);
+    let agent = Agent::run(&cfg);
     let status = agent.wait_exit(T);
     let log = agent.log();
     assert!(!status.success(), "{status}; log:\n{log}");
@@ -868,8 +840,9 @@ async fn readyz_names_every_file_while_zookeeper_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Nothing listens there: the agent keeps trying to connect.
-    let cfg = config(d, &free_addr(), "[[file]]\ndest = \"DIR/a.txt\"\nznode = \"/app/a\"\n");
-    let agent = start_agent(&cfg);
+    let cfg =
+        ops_config(d, &free_addr()).write(&in_dir(d, "[[file]]\ndest = \"DIR/a.txt\"\nznode = \"/app/a\"\n"));
+    let agent = Agent::run(&cfg);
     let ops = Ops::new(&bound_addr(&agent));
     let body = eventually("/readyz to name a.txt", T, async || {
         let (code, body) = ops.json("/readyz").await;

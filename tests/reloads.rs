@@ -10,15 +10,13 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Agent, Zk, connect, create_chroot, set, unique_chroot, wait_for_file, write_config};
+use common::{Agent, Env, wait_for_file};
 use nix::sys::signal::Signal;
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use zookeeper_client::Client;
 
 /// How long any single expected effect may take.
 const T: Duration = Duration::from_secs(10);
@@ -26,56 +24,7 @@ const T: Duration = Duration::from_secs(10);
 /// How long a count must stay put before "exactly n" is asserted.
 const SETTLE: Duration = Duration::from_millis(400);
 
-// ------------------------------------------------------------------ fixture
-
-/// One ZooKeeper for the whole test binary.
-fn zk() -> &'static Zk {
-    static ZK: OnceLock<Zk> = OnceLock::new();
-    ZK.get_or_init(Zk::shared)
-}
-
-/// A test's chroot, client and temporary directory.
-struct Env {
-    dir: TempDir,
-    chroot: String,
-    client: Client,
-}
-
-async fn env(name: &str) -> Env {
-    let chroot = unique_chroot(name);
-    let hosts = create_chroot(zk().hosts(), &chroot).await;
-    let client = connect(&hosts).await;
-    let dir = tempfile::Builder::new().prefix("zkr-reloads-").tempdir().unwrap();
-    Env { dir, chroot, client }
-}
-
-impl Env {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The full config text: `[zookeeper]` with this test's chroot, `[agent] listen = ""`,
-    /// then `files` (the `[[file]]` tables).
-    fn config_text(&self, files: &str) -> String {
-        format!(
-            "[zookeeper]\nhosts = {:?}\nchroot = {:?}\n\n[agent]\nlisten = \"\"\n\n{files}",
-            zk().hosts(),
-            self.chroot
-        )
-    }
-
-    fn config(&self, files: &str) -> PathBuf {
-        write_config(self.dir.path(), &self.config_text(files))
-    }
-
-    async fn set(&self, znode: &str, value: &str) {
-        set(&self.client, znode, value.as_bytes()).await;
-    }
-}
-
-fn run_agent(config: &Path) -> Agent {
-    Agent::start([Path::new("run"), Path::new("-c"), config])
-}
+// ------------------------------------------------------------------ helpers
 
 /// `zkrender exec -c CONFIG -- bash -c SCRIPT`
 fn exec_agent(config: &Path, extra: &[&str], script: &str) -> Agent {
@@ -115,10 +64,6 @@ fn expect_exactly(what: &str, n: usize, count: impl Fn() -> usize, context: impl
     std::thread::sleep(SETTLE);
     let got = count();
     assert_eq!(got, n, "{what}: expected exactly {n}, got {got}\n{}", context());
-}
-
-fn assert_running(agent: &Agent) {
-    assert!(agent.is_running(), "zkrender exited ({:?}); log:\n{}", agent.try_status(), agent.log());
 }
 
 /// A copy of `program` (found on PATH) under a fresh short name, for `process = NAME`.
@@ -257,18 +202,17 @@ async fn serve(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signal_via_pid_file_reaches_the_process_once_per_change() {
-    let env = env("reload-signal-pidfile").await;
-    let app = env.path("app");
-    fs::create_dir(&app).unwrap();
+    let env = Env::new("reload-signal-pidfile").await;
+    let app = env.mkdir("app");
     let counter = start_counter(Path::new("bash"), &app);
     let pid_file = env.path("app.pid");
     fs::write(&pid_file, format!("{}\n", counter.pid())).unwrap();
     let dest = env.path("app.conf");
     env.set("/app/conf", "v0").await;
-    let cfg = env.config(&format!(
+    let cfg = env.write_config(&format!(
         "[[file]]\ndest = {dest:?}\nznode = \"/app/conf\"\n[file.reload]\nsignal = \"HUP\"\npid_file = {pid_file:?}\n"
     ));
-    let agent = run_agent(&cfg);
+    let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"v0", T);
     // The first install changed the file (it did not exist): one SIGHUP.
     let log = || agent.log();
@@ -284,23 +228,22 @@ async fn signal_via_pid_file_reaches_the_process_once_per_change() {
     env.set("/app/conf", "v4").await;
     expect_exactly("SIGHUPs after re-setting an unchanged value", 5, || hups(&app), log);
     assert!(counter.is_running(), "the counter died");
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signal_by_process_name_reaches_the_master() {
-    let env = env("reload-signal-process").await;
-    let app = env.path("app");
-    fs::create_dir(&app).unwrap();
-    let program = unique_copy(env.dir.path(), "bash");
+    let env = Env::new("reload-signal-process").await;
+    let app = env.mkdir("app");
+    let program = unique_copy(env.dir(), "bash");
     let name = program.file_name().unwrap().to_str().unwrap().to_owned();
     let counter = start_counter(&program, &app);
     let dest = env.path("proc.conf");
     env.set("/app/proc", "p0").await;
-    let cfg = env.config(&format!(
+    let cfg = env.write_config(&format!(
         "[[file]]\ndest = {dest:?}\nznode = \"/app/proc\"\n[file.reload]\nsignal = \"SIGHUP\"\nprocess = {name:?}\n"
     ));
-    let agent = run_agent(&cfg);
+    let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"p0", T);
     let log = || agent.log();
     expect_exactly("SIGHUPs after the first install", 1, || hups(&app), log);
@@ -312,25 +255,24 @@ async fn signal_by_process_name_reaches_the_master() {
     }
     expect_exactly("SIGHUPs after 2 changes", 3, || hups(&app), log);
     assert!(counter.is_running(), "the counter died");
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 // ------------------------------------------------------------------ 2. HTTP hooks
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_hook_gets_one_request_per_change() {
-    let env = env("reload-http-ok").await;
+    let env = Env::new("reload-http-ok").await;
     let hook = Hook::start(None, |_, _| 200).await;
     let (a, b) = (env.path("a.conf"), env.path("b.conf"));
-    env.set("/app/a", "a0").await;
-    env.set("/app/b", "b0").await;
-    let cfg = env.config(&format!(
+    env.seed(&[("/app/a", b"a0"), ("/app/b", b"b0")]).await;
+    let cfg = env.write_config(&format!(
         "[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nhttp = {:?}\n\n\
          [[file]]\ndest = {b:?}\nznode = \"/app/b\"\n[file.reload]\nhttp = {:?}\nmethod = \"put\"\n",
         hook.url("/-/reload"),
         hook.url("/b"),
     ));
-    let agent = run_agent(&cfg);
+    let agent = Agent::run(&cfg);
     wait_for_file(&a, b"a0", T);
     wait_for_file(&b, b"b0", T);
     let log = || format!("requests: {:?}\nlog:\n{}", hook.hits(), agent.log());
@@ -347,20 +289,20 @@ async fn http_hook_gets_one_request_per_change() {
         let expected = if hit.path == "/b" { "PUT" } else { "POST" };
         assert_eq!(hit.method, expected, "{hit:?}");
     }
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_hook_failing_is_retried_then_logged_and_the_agent_keeps_going() {
-    let env = env("reload-http-500").await;
+    let env = Env::new("reload-http-500").await;
     let hook = Hook::start(None, |_, _| 500).await;
     let dest = env.path("a.conf");
     env.set("/app/a", "a0").await;
     let url = hook.url("/-/reload");
-    let cfg = env.config(&format!(
+    let cfg = env.write_config(&format!(
         "[[file]]\ndest = {dest:?}\nznode = \"/app/a\"\n[file.reload]\nhttp = {url:?}\nretries = 2\n"
     ));
-    let agent = run_agent(&cfg);
+    let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"a0", T);
     let log = || format!("requests: {:?}\nlog:\n{}", hook.hits(), agent.log());
     // 1 attempt + 2 retries, 100 ms then 200 ms apart.
@@ -376,25 +318,24 @@ async fn http_hook_failing_is_retried_then_logged_and_the_agent_keeps_going() {
     agent.wait_for_log_count("reload failed after all retries", 2, T);
     assert!(hook.hits().iter().all(|h| h.method == "POST"));
     assert_eq!(read(&dest), "a1", "the file stays written");
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 // ------------------------------------------------------------------ 3. command reloads
 
 #[tokio::test(flavor = "multi_thread")]
 async fn command_reload_runs_and_a_failing_command_is_logged_with_stderr() {
-    let env = env("reload-command").await;
+    let env = Env::new("reload-command").await;
     let (ok, bad) = (env.path("ok.conf"), env.path("bad.conf"));
     let out = env.path("reloads.txt");
-    env.set("/app/ok", "o0").await;
-    env.set("/app/bad", "x0").await;
+    env.seed(&[("/app/ok", b"o0"), ("/app/bad", b"x0")]).await;
     let append = format!("echo reload >> '{}'", out.display());
-    let cfg = env.config(&format!(
+    let cfg = env.write_config(&format!(
         "[[file]]\ndest = {ok:?}\nznode = \"/app/ok\"\n[file.reload]\ncommand = [\"sh\", \"-c\", {append:?}]\n\n\
          [[file]]\ndest = {bad:?}\nznode = \"/app/bad\"\n[file.reload]\n\
          command = [\"sh\", \"-c\", \"echo boom-on-stderr >&2; exit 4\"]\nretries = 0\n"
     ));
-    let agent = run_agent(&cfg);
+    let agent = Agent::run(&cfg);
     wait_for_file(&ok, b"o0", T);
     wait_for_file(&bad, b"x0", T);
     let log = || agent.log();
@@ -405,7 +346,7 @@ async fn command_reload_runs_and_a_failing_command_is_logged_with_stderr() {
     env.set("/app/bad", "x1").await;
     wait_for_file(&bad, b"x1", T);
     agent.wait_for_log_count("exited with status 4: boom-on-stderr", 2, T);
-    assert_running(&agent);
+    agent.assert_running();
 
     env.set("/app/ok", "o1").await;
     wait_for_file(&ok, b"o1", T);
@@ -413,14 +354,14 @@ async fn command_reload_runs_and_a_failing_command_is_logged_with_stderr() {
     let attempts =
         agent.log().lines().filter(|l| l.contains("reload attempt failed") && l.contains("exit 4")).count();
     assert_eq!(attempts, 2, "retries = 0: one attempt per change\n{}", agent.log());
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 // ------------------------------------------------------------------ 4. target down
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_pid_in_pid_file_is_logged_and_changes_still_apply() {
-    let env = env("reload-dead-pid").await;
+    let env = Env::new("reload-dead-pid").await;
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let pid = gone.id();
     gone.wait().unwrap(); // reaped: nobody has this pid now
@@ -428,11 +369,11 @@ async fn dead_pid_in_pid_file_is_logged_and_changes_still_apply() {
     fs::write(&pid_file, format!("{pid}\n")).unwrap();
     let dest = env.path("app.conf");
     env.set("/app/conf", "v0").await;
-    let cfg = env.config(&format!(
+    let cfg = env.write_config(&format!(
         "[[file]]\ndest = {dest:?}\nznode = \"/app/conf\"\n[file.reload]\nsignal = \"HUP\"\n\
          pid_file = {pid_file:?}\nretries = 0\n"
     ));
-    let agent = run_agent(&cfg);
+    let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"v0", T);
     let expected = format!("no process with pid {pid} (from pid file {})", pid_file.display());
     agent.wait_for_log(&expected, T);
@@ -443,22 +384,22 @@ async fn dead_pid_in_pid_file_is_logged_and_changes_still_apply() {
         wait_for_file(&dest, value.as_bytes(), T);
         agent.wait_for_log_count(&expected, 1 + i, T);
     }
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 // ------------------------------------------------------------------ 5. splay
 
 #[tokio::test(flavor = "multi_thread")]
 async fn splay_delays_the_reload_by_up_to_the_splay() {
-    let env = env("reload-splay").await;
+    let env = Env::new("reload-splay").await;
     let dest = env.path("s.conf");
     let hook = Hook::start(Some(dest.clone()), |_, _| 200).await;
     env.set("/app/s", "s0").await;
     let url = hook.url("/-/reload");
-    let cfg = env.config(&format!(
+    let cfg = env.write_config(&format!(
         "[[file]]\ndest = {dest:?}\nznode = \"/app/s\"\n[file.reload]\nhttp = {url:?}\nsplay = \"1s\"\n"
     ));
-    let agent = run_agent(&cfg);
+    let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"s0", T);
     let log = || format!("requests: {:?}\nlog:\n{}", hook.hits(), agent.log());
     wait_count("the first install's request", 1, || hook.count(), log);
@@ -487,14 +428,14 @@ async fn splay_delays_the_reload_by_up_to_the_splay() {
     // Uniform in 0..1 s: all five under 100 ms has probability 1e-5.
     assert!(delays.iter().any(|d| *d >= Duration::from_millis(100)), "no splay at all: {delays:?}");
     assert_eq!(hook.count(), 6, "{}", log());
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 // ------------------------------------------------------------------ 6. rollback
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_restores_the_previous_file_and_reloads_again() {
-    let env = env("reload-rollback").await;
+    let env = Env::new("reload-rollback").await;
     let dest = env.path("r.conf");
     // The "application" refuses any configuration that says "bad".
     let hook =
@@ -502,10 +443,10 @@ async fn rollback_restores_the_previous_file_and_reloads_again() {
             .await;
     env.set("/app/r", "good").await;
     let url = hook.url("/-/reload");
-    let cfg = env.config(&format!(
+    let cfg = env.write_config(&format!(
         "[[file]]\ndest = {dest:?}\nznode = \"/app/r\"\nrollback = true\n[file.reload]\nhttp = {url:?}\nretries = 0\n"
     ));
-    let agent = run_agent(&cfg);
+    let agent = Agent::run(&cfg);
     wait_for_file(&dest, b"good", T);
     let log = || format!("requests: {:?}\nlog:\n{}", hook.hits(), agent.log());
     expect_exactly("requests after the first install", 1, || hook.count(), log);
@@ -529,7 +470,7 @@ async fn rollback_restores_the_previous_file_and_reloads_again() {
     expect_exactly("requests after good2", 4, || hook.count(), log);
     let last = hook.hits()[3].clone();
     assert_eq!((last.file.as_deref(), last.status), (Some("good2"), 200), "{}", log());
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 // ------------------------------------------------------------------ 7. exec mode
@@ -568,11 +509,11 @@ fn wait_ready(app_log: &Path, n: usize, agent: &Agent) -> u32 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_starts_the_child_only_after_every_file_is_written() {
-    let env = env("exec-after-files").await;
+    let env = Env::new("exec-after-files").await;
     let (a, b) = (env.path("a.conf"), env.path("b.conf"));
     let app_log = env.path("app.log");
     env.set("/app/a", "A1").await;
-    let cfg = env.config(&format!(
+    let cfg = env.write_config(&format!(
         "[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n\n[[file]]\ndest = {b:?}\nznode = \"/app/b\"\n"
     ));
     let agent = exec_agent(&cfg, &[], &app_script(&app_log, &[&a, &b]));
@@ -580,21 +521,21 @@ async fn exec_starts_the_child_only_after_every_file_is_written() {
     // /app/b does not exist yet: the child must not start.
     std::thread::sleep(Duration::from_millis(800));
     assert!(!app_log.exists(), "the child started before b.conf was written: {}", read(&app_log));
-    assert_running(&agent);
+    agent.assert_running();
     env.set("/app/b", "B1").await;
     wait_ready(&app_log, 1, &agent);
     let starts = lines_starting(&app_log, "start ");
     assert_eq!(starts.len(), 1, "{starts:?}");
     assert!(starts[0].ends_with(" A1 B1"), "the child saw {:?}", starts[0]);
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_gives_up_after_timeout_without_starting_the_child() {
-    let env = env("exec-timeout").await;
+    let env = Env::new("exec-timeout").await;
     let a = env.path("a.conf");
     let app_log = env.path("app.log");
-    let cfg = env.config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/missing\"\n"));
+    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/missing\"\n"));
     let agent = exec_agent(&cfg, &["--timeout", "1s"], &app_script(&app_log, &[&a]));
     let status = agent.wait_exit(T);
     assert_eq!(status.code(), Some(1), "log:\n{}", agent.log());
@@ -604,15 +545,16 @@ async fn exec_gives_up_after_timeout_without_starting_the_child() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_reload_signal_without_target_goes_to_the_child() {
-    let env = env("exec-signal-child").await;
+    let env = Env::new("exec-signal-child").await;
     let a = env.path("a.conf");
     let app_log = env.path("app.log");
     env.set("/app/a", "A1").await;
     // Already up to date: the first render writes nothing and fires no reload (the
     // first install's reload is `exec_first_install_does_not_signal_the_new_child`).
     fs::write(&a, "A1").unwrap();
-    let cfg = env
-        .config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nsignal = \"USR1\"\n"));
+    let cfg = env.write_config(&format!(
+        "[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nsignal = \"USR1\"\n"
+    ));
     let agent = exec_agent(&cfg, &[], &app_script(&app_log, &[&a]));
     let pid = wait_ready(&app_log, 1, &agent);
     let usr1 = || lines_starting(&app_log, "USR1 ").len();
@@ -627,18 +569,19 @@ async fn exec_reload_signal_without_target_goes_to_the_child() {
     wait_for_file(&a, b"A3", T);
     expect_exactly("USR1 after two changes", 2, usr1, context);
     assert_eq!(lines_starting(&app_log, "start ").len(), 1, "{}", context());
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 /// Starts `exec` with `reload` on a file that does not exist yet, and returns once the
 /// app is ready and the first install's reload (with its retries, 100 + 200 + 400 ms)
 /// has had time to run.
 async fn exec_fresh_file(name: &str, reload: &str) -> (Env, Agent, PathBuf) {
-    let env = env(name).await;
+    let env = Env::new(name).await;
     let a = env.path("a.conf");
     let app_log = env.path("app.log");
     env.set("/app/a", "A1").await;
-    let cfg = env.config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\n{reload}\n"));
+    let cfg =
+        env.write_config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\n{reload}\n"));
     let agent = exec_agent(&cfg, &[], &app_script(&app_log, &[&a]));
     let deadline = Instant::now() + T;
     while lines_starting(&app_log, "ready ").is_empty() && agent.is_running() && Instant::now() < deadline {
@@ -654,7 +597,7 @@ async fn exec_fresh_file(name: &str, reload: &str) -> (Env, Agent, PathBuf) {
 async fn exec_first_install_does_not_signal_the_new_child() {
     let (_env, agent, app_log) = exec_fresh_file("exec-first-signal", "signal = \"USR1\"").await;
     let context = || format!("app log:\n{}\nzkrender log:\n{}", read(&app_log), agent.log());
-    assert_running(&agent);
+    agent.assert_running();
     assert_eq!(lines_starting(&app_log, "ready ").len(), 1, "{}", context());
     assert!(lines_starting(&app_log, "USR1 ").is_empty(), "USR1 with no change\n{}", context());
 }
@@ -663,7 +606,7 @@ async fn exec_first_install_does_not_signal_the_new_child() {
 async fn exec_first_install_does_not_restart_the_new_child() {
     let (_env, agent, app_log) = exec_fresh_file("exec-first-restart", "restart = true").await;
     let context = || format!("app log:\n{}\nzkrender log:\n{}", read(&app_log), agent.log());
-    assert_running(&agent);
+    agent.assert_running();
     let log = agent.log();
     assert_eq!(log.matches("started the child").count(), 1, "restarted with no change\n{}", context());
     assert!(!log.contains("restarting the child"), "restarted with no change\n{}", context());
@@ -671,11 +614,11 @@ async fn exec_first_install_does_not_restart_the_new_child() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_forwards_sigterm_and_exits_with_the_child_code() {
-    let env = env("exec-sigterm").await;
+    let env = Env::new("exec-sigterm").await;
     let a = env.path("a.conf");
     let app_log = env.path("app.log");
     env.set("/app/a", "A1").await;
-    let cfg = env.config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n"));
+    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n"));
     let agent = exec_agent(&cfg, &[], &app_script(&app_log, &[&a]));
     let pid = wait_ready(&app_log, 1, &agent);
     agent.signal(Signal::SIGTERM);
@@ -686,11 +629,11 @@ async fn exec_forwards_sigterm_and_exits_with_the_child_code() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_forwards_sigusr2() {
-    let env = env("exec-sigusr2").await;
+    let env = Env::new("exec-sigusr2").await;
     let a = env.path("a.conf");
     let app_log = env.path("app.log");
     env.set("/app/a", "A1").await;
-    let cfg = env.config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n"));
+    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n"));
     let agent = exec_agent(&cfg, &[], &app_script(&app_log, &[&a]));
     let pid = wait_ready(&app_log, 1, &agent);
     let context = || format!("app log:\n{}\nzkrender log:\n{}", read(&app_log), agent.log());
@@ -699,24 +642,25 @@ async fn exec_forwards_sigusr2() {
     assert_eq!(lines_starting(&app_log, "USR2 ")[0], format!("USR2 {pid}"));
     agent.signal(Signal::SIGUSR2);
     expect_exactly("USR2 lines", 2, || lines_starting(&app_log, "USR2 ").len(), context);
-    assert_running(&agent);
+    agent.assert_running();
     // SIGHUP reloads zkrender's own config; it is not forwarded.
     agent.signal(Signal::SIGHUP);
     agent.wait_for_log("reloading the configuration", T);
     std::thread::sleep(SETTLE);
     assert!(lines_starting(&app_log, "HUP ").is_empty(), "SIGHUP was forwarded\n{}", context());
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_restart_true_restarts_the_child_on_change() {
-    let env = env("exec-restart").await;
+    let env = Env::new("exec-restart").await;
     let a = env.path("a.conf");
     let app_log = env.path("app.log");
     env.set("/app/a", "A1").await;
     fs::write(&a, "A1").unwrap(); // up to date: the first render fires no reload
-    let cfg =
-        env.config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nrestart = true\n"));
+    let cfg = env.write_config(&format!(
+        "[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nrestart = true\n"
+    ));
     let agent = exec_agent(&cfg, &[], &app_script(&app_log, &[&a]));
     let first = wait_ready(&app_log, 1, &agent);
     let starts = || lines_starting(&app_log, "start ").len();
@@ -730,7 +674,7 @@ async fn exec_restart_true_restarts_the_child_on_change() {
     assert_ne!(first, second, "a restart makes a new process");
     assert_eq!(lines_starting(&app_log, "TERM "), vec![format!("TERM {first}")], "{}", context());
     assert!(lines_starting(&app_log, "start ")[1].ends_with(" A2"), "{}", context());
-    assert_running(&agent);
+    agent.assert_running();
     // zkrender now supervises the new child.
     agent.signal(Signal::SIGTERM);
     let status = agent.wait_exit(T);
@@ -740,11 +684,11 @@ async fn exec_restart_true_restarts_the_child_on_change() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_exits_with_the_code_of_a_child_that_exits_by_itself() {
-    let env = env("exec-child-exit").await;
+    let env = Env::new("exec-child-exit").await;
     let a = env.path("a.conf");
     let app_log = env.path("app.log");
     env.set("/app/a", "A1").await;
-    let cfg = env.config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n"));
+    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n"));
     let script =
         format!("echo \"start $(cat '{}')\" >> '{}'; sleep 0.2; exit 3", a.display(), app_log.display());
     let agent = exec_agent(&cfg, &[], &script);
@@ -755,10 +699,10 @@ async fn exec_exits_with_the_code_of_a_child_that_exits_by_itself() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_exits_128_plus_the_signal_that_killed_the_child() {
-    let env = env("exec-child-killed").await;
+    let env = Env::new("exec-child-killed").await;
     let a = env.path("a.conf");
     env.set("/app/a", "A1").await;
-    let cfg = env.config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n"));
+    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n"));
     let agent = exec_agent(&cfg, &[], "kill -KILL $$");
     let status = agent.wait_exit(T);
     assert_eq!(status.code(), Some(128 + 9), "log:\n{}", agent.log());
@@ -768,12 +712,13 @@ async fn exec_exits_128_plus_the_signal_that_killed_the_child() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_refuses_exec_only_reloads() {
-    let env = env("run-exec-only").await;
+    let env = Env::new("run-exec-only").await;
     let dest = env.path("a.conf");
     for reload in ["signal = \"HUP\"", "restart = true"] {
-        let cfg =
-            env.config(&format!("[[file]]\ndest = {dest:?}\nznode = \"/app/a\"\n[file.reload]\n{reload}\n"));
-        let agent = run_agent(&cfg);
+        let cfg = env.write_config(&format!(
+            "[[file]]\ndest = {dest:?}\nznode = \"/app/a\"\n[file.reload]\n{reload}\n"
+        ));
+        let agent = Agent::run(&cfg);
         let status = agent.wait_exit(T);
         let log = agent.log();
         assert_eq!(status.code(), Some(2), "{reload}: log:\n{log}");
@@ -787,13 +732,11 @@ async fn run_refuses_exec_only_reloads() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn config_hot_reload_keeps_the_session_and_survives_a_bad_config() {
-    let env = env("hot-reload").await;
+    let env = Env::new("hot-reload").await;
     let template = env.path("a.j2");
     let (a, b, c) = (env.path("a.conf"), env.path("b.conf"), env.path("c.conf"));
     let a_reloads = env.path("a-reloads.txt");
-    env.set("/app/a", "A1").await;
-    env.set("/app/b", "B1").await;
-    env.set("/app/c", "C1").await;
+    env.seed(&[("/app/a", b"A1"), ("/app/b", b"B1"), ("/app/c", b"C1")]).await;
     fs::write(&template, "v1 {{ znode(\"/app/a\") }}").unwrap();
     let file_a = format!(
         "[[file]]\ndest = {a:?}\ntemplate = \"a.j2\"\n[file.reload]\ncommand = [\"sh\", \"-c\", {:?}]\n",
@@ -801,8 +744,8 @@ async fn config_hot_reload_keeps_the_session_and_survives_a_bad_config() {
     );
     let file_b = format!("\n[[file]]\ndest = {b:?}\nznode = \"/app/b\"\n");
     let file_c = format!("\n[[file]]\ndest = {c:?}\nznode = \"/app/c\"\n");
-    let cfg = env.config(&file_a);
-    let agent = run_agent(&cfg);
+    let cfg = env.write_config(&file_a);
+    let agent = Agent::run(&cfg);
     wait_for_file(&a, b"v1 A1", T);
     let log = || agent.log();
     let a_reloaded = || read(&a_reloads).lines().count();
@@ -814,7 +757,7 @@ async fn config_hot_reload_keeps_the_session_and_survives_a_bad_config() {
     expect_exactly("a.conf reloads after the template edit", 2, a_reloaded, log);
 
     // 2. A new [[file]] and SIGHUP: written; a.conf is not touched.
-    fs::write(&cfg, env.config_text(&format!("{file_a}{file_b}"))).unwrap();
+    fs::write(&cfg, env.config().text(&format!("{file_a}{file_b}"))).unwrap();
     agent.signal(Signal::SIGHUP);
     wait_for_file(&b, b"B1", T);
     agent.wait_for_log("trigger=Sighup", T);
@@ -822,7 +765,7 @@ async fn config_hot_reload_keeps_the_session_and_survives_a_bad_config() {
     expect_exactly("a.conf reloads after adding b.conf", 2, a_reloaded, log);
 
     // 3. An invalid config: logged with file:line; the running config keeps working.
-    let bad_text = env.config_text(&format!("{file_a}{file_b}bogus_key = 1\n"));
+    let bad_text = env.config().text(&format!("{file_a}{file_b}bogus_key = 1\n"));
     let bad_line = bad_text.lines().position(|l| l.starts_with("bogus_key")).unwrap() + 1;
     fs::write(&cfg, &bad_text).unwrap();
     agent.signal(Signal::SIGHUP);
@@ -836,11 +779,11 @@ async fn config_hot_reload_keeps_the_session_and_survives_a_bad_config() {
     wait_for_file(&a, b"v2 A2", T);
     env.set("/app/b", "B2").await;
     wait_for_file(&b, b"B2", T);
-    assert_running(&agent);
+    agent.assert_running();
 
     // 4. Fixed (and a third file added): applied.
     let applied_before = agent.log().matches("new configuration in effect").count();
-    fs::write(&cfg, env.config_text(&format!("{file_a}{file_b}{file_c}"))).unwrap();
+    fs::write(&cfg, env.config().text(&format!("{file_a}{file_b}{file_c}"))).unwrap();
     agent.signal(Signal::SIGHUP);
     wait_for_file(&c, b"C1", T);
     agent.wait_for_log_count("new configuration in effect", applied_before + 1, T);
@@ -849,7 +792,7 @@ async fn config_hot_reload_keeps_the_session_and_survives_a_bad_config() {
     env.set("/app/a", "A3").await;
     wait_for_file(&a, b"v2 A3", T);
 
-    assert_running(&agent);
+    agent.assert_running();
     let log = agent.log();
     assert_eq!(log.matches("connected to zookeeper").count(), 1, "one session for the whole run:\n{log}");
     assert!(!log.contains("new zookeeper session"), "the session was replaced:\n{log}");
@@ -858,7 +801,7 @@ async fn config_hot_reload_keeps_the_session_and_survives_a_bad_config() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_reload_to_an_exec_only_reload_is_refused_under_run() {
-    let env = env("hot-reload-exec-only").await;
+    let env = Env::new("hot-reload-exec-only").await;
     let a = env.path("a.conf");
     let hook = Hook::start(None, |_, _| 200).await;
     env.set("/app/a", "A1").await;
@@ -866,8 +809,8 @@ async fn hot_reload_to_an_exec_only_reload_is_refused_under_run() {
         "[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nhttp = {:?}\nretries = 0\n",
         hook.url("/-/reload")
     );
-    let cfg = env.config(&good);
-    let agent = run_agent(&cfg);
+    let cfg = env.write_config(&good);
+    let agent = Agent::run(&cfg);
     wait_for_file(&a, b"A1", T);
     let log = || format!("requests: {:?}\nlog:\n{}", hook.hits(), agent.log());
     expect_exactly("requests after the first install", 1, || hook.count(), log);
@@ -875,7 +818,7 @@ async fn hot_reload_to_an_exec_only_reload_is_refused_under_run() {
     // `run` refuses this config at start (exit 2); a hot reload must refuse it too.
     let exec_only =
         format!("[[file]]\ndest = {a:?}\nznode = \"/app/a\"\n[file.reload]\nsignal = \"HUP\"\nretries = 0\n");
-    fs::write(&cfg, env.config_text(&exec_only)).unwrap();
+    fs::write(&cfg, env.config().text(&exec_only)).unwrap();
     agent.signal(Signal::SIGHUP);
     agent.wait_for_log("trigger=Sighup", T);
     std::thread::sleep(SETTLE);
@@ -889,18 +832,18 @@ async fn hot_reload_to_an_exec_only_reload_is_refused_under_run() {
     env.set("/app/a", "A2").await;
     wait_for_file(&a, b"A2", T);
     expect_exactly("requests after a change", 2, || hook.count(), log);
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_reload_of_a_broken_template_keeps_the_old_one() {
-    let env = env("hot-reload-bad-template").await;
+    let env = Env::new("hot-reload-bad-template").await;
     let template = env.path("a.j2");
     let a = env.path("a.conf");
     env.set("/app/a", "A1").await;
     fs::write(&template, "v1 {{ znode(\"/app/a\") }}").unwrap();
-    let cfg = env.config(&format!("[[file]]\ndest = {a:?}\ntemplate = \"a.j2\"\n"));
-    let agent = run_agent(&cfg);
+    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\ntemplate = \"a.j2\"\n"));
+    let agent = Agent::run(&cfg);
     wait_for_file(&a, b"v1 A1", T);
     fs::write(&template, "v2 {{ znode(\"/app/a\") ").unwrap(); // unclosed
     agent.wait_for_log("new configuration is invalid", T);
@@ -910,12 +853,12 @@ async fn hot_reload_of_a_broken_template_keeps_the_old_one() {
     wait_for_file(&a, b"v1 A2", T);
     fs::write(&template, "v3 {{ znode(\"/app/a\") }}").unwrap();
     wait_for_file(&a, b"v3 A2", T);
-    assert_running(&agent);
+    agent.assert_running();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identical_reloads_of_files_changed_in_one_cycle_run_once() {
-    let env = env("reload-dedupe").await;
+    let env = Env::new("reload-dedupe").await;
     let hook = Hook::start(None, |_, _| 200).await;
     let (a, b) = (env.path("a.conf"), env.path("b.conf"));
     env.set("/app/shared", "S1").await;
@@ -925,8 +868,8 @@ async fn identical_reloads_of_files_changed_in_one_cycle_run_once() {
             "[[file]]\ndest = {dest:?}\ninline = \"{prefix} {{{{ znode('/app/shared') }}}}\"\n[file.reload]\nhttp = {url:?}\n\n"
         )
     };
-    let cfg = env.config(&format!("{}{}", file(&a, "a"), file(&b, "b")));
-    let agent = run_agent(&cfg);
+    let cfg = env.write_config(&format!("{}{}", file(&a, "a"), file(&b, "b")));
+    let agent = Agent::run(&cfg);
     wait_for_file(&a, b"a S1", T);
     wait_for_file(&b, b"b S1", T);
     let log = || format!("requests: {:?}\nlog:\n{}", hook.hits(), agent.log());
@@ -935,5 +878,5 @@ async fn identical_reloads_of_files_changed_in_one_cycle_run_once() {
     wait_for_file(&a, b"a S2", T);
     wait_for_file(&b, b"b S2", T);
     expect_exactly("requests after one change to both files", 2, || hook.count(), log);
-    assert_running(&agent);
+    agent.assert_running();
 }

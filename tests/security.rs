@@ -25,42 +25,27 @@ async fn create_protected(hosts: &str, path: &str, data: &[u8]) {
     client.create(path, data, &options).await.expect("creating the protected znode");
 }
 
-fn config(hosts: &str, dir: &std::path::Path, auth: &str, znode: &str) -> std::path::PathBuf {
-    write_config(
-        dir,
-        &format!(
-            r#"
-[zookeeper]
-hosts = "{hosts}"
-{auth}
-[agent]
-listen = ""
-[[file]]
-dest = "out/secret.conf"
-znode = "{znode}"
-mode = "0600"
-"#
-        ),
-    )
+/// The secret every test here protects, and the file it is rendered into.
+const ZNODE: &str = "/db/password";
+const DEST: &str = "out/secret.conf";
+
+/// A test's environment with [`ZNODE`] = `hunter2` readable only by `app:secret`, and a
+/// config rendering it into [`DEST`] with `auth` (TOML) in `[zookeeper]`.
+async fn protected(name: &str, auth: &str) -> (Env, std::path::PathBuf) {
+    let env = Env::new(name).await;
+    create_protected(&env.chrooted_hosts(), ZNODE, b"hunter2").await;
+    let file = format!("[[file]]\ndest = {DEST:?}\nznode = {ZNODE:?}\nmode = \"0600\"\n");
+    let cfg = env.config().zookeeper(auth).write(&file);
+    (env, cfg)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn digest_auth_reads_acl_protected_znodes() {
-    let zk = Zk::shared();
-    let base = unique_chroot("auth");
-    let znode = format!("{base}/db/password");
-    create_protected(zk.hosts(), &znode, b"hunter2").await;
-
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("zk.digest"), "app:secret\n").unwrap();
-    let cfg = config(
-        zk.hosts(),
-        dir.path(),
-        r#"auth = { scheme = "digest", credentials_file = "zk.digest" }"#,
-        &znode,
-    );
-    let agent = Agent::start(["run", "-c", cfg.to_str().unwrap()]);
-    let dest = dir.path().join("out/secret.conf");
+    let auth = r#"auth = { scheme = "digest", credentials_file = "zk.digest" }"#;
+    let (env, cfg) = protected("auth", auth).await;
+    std::fs::write(env.path("zk.digest"), "app:secret\n").unwrap();
+    let agent = Agent::run(&cfg);
+    let dest = env.path(DEST);
     wait_for_file(&dest, b"hunter2", T);
     let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o600, "a secret file must keep mode 0600");
@@ -71,17 +56,11 @@ async fn digest_auth_reads_acl_protected_znodes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_credentials_the_agent_reports_a_permission_error() {
-    let zk = Zk::shared();
-    let base = unique_chroot("noauth");
-    let znode = format!("{base}/db/password");
-    create_protected(zk.hosts(), &znode, b"hunter2").await;
-
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(zk.hosts(), dir.path(), "", &znode);
-    let agent = Agent::start(["run", "-c", cfg.to_str().unwrap()]);
+    let (env, cfg) = protected("noauth", "").await;
+    let agent = Agent::run(&cfg);
     agent.wait_for_log("permission denied reading znode", T);
-    assert!(agent.log().contains(&znode), "the error names the znode:\n{}", agent.log());
-    assert!(!dir.path().join("out/secret.conf").exists());
+    assert!(agent.log().contains(ZNODE), "the error names the znode:\n{}", agent.log());
+    assert!(!env.path(DEST).exists());
     assert!(agent.is_running(), "a permission error must not stop the agent");
 
     // `once` fails at once with the reason instead of waiting for its timeout.
@@ -96,29 +75,17 @@ async fn without_credentials_the_agent_reports_a_permission_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn templates_read_only_allowed_environment_variables() {
-    let zk = Zk::shared();
-    let chroot = unique_chroot("env");
-    create_chroot(zk.hosts(), &chroot).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            r#"
-[zookeeper]
-hosts = "{hosts}"
-chroot = "{chroot}"
-[agent]
-listen = ""
+    let env = Env::new("env").await;
+    let cfg = env.write_config(
+        r#"
 [[file]]
 dest = "allowed.txt"
-inline = "{{{{ env('ZKR_TEST_REGION') }}}}"
+inline = "{{ env('ZKR_TEST_REGION') }}"
 allow_env = ["ZKR_TEST_REGION"]
 [[file]]
 dest = "denied.txt"
-inline = "{{{{ env('ZKR_TEST_SECRET') }}}}"
+inline = "{{ env('ZKR_TEST_SECRET') }}"
 "#,
-            hosts = zk.hosts()
-        ),
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_zkrender"))
         .args(["once", "-c", cfg.to_str().unwrap(), "--timeout", "10s"])
@@ -126,8 +93,8 @@ inline = "{{{{ env('ZKR_TEST_SECRET') }}}}"
         .env("ZKR_TEST_SECRET", "top-secret")
         .output()
         .unwrap();
-    assert_eq!(std::fs::read(dir.path().join("allowed.txt")).unwrap(), b"eu-west-1");
-    assert!(!dir.path().join("denied.txt").exists());
+    assert_eq!(std::fs::read(env.path("allowed.txt")).unwrap(), b"eu-west-1");
+    assert!(!env.path("denied.txt").exists());
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ZKR_TEST_SECRET is not readable"), "stderr:\n{stderr}");

@@ -87,7 +87,7 @@ use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError};
+use zookeeper_client::Client;
 
 /// How long a quiet period waits for every file to match.
 const QUIET: Duration = Duration::from_secs(15);
@@ -284,11 +284,10 @@ fn file_specs() -> Vec<FileSpec> {
     files
 }
 
-fn config_toml(hosts: &str, chroot: &str, watch: &str, files: &[FileSpec]) -> String {
-    let mut toml = format!(
-        "[zookeeper]\nhosts = {hosts:?}\nchroot = {chroot:?}\nsession_timeout = {AGENT_SESSION:?}\n\
-         watch = {watch:?}\n\n[agent]\nlisten = \"127.0.0.1:0\"\nresync = \"0s\"\n"
-    );
+/// Writes the agent's config: `env`'s ZooKeeper and chroot, `watch` mode, the endpoint on
+/// an ephemeral port, no resync, and `files`.
+fn config(env: &Env, watch: &str, files: &[FileSpec]) -> PathBuf {
+    let mut toml = String::new();
     for f in files {
         write!(toml, "\n[[file]]\ndest = \"out/{}\"\n", f.dest).unwrap();
         match &f.source {
@@ -299,7 +298,11 @@ fn config_toml(hosts: &str, chroot: &str, watch: &str, files: &[FileSpec]) -> St
             Source::Template(t) => writeln!(toml, "template = \"tpl/{}.j2\"", t.dest()).unwrap(),
         }
     }
-    toml
+    env.config()
+        .zookeeper(&format!("session_timeout = {AGENT_SESSION:?}\nwatch = {watch:?}"))
+        .listen("127.0.0.1:0")
+        .agent("resync = \"0s\"")
+        .write(&toml)
 }
 
 // ------------------------------------------------------------------ what a check expects
@@ -321,15 +324,15 @@ impl Expect {
 
     fn describe(&self) -> String {
         match self {
-            Expect::Exact(e) => show(e),
+            Expect::Exact(e) => show_file(e),
             Expect::OneOf(es) => {
-                format!("one of [{}]", es.iter().map(show).collect::<Vec<_>>().join(", "))
+                format!("one of [{}]", es.iter().map(show_file).collect::<Vec<_>>().join(", "))
             }
         }
     }
 }
 
-fn show(bytes: &Option<Vec<u8>>) -> String {
+fn show_file(bytes: &Option<Vec<u8>>) -> String {
     match bytes {
         None => "<no file>".to_string(),
         Some(b) => match std::str::from_utf8(b) {
@@ -449,83 +452,35 @@ fn scrape(addr: &str) -> Option<BTreeMap<String, f64>> {
 
 // ------------------------------------------------------------------ the driver's client
 
-/// How long the driver retries an operation through a fault.
-const DRIVER_RETRY_FOR: Duration = Duration::from_secs(60);
-
 /// Operations the driver had to repeat (for the summary).
 static DRIVER_RETRIES: AtomicU64 = AtomicU64::new(0);
 
-/// Runs `op` again while it fails in a way a fault explains: `ConnectionLoss`, `Timeout`,
-/// or an I/O error of the connection (which zookeeper-client hands to the requests in
-/// flight as `Error::Custom`, e.g. "Connection reset by peer" when their server is killed;
-/// the harness's helpers retry only `ConnectionLoss`). Every operation used is safe to
+/// The driver repeats an operation through any failure a fault explains: `ConnectionLoss`,
+/// `Timeout`, or an I/O error of the connection (which zookeeper-client hands to the
+/// requests in flight as `Error::Custom`, e.g. "Connection reset by peer" when their server
+/// is killed), for up to a minute, and counts the repeats. Every operation used is safe to
 /// repeat.
-async fn retry<T, F, Fut>(mut op: F) -> Result<T, ZkError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ZkError>>,
-{
-    let deadline = Instant::now() + DRIVER_RETRY_FOR;
-    loop {
-        match op().await {
-            Err(ZkError::ConnectionLoss | ZkError::Timeout | ZkError::Custom(_))
-                if Instant::now() < deadline =>
-            {
-                DRIVER_RETRIES.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            result => return result,
-        }
-    }
-}
+const DRIVER: Retry = Retry {
+    limit: Duration::from_secs(60),
+    pause: Duration::from_millis(50),
+    through_timeouts: true,
+    count: Some(&DRIVER_RETRIES),
+};
 
-const OPEN: CreateOptions<'static> = CreateMode::Persistent.with_acls(Acls::anyone_all());
-
-/// Sets `path`, creating it and its parents as needed.
 async fn zset(client: &Client, path: &str, data: &[u8]) {
-    match retry(|| client.set_data(path, data, None)).await {
-        Ok(_) => return,
-        Err(ZkError::NoNode) => {}
-        Err(e) => panic!("set {path}: {e}"),
-    }
-    let parent = &path[..path.rfind('/').unwrap()];
-    if !parent.is_empty() {
-        zmkdir(client, parent).await;
-    }
-    match retry(|| client.create(path, data, &OPEN)).await {
-        Ok(_) => {}
-        Err(ZkError::NodeExists) => {
-            retry(|| client.set_data(path, data, None)).await.unwrap_or_else(|e| panic!("set {path}: {e}"));
-        }
-        Err(e) => panic!("create {path}: {e}"),
-    }
-}
-
-async fn zmkdir(client: &Client, path: &str) {
-    retry(|| client.mkdir(path, &OPEN)).await.unwrap_or_else(|e| panic!("mkdir {path}: {e}"));
+    set_with(&DRIVER, client, path, data).await;
 }
 
 async fn zget(client: &Client, path: &str) -> Option<Vec<u8>> {
-    match retry(|| client.get_data(path)).await {
-        Ok((data, _)) => Some(data),
-        Err(ZkError::NoNode) => None,
-        Err(e) => panic!("get {path}: {e}"),
-    }
+    get_with(&DRIVER, client, path).await
 }
 
 async fn zls(client: &Client, path: &str) -> Vec<String> {
-    match retry(|| client.list_children(path)).await {
-        Ok(children) => children,
-        Err(ZkError::NoNode) => Vec::new(),
-        Err(e) => panic!("ls {path}: {e}"),
-    }
+    ls_with(&DRIVER, client, path).await.unwrap_or_default()
 }
 
 async fn zdelete(client: &Client, path: &str) {
-    match retry(|| client.delete(path, None)).await {
-        Ok(()) | Err(ZkError::NoNode) => {}
-        Err(e) => panic!("delete {path}: {e}"),
-    }
+    delete_with(&DRIVER, client, path).await;
 }
 
 /// Deletes `dir` and its children (the test's directories are one level deep).
@@ -793,6 +748,16 @@ impl Soak {
         self.deck.pop().unwrap()
     }
 
+    /// Kills member `m`, keeps operating for 0.5 to 3 s, then starts it again (operating
+    /// meanwhile); says what happened.
+    async fn kill_and_start(&mut self, m: usize) -> String {
+        self.zk.kill(m);
+        let pause = self.ms(500..3000);
+        let during = self.ops_for(pause).await;
+        let restarting = self.ops_during(move |zk| zk.start(m)).await;
+        format!("member {m}; {during} ops while down, {restarting} while starting")
+    }
+
     async fn fault(&mut self, fault: Fault) -> String {
         *self.faults.entry(fault.name()).or_default() += 1;
         let pause = self.ms(0..1000);
@@ -800,11 +765,7 @@ impl Soak {
         let detail = match fault {
             Fault::KillConnected => {
                 let m = self.agent_member();
-                self.zk.kill(m);
-                let pause = self.ms(500..3000);
-                let during = self.ops_for(pause).await;
-                let restarting = self.ops_during(move |zk| zk.start(m)).await;
-                format!("member {m}; {during} ops while down, {restarting} while starting")
+                self.kill_and_start(m).await
             }
             Fault::PauseMember => {
                 let m = if self.rng.random_bool(0.5) {
@@ -826,11 +787,7 @@ impl Soak {
             }
             Fault::KillLeader => {
                 let m = self.zk.leader();
-                self.zk.kill(m);
-                let pause = self.ms(500..3000);
-                let during = self.ops_for(pause).await;
-                let restarting = self.ops_during(move |zk| zk.start(m)).await;
-                format!("member {m}; {during} ops while down, {restarting} while starting")
+                self.kill_and_start(m).await
             }
             Fault::PauseAgent => {
                 let expired_before = self.agent.log().matches(EXPIRED).count();
@@ -888,7 +845,7 @@ impl Soak {
             .filter_map(|(dest, expect)| {
                 let actual = read_file(&self.out.join(dest));
                 (!expect.accepts(&actual))
-                    .then(|| format!("{dest}: expected {}, found {}", expect.describe(), show(&actual)))
+                    .then(|| format!("{dest}: expected {}, found {}", expect.describe(), show_file(&actual)))
             })
             .collect();
         bad.extend(self.strays().into_iter().map(|s| format!("stray file {s:?} in the output directory")));
@@ -1014,20 +971,18 @@ async fn soak() {
     println!("soak: SOAK_SECS={} SOAK_SEED={seed} SOAK_WATCH={watch}", duration.as_secs());
 
     let zk = Arc::new(Zk::ensemble(3));
-    let chroot = unique_chroot("soak");
-    let hosts = create_chroot(zk.hosts(), &chroot).await;
-    let client = connect_with_session_timeout(&hosts, Duration::from_secs(30)).await;
-    println!("soak: ensemble {} chroot {chroot}", zk.hosts());
+    let env = Env::on(&zk, "soak").await;
+    // The driver's own session rides out faults longer than the fixture's client would.
+    let client = connect_with_session_timeout(&env.chrooted_hosts(), Duration::from_secs(30)).await;
+    println!("soak: ensemble {} chroot {}", zk.hosts(), env.chroot());
 
-    let dir = tempfile::Builder::new().prefix("zkrender-soak-").tempdir().expect("tempdir");
-    let out = dir.path().join("out");
-    fs::create_dir(&out).unwrap();
-    fs::create_dir(dir.path().join("tpl")).unwrap();
+    let out = env.mkdir("out");
+    env.mkdir("tpl");
     for t in Tpl::ALL {
-        fs::write(dir.path().join("tpl").join(format!("{}.j2", t.dest())), t.source()).unwrap();
+        fs::write(env.path("tpl").join(format!("{}.j2", t.dest())), t.source()).unwrap();
     }
     let files = file_specs();
-    let config = write_config(dir.path(), &config_toml(zk.hosts(), &chroot, &watch, &files));
+    let config = config(&env, &watch, &files);
 
     let mut rng = StdRng::seed_from_u64(seed);
     // Seed every znode before the agent starts.
@@ -1055,10 +1010,10 @@ async fn soak() {
     for (path, value) in &model {
         zset(&client, path, value).await;
     }
-    zmkdir(&client, "/pool").await;
+    mkdir_with(&DRIVER, &client, "/pool").await;
 
     let t0 = Instant::now();
-    let agent = Agent::start(["run", "-c", config.to_str().unwrap()]);
+    let agent = Agent::run(&config);
     agent.wait_for_log("serving /healthz", Duration::from_secs(30));
     let listen = agent_listen(&agent.log());
     let stop = Arc::new(AtomicBool::new(false));

@@ -25,15 +25,14 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::fs;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Agent, connect, set, wait_for_file, write_config};
+use common::{Agent, ConfigBuilder, Zk, connect, free_port, raw_file, run_ok, set, wait_for_file};
 use tempfile::TempDir;
+use zookeeper_client::Client;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -72,18 +71,7 @@ impl Pki {
     }
 
     fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run openssl (apt-get install openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(Command::new("openssl").args(args).current_dir(self.dir.path()));
     }
 
     /// `NAME.pem` (self-signed CA certificate) and `NAME.key`.
@@ -139,10 +127,10 @@ enum ClientAuth {
     None,
 }
 
-/// A standalone ZooKeeper with a plain client port and a TLS client port;
-/// `scripts/zk down` on drop.
+/// A standalone ZooKeeper with a plain client port and a TLS client port,
+/// stopped on drop (its log printed first when a test fails).
 struct SecureZk {
-    state: TempDir,
+    zk: Zk,
     /// The plain client port's connect string, for seeding znodes.
     plain: String,
     /// `127.0.0.1:<secureClientPort>`.
@@ -151,7 +139,6 @@ struct SecureZk {
 
 impl SecureZk {
     fn start(pki: &Pki, auth: ClientAuth) -> SecureZk {
-        let state = tempfile::Builder::new().prefix("zkrender-zk-tls-").tempdir().expect("temp dir");
         let codec = Path::new(JAVA_LIB).join("netty-codec.jar");
         assert!(codec.exists(), "{} is missing (Debian's libnetty-java)", codec.display());
         let secure_port = free_port();
@@ -172,44 +159,21 @@ impl SecureZk {
             ),
         ]
         .join("\n");
-        let out = Command::new(common::zk_script())
-            .args(["up", "--port", "auto", "--owner", &std::process::id().to_string()])
-            .env("ZK_STATE_DIR", state.path())
-            .env("ZK_EXTRA_CFG", extra)
-            .env("ZK_JAVA_OPTS", format!("--module-path {} --add-modules io.netty.codec", codec.display()))
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run scripts/zk");
-        // From here on, drop stops whatever was started.
-        let mut zk = SecureZk { state, plain: String::new(), secure: format!("127.0.0.1:{secure_port}") };
-        assert!(
-            out.status.success(),
-            "scripts/zk up failed ({}); is ZooKeeper installed (scripts/zk install)?\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        zk.plain = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_owned();
-        zk
+        let java_opts = format!("--module-path {} --add-modules io.netty.codec", codec.display());
+        let zk = Zk::standalone_with_env(&[("ZK_EXTRA_CFG", &extra), ("ZK_JAVA_OPTS", &java_opts)]);
+        let plain = zk.hosts().to_owned();
+        SecureZk { zk, plain, secure: format!("127.0.0.1:{secure_port}") }
     }
 
     /// The server's log so far (TLS failures are logged there too).
     fn log(&self) -> String {
-        fs::read_to_string(self.state.path().join("zk1/zk.log")).unwrap_or_default()
+        let state = self.zk.state_dir().expect("a server the test started");
+        fs::read_to_string(state.join("zk1/zk.log")).unwrap_or_default()
     }
 }
 
 impl Drop for SecureZk {
     fn drop(&mut self) {
-        let out = Command::new(common::zk_script())
-            .arg("down")
-            .env("ZK_STATE_DIR", self.state.path())
-            .stdin(Stdio::null())
-            .output();
-        match out {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!("warning: scripts/zk down failed: {}", String::from_utf8_lossy(&out.stderr)),
-            Err(e) => eprintln!("warning: cannot run scripts/zk down: {e}"),
-        }
         if std::thread::panicking() {
             let log = self.log();
             let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with('\t')).collect();
@@ -221,28 +185,22 @@ impl Drop for SecureZk {
     }
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 // ------------------------------------------------------------------ agent
 
 /// Writes a config for an agent that renders `/app/key` into `dest`, with
 /// `tls` (a TOML inline table, or nothing) in `[zookeeper]`.
 fn agent_config(dir: &Path, hosts: &str, tls: Option<String>, dest: &Path) -> PathBuf {
-    let tls = tls.map(|t| format!("tls = {t}\n")).unwrap_or_default();
-    write_config(
-        dir,
-        &format!(
-            "[agent]\nlisten = \"\"\n\n[zookeeper]\nhosts = {hosts:?}\n{tls}\n\
-             [[file]]\ndest = {dest:?}\nznode = \"/app/key\"\n"
-        ),
-    )
+    let tls = tls.map(|t| format!("tls = {t}")).unwrap_or_default();
+    ConfigBuilder::new(dir, hosts).zookeeper(&tls).write(&raw_file(dest, "/app/key"))
 }
 
-fn run_agent(config: &Path) -> Agent {
-    Agent::start([OsStr::new("run"), OsStr::new("-c"), config.as_os_str()])
+/// A PKI, a server with `auth`, and `/app/key` set to `value` through the plain port.
+async fn secure_server(auth: ClientAuth, value: &[u8]) -> (Pki, SecureZk, Client) {
+    let pki = Pki::new();
+    let zk = SecureZk::start(&pki, auth);
+    let client = connect(&zk.plain).await;
+    set(&client, "/app/key", value).await;
+    (pki, zk, client)
 }
 
 fn tls_table(ca: &Path, identity: Option<(&Path, &Path)>) -> String {
@@ -265,17 +223,14 @@ fn assert_refused(agent: &Agent, needle: &str, count: usize, dest: &Path) {
 /// and follows a change; without one the server refuses it.
 #[tokio::test(flavor = "multi_thread")]
 async fn renders_over_tls_with_a_client_certificate() {
-    let pki = Pki::new();
-    let zk = SecureZk::start(&pki, ClientAuth::Need);
-    let client = connect(&zk.plain).await;
-    set(&client, "/app/key", b"v1").await;
+    let (pki, zk, client) = secure_server(ClientAuth::Need, b"v1").await;
 
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("out.txt");
     let identity = Some((pki.path("client.pem"), pki.path("client.key")));
     let tls = tls_table(&pki.path("ca.pem"), identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())));
     let config = agent_config(dir.path(), &zk.secure, Some(tls), &dest);
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"v1", WAIT);
     agent.wait_for_log(&format!("connected to zookeeper hosts={}", zk.secure), WAIT);
     set(&client, "/app/key", b"v2").await;
@@ -286,7 +241,7 @@ async fn renders_over_tls_with_a_client_certificate() {
     let other_dest = other.path().join("out.txt");
     let config =
         agent_config(other.path(), &zk.secure, Some(tls_table(&pki.path("ca.pem"), None)), &other_dest);
-    let refused = run_agent(&config);
+    let refused = Agent::run(&config);
     assert_refused(&refused, "received fatal alert: BadCertificate", 2, &other_dest);
 
     assert_eq!(agent.stop().code(), Some(0), "log:\n{}", agent.log());
@@ -303,14 +258,11 @@ async fn renders_over_tls_with_a_client_certificate() {
 /// are read at each connect attempt).
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_or_wrong_ca_against_the_tls_port_writes_nothing() {
-    let pki = Pki::new();
-    let zk = SecureZk::start(&pki, ClientAuth::Need);
-    let client = connect(&zk.plain).await;
-    set(&client, "/app/key", b"secret").await;
+    let (pki, zk, _client) = secure_server(ClientAuth::Need, b"secret").await;
 
     let plain_dir = tempfile::tempdir().unwrap();
     let plain_dest = plain_dir.path().join("out.txt");
-    let plain = run_agent(&agent_config(plain_dir.path(), &zk.secure, None, &plain_dest));
+    let plain = Agent::run(&agent_config(plain_dir.path(), &zk.secure, None, &plain_dest));
 
     let wrong_dir = tempfile::tempdir().unwrap();
     let wrong_dest = wrong_dir.path().join("out.txt");
@@ -318,7 +270,7 @@ async fn plain_or_wrong_ca_against_the_tls_port_writes_nothing() {
     fs::copy(pki.path("other-ca.pem"), &ca).unwrap();
     let identity = (pki.path("client.pem"), pki.path("client.key"));
     let tls = tls_table(&ca, Some((&identity.0, &identity.1)));
-    let wrong = run_agent(&agent_config(wrong_dir.path(), &zk.secure, Some(tls), &wrong_dest));
+    let wrong = Agent::run(&agent_config(wrong_dir.path(), &zk.secure, Some(tls), &wrong_dest));
 
     // The third failure in a row is logged at error level, with the cause.
     assert_refused(
@@ -344,15 +296,12 @@ async fn plain_or_wrong_ca_against_the_tls_port_writes_nothing() {
 /// `ssl.clientAuth=none`: the CA alone is enough.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_without_client_auth_needs_only_the_ca() {
-    let pki = Pki::new();
-    let zk = SecureZk::start(&pki, ClientAuth::None);
-    let client = connect(&zk.plain).await;
-    set(&client, "/app/key", b"one").await;
+    let (pki, zk, client) = secure_server(ClientAuth::None, b"one").await;
 
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("out.txt");
     let config = agent_config(dir.path(), &zk.secure, Some(tls_table(&pki.path("ca.pem"), None)), &dest);
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     wait_for_file(&dest, b"one", WAIT);
     set(&client, "/app/key", b"two").await;
     wait_for_file(&dest, b"two", WAIT);
@@ -370,7 +319,7 @@ fn unreadable_key_is_a_clear_error() {
     let hosts = format!("127.0.0.1:{}", free_port());
     let tls = tls_table(&pki.path("ca.pem"), Some((&pki.path("client.pem"), &bad_key)));
     let config = agent_config(dir.path(), &hosts, Some(tls), &dir.path().join("out.txt"));
-    let agent = run_agent(&config);
+    let agent = Agent::run(&config);
     let status = agent.wait_exit(WAIT);
     assert_eq!(status.code(), Some(1), "log:\n{}", agent.log());
     assert!(

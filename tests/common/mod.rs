@@ -8,7 +8,10 @@
 //!   `#[tokio::test(flavor = "multi_thread")]` tests.
 //! * [`Agent`]: the built `zkrender` binary (or a stand-in program) running as a
 //!   child process, its stderr in a log file.
-//! * Polling helpers: [`wait_for_file`], [`wait_until`], and [`write_config`].
+//! * [`Env`] and [`ConfigBuilder`] (in `env.rs`): the fixture most tests start from, a
+//!   chroot, client and temporary directory of the test's own and a config for them.
+//! * Polling and file helpers: [`wait_for_file`], [`wait_for_bytes`], [`wait_until`],
+//!   [`write_config`], [`temp_files`], [`show`], [`free_port`].
 //!
 //! The process-side helpers ([`Zk`], [`Agent`], the `wait_*` functions) block.
 //! That is fine inside a multi-thread tokio test: its body runs on the test's
@@ -33,15 +36,20 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError};
+
+mod env;
+pub use env::*;
 
 /// Environment variable naming an already running ZooKeeper (a connect string)
 /// that [`Zk::shared`] uses instead of starting one. `scripts/test` sets it.
@@ -60,6 +68,18 @@ const OPEN_PERSISTENT: CreateOptions<'static> = CreateMode::Persistent.with_acls
 /// The project's ZooKeeper launcher, `scripts/zk`.
 pub fn zk_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join("zk")
+}
+
+/// Runs `scripts/zk ARGS...` with `ZK_STATE_DIR=state` and `env` to completion; panics if
+/// it cannot start.
+fn run_zk_script(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(zk_script())
+        .args(args)
+        .env("ZK_STATE_DIR", state)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", zk_script().display()))
 }
 
 // ------------------------------------------------------------------ ZooKeeper
@@ -88,14 +108,20 @@ pub struct Zk {
 impl Zk {
     /// Starts a standalone server (member 1).
     pub fn standalone() -> Zk {
-        Zk::up(1)
+        Zk::up(1, &[])
+    }
+
+    /// Starts a standalone server with extra environment for `scripts/zk up` (e.g.
+    /// `ZK_EXTRA_CFG` lines for zoo.cfg, `ZK_JAVA_OPTS`).
+    pub fn standalone_with_env(env: &[(&str, &str)]) -> Zk {
+        Zk::up(1, env)
     }
 
     /// Starts an ensemble of `n` members and waits until all of them serve
     /// and exactly one leads.
     pub fn ensemble(n: usize) -> Zk {
         assert!((1..=9).contains(&n), "an ensemble has 1 to 9 members, not {n}");
-        Zk::up(n)
+        Zk::up(n, &[])
     }
 
     /// The server of `ZK_TEST_HOSTS` when that is set (not stopped on drop),
@@ -114,19 +140,15 @@ impl Zk {
         Zk { hosts: hosts.to_string(), members, state: None }
     }
 
-    fn up(n: usize) -> Zk {
+    fn up(n: usize, env: &[(&str, &str)]) -> Zk {
         let state = tempfile::Builder::new()
             .prefix("zkrender-zk-")
             .tempdir()
             .expect("cannot create a temporary ZK_STATE_DIR");
         let started = Instant::now();
-        let out = Command::new(zk_script())
-            .args(["up", "--port", "auto", "--ensemble", &n.to_string()])
-            .args(["--owner", &std::process::id().to_string()])
-            .env("ZK_STATE_DIR", state.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", zk_script().display()));
+        let owner = std::process::id().to_string();
+        let args = ["up", "--port", "auto", "--ensemble", &n.to_string(), "--owner", &owner];
+        let out = run_zk_script(state.path(), &args, env);
         if !out.status.success() {
             panic!(
                 "`scripts/zk up --ensemble {n}` failed ({}) after {:?}; is ZooKeeper installed \
@@ -192,13 +214,7 @@ impl Zk {
                 self.hosts
             )
         });
-        let out = Command::new(zk_script())
-            .arg("ctl")
-            .args(args)
-            .env("ZK_STATE_DIR", state.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", zk_script().display()));
+        let out = run_zk_script(state.path(), &[&["ctl"], args].concat(), &[]);
         if !out.status.success() {
             panic!(
                 "`scripts/zk ctl {}` failed ({}):\n{}",
@@ -417,42 +433,79 @@ fn child_path(parent: &str, child: &str) -> String {
     if parent == "/" { format!("/{child}") } else { format!("{parent}/{child}") }
 }
 
-/// Runs `op` again while it fails with `ConnectionLoss` (for up to
-/// [`RETRY_FOR`]), so that the helpers ride out a server being killed under
-/// the client. Every helper operation is safe to repeat.
-async fn retry<T, F, Fut>(mut op: F) -> Result<T, ZkError>
+/// How the client helpers ride out a fault: which failures they repeat an operation
+/// through, for how long, and what they count. Every helper operation is safe to repeat.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    /// Give up (return the failure) after this long.
+    pub limit: Duration,
+    /// Pause between tries.
+    pub pause: Duration,
+    /// Also repeat through `Timeout` (by default only through a lost connection).
+    pub through_timeouts: bool,
+    /// Counts every repeat, when given.
+    pub count: Option<&'static AtomicU64>,
+}
+
+/// The helpers' default: [`RETRY_FOR`] through `ConnectionLoss`, and through the I/O
+/// (custom) error a member killed mid-request surfaces as.
+pub const HARNESS_RETRY: Retry =
+    Retry { limit: RETRY_FOR, pause: Duration::from_millis(20), through_timeouts: false, count: None };
+
+impl Retry {
+    /// Runs `op` again while it fails in a way this policy repeats, up to [`Retry::limit`].
+    pub async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, ZkError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ZkError>>,
+    {
+        let deadline = Instant::now() + self.limit;
+        loop {
+            match op().await {
+                Err(ZkError::ConnectionLoss | ZkError::Custom(_)) if Instant::now() < deadline => {}
+                Err(ZkError::Timeout) if self.through_timeouts && Instant::now() < deadline => {}
+                result => return result,
+            }
+            if let Some(count) = self.count {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::time::sleep(self.pause).await;
+        }
+    }
+}
+
+async fn retry<T, F, Fut>(op: F) -> Result<T, ZkError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ZkError>>,
 {
-    let deadline = Instant::now() + RETRY_FOR;
-    loop {
-        match op().await {
-            // A member killed mid-request surfaces as an I/O (custom) error, not a connection loss.
-            Err(ZkError::ConnectionLoss | ZkError::Custom(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            result => return result,
-        }
-    }
+    HARNESS_RETRY.run(op).await
 }
 
 /// Sets `path`'s data, creating the node and its missing parents (empty,
 /// persistent, open ACL) as needed.
 pub async fn set(client: &Client, path: &str, data: &[u8]) {
-    match retry(|| client.set_data(path, data, None)).await {
+    set_with(&HARNESS_RETRY, client, path, data).await;
+}
+
+/// [`set`] with a retry policy of the caller's.
+pub async fn set_with(retry: &Retry, client: &Client, path: &str, data: &[u8]) {
+    match retry.run(|| client.set_data(path, data, None)).await {
         Ok(_) => return,
         Err(ZkError::NoNode) => {}
         Err(e) => panic!("set {path}: {e}"),
     }
     if let Some(dir) = parent(path) {
-        mkdir(client, dir).await;
+        mkdir_with(retry, client, dir).await;
     }
-    match retry(|| client.create(path, data, &OPEN_PERSISTENT)).await {
+    match retry.run(|| client.create(path, data, &OPEN_PERSISTENT)).await {
         Ok(_) => {}
         // Created meanwhile (by someone else, or by a try whose reply was lost): set it after all.
         Err(ZkError::NodeExists) => {
-            retry(|| client.set_data(path, data, None)).await.unwrap_or_else(|e| panic!("set {path}: {e}"));
+            retry
+                .run(|| client.set_data(path, data, None))
+                .await
+                .unwrap_or_else(|e| panic!("set {path}: {e}"));
         }
         Err(e) => panic!("create {path}: {e}"),
     }
@@ -460,12 +513,22 @@ pub async fn set(client: &Client, path: &str, data: &[u8]) {
 
 /// Creates `path` and its missing parents, all empty (a no-op when it exists).
 pub async fn mkdir(client: &Client, path: &str) {
-    retry(|| client.mkdir(path, &OPEN_PERSISTENT)).await.unwrap_or_else(|e| panic!("mkdir {path}: {e}"));
+    mkdir_with(&HARNESS_RETRY, client, path).await;
+}
+
+/// [`mkdir`] with a retry policy of the caller's.
+pub async fn mkdir_with(retry: &Retry, client: &Client, path: &str) {
+    retry.run(|| client.mkdir(path, &OPEN_PERSISTENT)).await.unwrap_or_else(|e| panic!("mkdir {path}: {e}"));
 }
 
 /// `path`'s data, or `None` when the node does not exist.
 pub async fn get(client: &Client, path: &str) -> Option<Vec<u8>> {
-    match retry(|| client.get_data(path)).await {
+    get_with(&HARNESS_RETRY, client, path).await
+}
+
+/// [`get`] with a retry policy of the caller's.
+pub async fn get_with(retry: &Retry, client: &Client, path: &str) -> Option<Vec<u8>> {
+    match retry.run(|| client.get_data(path)).await {
         Ok((data, _stat)) => Some(data),
         Err(ZkError::NoNode) => None,
         Err(e) => panic!("get {path}: {e}"),
@@ -474,7 +537,12 @@ pub async fn get(client: &Client, path: &str) -> Option<Vec<u8>> {
 
 /// `path`'s children, sorted (`None` when the node does not exist).
 pub async fn ls(client: &Client, path: &str) -> Option<Vec<String>> {
-    match retry(|| client.list_children(path)).await {
+    ls_with(&HARNESS_RETRY, client, path).await
+}
+
+/// [`ls`] with a retry policy of the caller's.
+pub async fn ls_with(retry: &Retry, client: &Client, path: &str) -> Option<Vec<String>> {
+    match retry.run(|| client.list_children(path)).await {
         Ok(mut children) => {
             children.sort();
             Some(children)
@@ -487,7 +555,12 @@ pub async fn ls(client: &Client, path: &str) -> Option<Vec<String>> {
 /// Deletes `path` (which must have no children); returns false when it did
 /// not exist (or when a server was lost just after deleting it).
 pub async fn delete(client: &Client, path: &str) -> bool {
-    match retry(|| client.delete(path, None)).await {
+    delete_with(&HARNESS_RETRY, client, path).await
+}
+
+/// [`delete`] with a retry policy of the caller's.
+pub async fn delete_with(retry: &Retry, client: &Client, path: &str) -> bool {
+    match retry.run(|| client.delete(path, None)).await {
         Ok(()) => true,
         Err(ZkError::NoNode) => false,
         Err(e) => panic!("delete {path}: {e}"),
@@ -531,13 +604,24 @@ pub async fn create_chroot(hosts: &str, chroot: &str) -> String {
 
 // ------------------------------------------------------------------ agent
 
+/// Environment variable the harness gives every process it starts, with a value of
+/// that process's own; whatever the process starts inherits it (unless it clears its
+/// environment), which is how [`Agent`]'s drop finds them all.
+pub const AGENT_MARKER_ENV: &str = "ZKRENDER_TEST_AGENT";
+
 /// A running `zkrender` (or stand-in) process: stdin from /dev/null, stdout
 /// and stderr each to a file in a temporary directory the value owns.
-/// Dropping it SIGKILLs the process if it still runs; when that happens
-/// during a panic (a failing test), the end of its log is printed.
+///
+/// The process leads a process group of its own. Dropping the value SIGKILLs
+/// that whole group, reaps the process, and SIGKILLs any process left that
+/// carries its [`AGENT_MARKER_ENV`] marker (a child that moved to a group of
+/// its own), so nothing a test starts outlives it. When that happens during a
+/// panic (a failing test), the end of the agent's log is printed.
 pub struct Agent {
     name: String,
     pid: u32,
+    /// The value of [`AGENT_MARKER_ENV`] this process and its descendants carry.
+    marker: String,
     child: Mutex<Child>,
     status: Mutex<Option<ExitStatus>>,
     dir: TempDir,
@@ -552,6 +636,11 @@ impl Agent {
         S: AsRef<OsStr>,
     {
         Agent::start_program(env!("CARGO_BIN_EXE_zkrender"), args, &[])
+    }
+
+    /// `zkrender run -c CONFIG`: the launcher of every test that runs the agent.
+    pub fn run(config: &Path) -> Agent {
+        Agent::start([OsStr::new("run"), OsStr::new("-c"), config.as_os_str()])
     }
 
     /// [`Agent::start`] with extra environment variables (e.g. `RUST_LOG`).
@@ -579,14 +668,17 @@ impl Agent {
             .expect("cannot create a temporary dir");
         let stdout = File::create(dir.path().join("stdout.log")).expect("cannot create stdout.log");
         let stderr = File::create(dir.path().join("agent.log")).expect("cannot create agent.log");
+        let marker = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        command.env(AGENT_MARKER_ENV, &marker).process_group(0);
         for (key, value) in env {
             command.env(key, value);
         }
         let child =
             command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.to_string_lossy()));
-        Agent { name, pid: child.id(), child: Mutex::new(child), status: Mutex::new(None), dir }
+        let (pid, child, status) = (child.id(), Mutex::new(child), Mutex::new(None));
+        Agent { name, pid, marker, child, status, dir }
     }
 
     /// The process id.
@@ -623,6 +715,19 @@ impl Agent {
     /// True while the process runs.
     pub fn is_running(&self) -> bool {
         self.try_status().is_none()
+    }
+
+    /// [`wait_for_bytes`] that shows this agent's log on timeout: until `path` holds
+    /// exactly `expected`; returns how long that took. `what` starts the panic message.
+    pub fn wait_for_bytes(&self, path: &Path, expected: &[u8], timeout: Duration, what: &str) -> Duration {
+        wait_for_bytes(path, expected, timeout, Some(self), what)
+    }
+
+    /// Panics with the exit status and the log unless the process still runs.
+    pub fn assert_running(&self) {
+        if let Some(status) = self.try_status() {
+            panic!("{} exited ({status}); log:\n{}", self.name, self.log());
+        }
     }
 
     /// Waits up to `timeout` for the process to exit on its own and returns
@@ -719,7 +824,12 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let was_running = self.is_running();
+        if self.try_status().is_none() {
+            // Not reaped yet, so the pid (and the group it leads) is still this agent's.
+            let _ = signal::killpg(self.nix_pid(), Signal::SIGKILL);
+        }
         self.kill();
+        kill_marked(&self.marker);
         if std::thread::panicking() {
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
@@ -736,7 +846,49 @@ impl Drop for Agent {
     }
 }
 
+/// SIGKILLs every process whose environment carries `AGENT_MARKER_ENV=marker`, until
+/// none is left (for up to 2 s; they may be forking meanwhile).
+fn kill_marked(marker: &str) {
+    let needle = format!("{AGENT_MARKER_ENV}={marker}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let marked = processes_with_env(&needle);
+        if marked.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for pid in marked {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Pids of the live processes (not zombies) with `entry` (`KEY=value`) in their environment.
+pub fn processes_with_env(entry: &str) -> Vec<i32> {
+    let Ok(proc) = fs::read_dir("/proc") else { return Vec::new() };
+    proc.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            environ.split(|&b| b == 0).any(|var| var == entry.as_bytes())
+        })
+        .collect()
+}
+
 // ------------------------------------------------------------------ files and polling
+
+/// Runs `command` to completion with stdin from /dev/null and returns its output;
+/// panics (showing its stdout and stderr) if it cannot start or does not succeed.
+pub fn run_ok(command: &mut Command) -> Output {
+    let out = command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 /// Writes `toml` to `dir/zkrender.toml` and returns that path.
 pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
@@ -760,26 +912,108 @@ pub fn wait_until(mut condition: impl FnMut() -> bool, timeout: Duration, what: 
 /// Polls `path` every 5 ms until its contents are exactly `expected`; on
 /// timeout panics showing both (lossy UTF-8), or that the file is missing.
 pub fn wait_for_file(path: impl AsRef<Path>, expected: &[u8], timeout: Duration) {
-    let path = path.as_ref();
-    let deadline = Instant::now() + timeout;
+    let lossy = |b: &[u8]| format!("{:?}", String::from_utf8_lossy(b));
+    poll_file(path.as_ref(), expected, timeout, "", lossy, String::new);
+}
+
+/// Polls `path` every 5 ms until it holds exactly `expected` (binary-safe, large contents
+/// shown in short by [`show`]); returns how long that took. On timeout the panic starts
+/// with `what` (when not empty) and ends, given an agent, with whether it runs and its log.
+pub fn wait_for_bytes(
+    path: &Path,
+    expected: &[u8],
+    timeout: Duration,
+    agent: Option<&Agent>,
+    what: &str,
+) -> Duration {
+    let context = || match agent {
+        Some(a) => format!("; agent running: {}\nagent log:\n{}", a.is_running(), a.log()),
+        None => String::new(),
+    };
+    poll_file(path, expected, timeout, what, show, context)
+}
+
+/// The loop of [`wait_for_file`] and [`wait_for_bytes`]: `describe` shows contents in the
+/// panic, `context` adds to its end.
+fn poll_file(
+    path: &Path,
+    expected: &[u8],
+    timeout: Duration,
+    what: &str,
+    describe: impl Fn(&[u8]) -> String,
+    context: impl Fn() -> String,
+) -> Duration {
+    let started = Instant::now();
     loop {
         let actual = fs::read(path);
         if actual.as_deref().ok() == Some(expected) {
-            return;
+            return started.elapsed();
         }
-        if Instant::now() >= deadline {
-            let actual = match actual {
-                Ok(bytes) => format!("{:?}", String::from_utf8_lossy(&bytes)),
-                Err(e) => format!("<unreadable: {e}>"),
-            };
+        if started.elapsed() >= timeout {
+            let actual = actual.map(|b| describe(&b)).unwrap_or_else(|e| format!("<unreadable: {e}>"));
             panic!(
-                "{} did not become {:?} within {timeout:?}; it is {actual}",
+                "{what}{}{} did not become {} within {timeout:?}; it is {actual}{}",
+                if what.is_empty() { "" } else { ": " },
                 path.display(),
-                String::from_utf8_lossy(expected)
+                describe(expected),
+                context()
             );
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// `bytes` in short: the length and the first 60 bytes (lossy UTF-8).
+pub fn show(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(60)];
+    format!(
+        "{} bytes {:?}{}",
+        bytes.len(),
+        String::from_utf8_lossy(head),
+        if bytes.len() > 60 { "..." } else { "" }
+    )
+}
+
+/// Asserts that `path` holds exactly `expected`, showing both in short otherwise, then
+/// `context`.
+pub fn assert_file(path: &Path, expected: &[u8], context: &str) {
+    let actual = fs::read(path).unwrap_or_else(|e| panic!("{}: unreadable: {e}\n{context}", path.display()));
+    assert!(
+        actual == expected,
+        "{} holds {}, expected {}\n{context}",
+        path.display(),
+        show(&actual),
+        show(expected)
+    );
+}
+
+/// `path`'s contents as lossy UTF-8 (empty when it cannot be read).
+pub fn read_lossy(path: &Path) -> String {
+    String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// Lines in `path` (0 when it does not exist).
+pub fn line_count(path: &Path) -> usize {
+    read_lossy(path).lines().count()
+}
+
+/// The temporary files zkrender left in `dir` (`.<name>.zkrender.<random>`), each as
+/// `name (N bytes)`; none when `dir` cannot be read.
+pub fn temp_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+            name.contains(".zkrender.").then(|| format!("{name} ({size} bytes)"))
+        })
+        .collect()
+}
+
+/// A loopback port that was free a moment ago (nothing listens on it just now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls every 5 ms until `path` does not exist; panics with its contents on timeout.
