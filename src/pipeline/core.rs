@@ -390,7 +390,7 @@ pub(super) mod tests {
     fn failure_kinds_are_typed() {
         let files = [
             template(0, "{{ znode('/gone') }}"),
-            template(1, "{{ nope }}{{ znode('/a') }}"),
+            template(1, "{{ znode('/a') }}{{ nope }}"),
             FileSpec { on_delete: OnDelete::Remove, ..raw(2, "/gone") },
         ];
         let mut core = Core::new(&files).unwrap();
