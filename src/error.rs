@@ -34,6 +34,9 @@ pub enum AgentError {
     Listen(crate::ops::OpsError),
     #[error("running the child")]
     Child(#[source] std::io::Error),
+    /// The async runtime could not be started (threads, epoll).
+    #[error("starting the async runtime")]
+    Runtime(#[source] std::io::Error),
     #[error("bug: a task panicked")]
     TaskPanicked(#[source] tokio::task::JoinError),
 }

@@ -31,7 +31,8 @@ enum Trigger {
 }
 
 /// Watches for SIGHUP and config/template changes until `stop`; sends each valid new
-/// configuration to the pipeline. `on_outcome` is told whether each attempt was applied.
+/// configuration to the pipeline. Each attempt is counted in the `config_reloads` metric
+/// (applied or not) and, once the agent was ready, framed by systemd RELOADING=1/READY=1.
 pub async fn run(
     mut current: Config,
     pipeline: mpsc::UnboundedSender<Reconfigure>,
@@ -104,7 +105,7 @@ fn load(path: &Path, exec_mode: bool) -> Result<(Config, Core), String> {
     let config = config::load(path).map_err(|e| report(&e))?;
     if !exec_mode {
         // What `run` refuses at start it refuses on reload too.
-        crate::runtime::refuse_exec_only(&config).map_err(|e| report(&e))?;
+        crate::exec::refuse_exec_only(&config).map_err(|e| report(&e))?;
     }
     let core = Core::new(&config.files)
         .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;

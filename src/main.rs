@@ -98,7 +98,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
         .max_blocking_threads(8)
         .enable_all()
         .build()
-        .map_err(AgentError::Child)
+        .map_err(AgentError::Runtime)
 }
 
 /// `zkrender status`: fetch `/status` from a running agent and print it.

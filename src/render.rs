@@ -39,14 +39,15 @@
 //!
 //! A path without a leading `/` resolves under the file's `prefix`.
 
-use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use minijinja::value::{Kwargs, Value as JValue};
-use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use minijinja::value::{Kwargs, Object, Value as JValue};
+use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 
 use crate::config::TemplateSpec;
 use crate::model::{Dep, Value, ZnodePath};
@@ -70,18 +71,19 @@ pub enum RenderError {
         line: Option<usize>,
         /// What went wrong, e.g. `znode /app/db/url does not exist (give default= to allow this)`.
         message: String,
+        /// The render failed because a znode it reads (without `default=`) is missing: a
+        /// failure that the znode's creation fixes. Set by the raising function, not
+        /// guessed from the message.
+        missing_znode: bool,
     },
 }
-
-/// The end of the message for a missing znode read without `default=`.
-const MISSING_SUFFIX: &str = "does not exist (give default= to allow this)";
 
 impl RenderError {
     /// True when the render failed because a znode it reads (without `default=`) is missing:
     /// a failure that the znode's creation fixes.
     pub fn is_missing_znode(&self) -> bool {
-        let RenderError::Template { message, .. } = self;
-        message.ends_with(MISSING_SUFFIX)
+        let RenderError::Template { missing_znode, .. } = self;
+        *missing_znode
     }
 }
 
@@ -111,33 +113,62 @@ pub struct Rendered {
 
 /// A compiled template. Compile once at startup (or reload), render on every change.
 ///
-/// Every template lives in one shared environment ([`ENV`]) under a unique key: minijinja's
-/// builtins (filters, tests, functions) are registered once for the whole process rather
-/// than once per file, which at a thousand templated files is several MiB. The template's
-/// own settings (prefix, allowed environment variables) travel in the per-render scope.
-/// Dropping a `Template` removes it from the environment (config reloads do not leak).
-///
-/// `Send + Sync`: it holds only its key and settings; the per-render state lives on the
-/// rendering thread's stack.
+/// Templates compiled together ([`compile_all`], one call per configuration) share one
+/// minijinja [`Environment`], each under its own key: minijinja's builtins (filters, tests,
+/// functions) are registered once per configuration rather than once per file, which at a
+/// thousand templated files is several MiB. The environment is immutable once built and
+/// shared through an `Arc`, so renders take no lock and may run on any number of threads at
+/// once; it is freed with the last template of its configuration (config reloads do not
+/// leak). The template's own settings (prefix, allowed environment variables) travel in the
+/// per-render [`Scope`].
 pub struct Template {
     name: String,
-    /// Unique key of the compiled template in [`ENV`].
+    /// Key of the compiled template in `env`.
     key: String,
+    env: Arc<Environment<'static>>,
+    settings: Arc<Settings>,
+}
+
+/// A template's own settings, read by its functions through the per-render scope.
+#[derive(Debug)]
+struct Settings {
+    /// The template's `prefix`: relative znode paths resolve under it.
     prefix: Option<ZnodePath>,
     /// `allow_env` names with their values at compile time.
     allowed_env: BTreeMap<String, Option<String>>,
 }
 
-/// The one environment every template is compiled into.
-static ENV: std::sync::LazyLock<std::sync::Mutex<Environment<'static>>> =
-    std::sync::LazyLock::new(|| std::sync::Mutex::new(base_environment()));
-
-/// Tells templates with the same name apart in [`ENV`].
-static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn env() -> std::sync::MutexGuard<'static, Environment<'static>> {
-    // A panic while rendering (caught in `render`) leaves the environment intact.
-    ENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// Compiles `templates` (each with the environment variables it may read, see
+/// [`Template::compile_with_env`]) into one shared environment. One result per template,
+/// in order.
+pub fn compile_all<'a>(
+    templates: impl IntoIterator<Item = (&'a TemplateSpec, &'a [String])>,
+) -> Vec<Result<Template, RenderError>> {
+    let mut env = base_environment();
+    let compiled: Vec<Result<(String, &TemplateSpec, Settings), RenderError>> = templates
+        .into_iter()
+        .enumerate()
+        .map(|(i, (spec, allow_env))| {
+            // The index tells apart templates with the same name.
+            let key = format!("{i}:{}", spec.name);
+            env.add_template_owned(key.clone(), spec.text.clone())
+                .map_err(|err| template_error(&spec.name, &err, &spec.text))?;
+            let allowed_env = allow_env.iter().map(|name| (name.clone(), std::env::var(name).ok())).collect();
+            Ok((key, spec, Settings { prefix: spec.prefix.clone(), allowed_env }))
+        })
+        .collect();
+    let env = Arc::new(env);
+    compiled
+        .into_iter()
+        .map(|c| {
+            c.map(|(key, spec, settings)| Template {
+                name: spec.name.clone(),
+                key,
+                env: env.clone(),
+                settings: Arc::new(settings),
+            })
+        })
+        .collect()
 }
 
 /// minijinja's builtins plus zkrender's functions and filters, sandboxed: no loader.
@@ -149,21 +180,15 @@ fn base_environment() -> Environment<'static> {
     // Debug info would snapshot the render context into every error; we only use the
     // line and the span, which minijinja records without it.
     env.set_debug(false);
-    env.add_function("znode", |path: &str, kwargs: Kwargs| znode(path, &kwargs));
-    env.add_function("children", |path: &str, kwargs: Kwargs| children(path, &kwargs));
-    env.add_function("exists", |path: &str| exists(path));
-    env.add_function("env", |name: &str, kwargs: Kwargs| env_var(name, &kwargs));
+    env.add_function("znode", |state: &State, path: &str, kwargs: Kwargs| znode(state, path, &kwargs));
+    env.add_function("children", |state: &State, path: &str, kwargs: Kwargs| children(state, path, &kwargs));
+    env.add_function("exists", |state: &State, path: &str| exists(state, path));
+    env.add_function("env", |state: &State, name: &str, kwargs: Kwargs| env_var(state, name, &kwargs));
     env.add_filter("from_json", from_json);
     env.add_filter("from_toml", from_toml);
     env.add_filter("b64encode", b64encode);
     env.add_filter("b64decode", b64decode);
     env
-}
-
-impl Drop for Template {
-    fn drop(&mut self) {
-        env().remove_template(&self.key);
-    }
 }
 
 impl fmt::Debug for Template {
@@ -185,14 +210,11 @@ impl Template {
     /// As [`Template::compile`], and the template may read the environment variables named in
     /// `allow_env` with `env("NAME", default=...)`. Their values are taken now, at compile time
     /// (config load or reload), so rendering stays pure; any other name is an error.
+    ///
+    /// A template compiled alone gets an environment of its own; compile a configuration's
+    /// templates together with [`compile_all`].
     pub fn compile_with_env(spec: &TemplateSpec, allow_env: &[String]) -> Result<Template, RenderError> {
-        let id = NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let key = format!("{id}:{}", spec.name);
-        env()
-            .add_template_owned(key.clone(), spec.text.clone())
-            .map_err(|err| template_error(&spec.name, &err, &spec.text))?;
-        let allowed_env = allow_env.iter().map(|name| (name.clone(), std::env::var(name).ok())).collect();
-        Ok(Template { name: spec.name.clone(), key, prefix: spec.prefix.clone(), allowed_env })
+        compile_all([(spec, allow_env)]).pop().expect("bug: one template in, one result out")
     }
 
     /// [`TemplateSpec::name`]: the name used in messages.
@@ -204,21 +226,24 @@ impl Template {
     ///
     /// The outcome is `Pending` if any dependency is not in the snapshot yet, otherwise
     /// `Done` or `Failed`. See the module docs for how dependencies are discovered.
-    pub fn render(&self, snapshot: &dyn Snapshot) -> Rendered {
-        let scope = Scope {
-            snapshot,
-            prefix: self.prefix.as_ref(),
-            allowed_env: &self.allowed_env,
-            deps: RefCell::default(),
-            unknown: Cell::new(false),
-        };
-        let env = env();
-        let result = match env.get_template(&self.key) {
+    ///
+    /// The snapshot is shared with the render (an `Arc` clone) and released when this
+    /// returns, so a caller holding the only other `Arc` can mutate it afterwards without
+    /// a copy (`Arc::make_mut`).
+    pub fn render<S: Snapshot + Send + Sync + 'static>(&self, snapshot: &Arc<S>) -> Rendered {
+        let scope = Arc::new(Scope {
+            snapshot: snapshot.clone(),
+            settings: self.settings.clone(),
+            deps: Mutex::default(),
+            unknown: AtomicBool::new(false),
+        });
+        let result = match self.env.get_template(&self.key) {
             // A panic inside the template engine (minijinja 2.24 panics on some slices of empty
             // values, e.g. `""[::-1]`) must not take the agent down: it becomes a render error
             // for this file, which keeps its last good contents.
             Ok(template) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                with_active_scope(&scope, || template.render(minijinja::context! {}))
+                let context = minijinja::context! { __zkrender_scope => JValue::from_dyn_object(scope.clone()) };
+                template.render(context)
             }))
             .unwrap_or_else(|_| {
                 Err(minijinja::Error::new(
@@ -227,51 +252,58 @@ impl Template {
                 ))
             })
             .map_err(|err| template_error(&self.name, &err, template.source())),
-            // Unreachable: compile() registered it under this name.
+            // Unreachable: compile_all() registered it under this key.
             Err(err) => Err(template_error(&self.name, &err, "")),
         };
         let outcome = match result {
-            _ if scope.unknown.get() => RenderOutcome::Pending,
+            _ if scope.unknown.load(Ordering::Relaxed) => RenderOutcome::Pending,
             Ok(text) => RenderOutcome::Done(text.into_bytes()),
             Err(err) => RenderOutcome::Failed(err),
         };
-        Rendered { deps: scope.deps.into_inner(), outcome }
+        let deps = std::mem::take(&mut *scope.deps.lock().unwrap_or_else(PoisonError::into_inner));
+        Rendered { deps, outcome }
     }
 }
 
 // --- Per-render state -------------------------------------------------------------------
 //
-// Why a thread-local: minijinja only accepts `'static` functions and `'static` context
-// objects, but the snapshot is borrowed for the duration of one `render()` call and the
-// dependencies found must come back out of it. Copying the snapshot into an owned object,
-// or rendering repeatedly against an owned cache, would cost a copy of every value or a pass
-// per dependency level. Rendering is synchronous and stays on the calling thread, so
-// `render()` instead publishes a pointer to its stack-allocated `Scope` in a thread-local for
-// exactly as long as minijinja runs (`with_active_scope`), and the functions reach it through
-// `with_scope`. `Template` itself holds no per-render state, so it stays `Send + Sync` and
-// renders may run on any number of threads at once, each with its own scope.
+// minijinja only accepts `'static` functions, shared by every template of the environment,
+// so what one render reads from (the snapshot, the template's settings) and records into
+// (the dependencies found) travels in the render context as a `Scope` object under
+// [`SCOPE`]; each function takes minijinja's `State` and looks it up there. The snapshot is
+// an `Arc` clone, not a copy, and every render has its own scope: nothing is shared between
+// renders but the immutable environment.
+
+/// The context variable holding the render's [`Scope`].
+const SCOPE: &str = "__zkrender_scope";
 
 /// What one render pass reads from and records into.
-struct Scope<'a> {
-    snapshot: &'a dyn Snapshot,
-    /// The template's `prefix`: relative znode paths resolve under it.
-    prefix: Option<&'a ZnodePath>,
-    /// The template's `allow_env` names and values.
-    allowed_env: &'a BTreeMap<String, Option<String>>,
+struct Scope {
+    snapshot: Arc<dyn Snapshot + Send + Sync>,
+    settings: Arc<Settings>,
     /// Every dependency touched so far.
-    deps: RefCell<BTreeSet<Dep>>,
+    deps: Mutex<BTreeSet<Dep>>,
     /// Whether some dependency was not in the snapshot.
-    unknown: Cell<bool>,
+    unknown: AtomicBool,
 }
 
-impl<'a> Scope<'a> {
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the snapshot: znode contents may be secrets.
+        f.write_str("zkrender render scope")
+    }
+}
+
+impl Object for Scope {}
+
+impl Scope {
     /// Records `dep` and returns its value; `None` (not read yet) marks the pass as pending.
-    fn read(&self, dep: &Dep) -> Option<&'a Value> {
+    fn read(&self, dep: &Dep) -> Option<&Value> {
         let value = self.snapshot.get(dep);
         if value.is_none() {
-            self.unknown.set(true);
+            self.unknown.store(true, Ordering::Relaxed);
         }
-        let mut deps = self.deps.borrow_mut();
+        let mut deps = self.deps.lock().unwrap_or_else(PoisonError::into_inner);
         if !deps.contains(dep) {
             deps.insert(dep.clone());
         }
@@ -279,34 +311,14 @@ impl<'a> Scope<'a> {
     }
 }
 
-thread_local! {
-    /// The scope of the render running on this thread; null when none is.
-    static ACTIVE: Cell<*const Scope<'static>> = const { Cell::new(std::ptr::null()) };
-}
-
-/// Runs `f` with `scope` as this thread's active scope, then restores the previous one
-/// (also if `f` panics), so the pointer never outlives the borrow of `scope`.
-fn with_active_scope<R>(scope: &Scope<'_>, f: impl FnOnce() -> R) -> R {
-    struct Restore(*const Scope<'static>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            ACTIVE.with(|active| active.set(self.0));
-        }
-    }
-    let ptr: *const Scope<'_> = scope;
-    let _restore = Restore(ACTIVE.with(|active| active.replace(ptr.cast())));
-    f()
-}
-
-/// Calls `f` with the active scope; an error if no render is running on this thread.
-fn with_scope<R>(f: impl FnOnce(&Scope<'_>) -> Result<R, minijinja::Error>) -> Result<R, minijinja::Error> {
-    let ptr = ACTIVE.with(Cell::get);
-    // SAFETY: a non-null pointer was set by `with_active_scope` on this thread from a
-    // `&Scope` that is borrowed until that call returns, and that call is still on the stack
-    // below us (it restores the previous value on return and on unwind). The `'static` in
-    // the pointer's type is never seen: `f` takes the scope at an arbitrary (higher-ranked)
-    // lifetime, so it cannot keep the reference or anything borrowed from it.
-    match unsafe { ptr.as_ref() } {
+/// Calls `f` with the render's scope; an error if the function runs outside
+/// [`Template::render`].
+fn with_scope<R>(
+    state: &State,
+    f: impl FnOnce(&Scope) -> Result<R, minijinja::Error>,
+) -> Result<R, minijinja::Error> {
+    let value = state.lookup(SCOPE);
+    match value.as_ref().and_then(JValue::downcast_object_ref::<Scope>) {
         Some(scope) => f(scope),
         None => Err(fail("bug: znode functions called outside Template::render".to_owned())),
     }
@@ -316,7 +328,10 @@ fn with_scope<R>(f: impl FnOnce(&Scope<'_>) -> Result<R, minijinja::Error>) -> R
 
 /// Marks an error raised by this module: its detail is the whole message.
 #[derive(Debug)]
-struct Ours;
+struct Ours {
+    /// The error is "this znode does not exist" (see [`RenderError::is_missing_znode`]).
+    missing_znode: bool,
+}
 
 impl fmt::Display for Ours {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -328,18 +343,20 @@ impl std::error::Error for Ours {}
 
 /// An error whose message is shown as is (minijinja adds template and line).
 fn fail(message: String) -> minijinja::Error {
-    minijinja::Error::new(ErrorKind::InvalidOperation, message).with_source(Ours)
+    minijinja::Error::new(ErrorKind::InvalidOperation, message).with_source(Ours { missing_znode: false })
 }
 
-/// `path` resolved under the rendering template's prefix.
-fn resolve(path: &str) -> Result<ZnodePath, minijinja::Error> {
-    with_scope(|scope| ZnodePath::resolve(scope.prefix, path).map_err(|err| fail(err.to_string())))
+impl Scope {
+    /// `path` resolved under the rendering template's prefix.
+    fn resolve(&self, path: &str) -> Result<ZnodePath, minijinja::Error> {
+        ZnodePath::resolve(self.settings.prefix.as_ref(), path).map_err(|err| fail(err.to_string()))
+    }
 }
 
 /// `env(name, default=...)`: an environment variable the file's `allow_env` lists.
-fn env_var(name: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
+fn env_var(state: &State, name: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
     let default = default_arg(kwargs)?;
-    let value = with_scope(|scope| Ok(scope.allowed_env.get(name).cloned()))?;
+    let value = with_scope(state, |scope| Ok(scope.settings.allowed_env.get(name).cloned()))?;
     match value {
         None => Err(fail(format!(
             "environment variable {name} is not readable: list it in this file's allow_env"
@@ -356,8 +373,14 @@ fn default_arg(kwargs: &Kwargs) -> Result<Option<JValue>, minijinja::Error> {
     Ok(default)
 }
 
+/// A znode read without `default=` is missing: marked, so that the pipeline can tell this
+/// failure (which the znode's creation fixes) from the others.
 fn does_not_exist(znode: &ZnodePath) -> minijinja::Error {
-    fail(format!("znode {znode} {MISSING_SUFFIX}"))
+    minijinja::Error::new(
+        ErrorKind::InvalidOperation,
+        format!("znode {znode} does not exist (give default= to allow this)"),
+    )
+    .with_source(Ours { missing_znode: true })
 }
 
 /// A value of the wrong kind for the dependency: the snapshot broke its contract.
@@ -366,47 +389,53 @@ fn wrong_kind(dep: &Dep) -> minijinja::Error {
 }
 
 /// `znode(path, default=...)`: the data as UTF-8 text.
-fn znode(path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
+fn znode(state: &State, path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
     let default = default_arg(kwargs)?;
-    let dep = Dep::data(resolve(path)?);
-    with_scope(|scope| match scope.read(&dep) {
-        None => Ok(default.unwrap_or_else(|| JValue::from(""))),
-        Some(Value::Missing) => default.ok_or_else(|| does_not_exist(&dep.znode)),
-        Some(Value::Data { data, .. }) => match std::str::from_utf8(data) {
-            Ok(text) => Ok(JValue::from(text)),
-            Err(err) => Err(fail(format!(
-                "znode {} holds data that is not valid UTF-8 (invalid byte at offset {})",
-                dep.znode,
-                err.valid_up_to()
-            ))),
-        },
-        Some(Value::Children { .. }) => Err(wrong_kind(&dep)),
+    with_scope(state, |scope| {
+        let dep = Dep::data(scope.resolve(path)?);
+        match scope.read(&dep) {
+            None => Ok(default.unwrap_or_else(|| JValue::from(""))),
+            Some(Value::Missing) => default.ok_or_else(|| does_not_exist(&dep.znode)),
+            Some(Value::Data { data, .. }) => match std::str::from_utf8(data) {
+                Ok(text) => Ok(JValue::from(text)),
+                Err(err) => Err(fail(format!(
+                    "znode {} holds data that is not valid UTF-8 (invalid byte at offset {})",
+                    dep.znode,
+                    err.valid_up_to()
+                ))),
+            },
+            Some(Value::Children { .. }) => Err(wrong_kind(&dep)),
+        }
     })
 }
 
 /// `children(path, default=...)`: the sorted child names.
-fn children(path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
+fn children(state: &State, path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
     let default = default_arg(kwargs)?;
-    let dep = Dep::children(resolve(path)?);
-    with_scope(|scope| match scope.read(&dep) {
-        None => Ok(default.unwrap_or_else(|| JValue::from(Vec::<JValue>::new()))),
-        Some(Value::Missing) => default.ok_or_else(|| does_not_exist(&dep.znode)),
-        Some(Value::Children { names, .. }) if names.is_sorted() => {
-            Ok(names.iter().map(String::as_str).collect())
+    with_scope(state, |scope| {
+        let dep = Dep::children(scope.resolve(path)?);
+        match scope.read(&dep) {
+            None => Ok(default.unwrap_or_else(|| JValue::from(Vec::<JValue>::new()))),
+            Some(Value::Missing) => default.ok_or_else(|| does_not_exist(&dep.znode)),
+            Some(Value::Children { names, .. }) if names.is_sorted() => {
+                Ok(names.iter().map(String::as_str).collect())
+            }
+            Some(Value::Children { names, .. }) => {
+                let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+                names.sort_unstable();
+                Ok(names.into_iter().collect())
+            }
+            Some(Value::Data { .. }) => Err(wrong_kind(&dep)),
         }
-        Some(Value::Children { names, .. }) => {
-            let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
-            names.sort_unstable();
-            Ok(names.into_iter().collect())
-        }
-        Some(Value::Data { .. }) => Err(wrong_kind(&dep)),
     })
 }
 
 /// `exists(path)`: whether the znode exists (a data dependency).
-fn exists(path: &str) -> Result<bool, minijinja::Error> {
-    let dep = Dep::data(resolve(path)?);
-    with_scope(|scope| Ok(!matches!(scope.read(&dep), None | Some(Value::Missing))))
+fn exists(state: &State, path: &str) -> Result<bool, minijinja::Error> {
+    with_scope(state, |scope| {
+        let dep = Dep::data(scope.resolve(path)?);
+        Ok(!matches!(scope.read(&dep), None | Some(Value::Missing)))
+    })
 }
 
 // --- Filters ----------------------------------------------------------------------------
@@ -471,9 +500,10 @@ const MAX_SNIPPET: usize = 60;
 /// Turns a minijinja error into a message naming `template` and the line. `source` is the
 /// template text, used to quote the failing expression.
 fn template_error(template: &str, err: &minijinja::Error, source: &str) -> RenderError {
-    let ours = std::error::Error::source(err).is_some_and(|source| source.is::<Ours>());
+    let ours = std::error::Error::source(err).and_then(|source| source.downcast_ref::<Ours>());
+    let missing_znode = ours.is_some_and(|ours| ours.missing_znode);
     let message = match err.detail() {
-        Some(detail) if ours => detail.to_owned(),
+        Some(detail) if ours.is_some() => detail.to_owned(),
         _ => {
             // A syntax error's span is where parsing gave up, which often is not the mistake.
             let snippet = Some(err)
@@ -501,7 +531,7 @@ fn template_error(template: &str, err: &minijinja::Error, source: &str) -> Rende
             message
         }
     };
-    RenderError::Template { template: template.to_owned(), line: err.line(), message }
+    RenderError::Template { template: template.to_owned(), line: err.line(), message, missing_znode }
 }
 
 #[cfg(test)]
@@ -512,8 +542,19 @@ mod tests {
     use super::*;
 
     /// A snapshot built from plain values; deps not added are "not read yet".
-    #[derive(Default)]
+    #[derive(Default, Clone)]
     struct Snap(HashMap<Dep, Value>);
+
+    /// Renders against a copy of a test snapshot (the agent shares its store instead).
+    trait RenderSnap {
+        fn render_snap(&self, snap: &Snap) -> Rendered;
+    }
+
+    impl RenderSnap for Template {
+        fn render_snap(&self, snap: &Snap) -> Rendered {
+            self.render(&Arc::new(snap.clone()))
+        }
+    }
 
     impl Snapshot for Snap {
         fn get(&self, dep: &Dep) -> Option<&Value> {
@@ -587,10 +628,11 @@ mod tests {
         // PATH is set in every test environment; HOME may not be, so it is not used.
         let path = std::env::var("PATH").unwrap();
         let t = compile_env("{{ env('PATH') }}", &["PATH"]);
-        assert_eq!(done(&t.render(&Snap::default())), path);
+        assert_eq!(done(&t.render_snap(&Snap::default())), path);
         let t = compile_env("{{ env('PATH') }}", &[]);
         assert!(
-            failed(&t.render(&Snap::default())).contains("not readable: list it in this file's allow_env")
+            failed(&t.render_snap(&Snap::default()))
+                .contains("not readable: list it in this file's allow_env")
         );
     }
 
@@ -598,9 +640,9 @@ mod tests {
     fn env_unset_needs_a_default() {
         let name = "ZKRENDER_TEST_SURELY_UNSET_VAR";
         let t = compile_env(&format!("{{{{ env('{name}') }}}}"), &[name]);
-        assert!(failed(&t.render(&Snap::default())).contains("is not set"));
+        assert!(failed(&t.render_snap(&Snap::default())).contains("is not set"));
         let t = compile_env(&format!("{{{{ env('{name}', default='d') }}}}"), &[name]);
-        assert_eq!(done(&t.render(&Snap::default())), "d");
+        assert_eq!(done(&t.render_snap(&Snap::default())), "d");
     }
 
     fn data_deps(paths: &[&str]) -> BTreeSet<Dep> {
@@ -610,7 +652,7 @@ mod tests {
     #[test]
     fn znode_renders_data_and_keeps_trailing_newline() {
         let t = compile("url={{ znode('/db/url') }}\n");
-        let r = t.render(&Snap::default().data("/db/url", "pg://a"));
+        let r = t.render_snap(&Snap::default().data("/db/url", "pg://a"));
         assert_eq!(done(&r), "url=pg://a\n");
         assert_eq!(r.deps, data_deps(&["/db/url"]));
         assert_eq!(t.name(), "t.j2");
@@ -619,20 +661,20 @@ mod tests {
     #[test]
     fn no_auto_escaping() {
         let t = compile("{{ znode('/a') }}");
-        assert_eq!(done(&t.render(&Snap::default().data("/a", "<b>&'\""))), "<b>&'\"");
+        assert_eq!(done(&t.render_snap(&Snap::default().data("/a", "<b>&'\""))), "<b>&'\"");
     }
 
     #[test]
     fn default_is_used_for_a_missing_znode() {
         let t = compile("{{ znode('/a', default='x') }} {{ znode('/b', default=none) is none }}");
-        let r = t.render(&Snap::default().missing("/a").missing("/b"));
+        let r = t.render_snap(&Snap::default().missing("/a").missing("/b"));
         assert_eq!(done(&r), "x True");
     }
 
     #[test]
     fn missing_znode_without_default_fails_naming_znode_and_line() {
         let t = compile("a\nb\nurl={{ znode('/db/url') }}\n");
-        let r = t.render(&Snap::default().missing("/db/url"));
+        let r = t.render_snap(&Snap::default().missing("/db/url"));
         assert_eq!(
             failed(&r),
             "template t.j2 line 3: znode /db/url does not exist (give default= to allow this)"
@@ -642,14 +684,14 @@ mod tests {
     #[test]
     fn unknown_keyword_argument_is_an_error() {
         let t = compile("{{ znode('/a', defualt='x') }}");
-        let message = failed(&t.render(&Snap::default().missing("/a")));
+        let message = failed(&t.render_snap(&Snap::default().missing("/a")));
         assert!(message.contains("unknown keyword argument 'defualt'"), "{message}");
     }
 
     #[test]
     fn unknown_deps_are_all_found_in_one_pass_and_make_it_pending() {
         let t = compile("{{ znode('/a') }}{{ znode('/b', default='d') }}{{ exists('/c') }}");
-        let r = t.render(&Snap::default());
+        let r = t.render_snap(&Snap::default());
         assert_eq!(r.outcome, RenderOutcome::Pending);
         assert_eq!(r.deps, data_deps(&["/a", "/b", "/c"]));
     }
@@ -657,7 +699,7 @@ mod tests {
     #[test]
     fn error_caused_by_a_placeholder_is_pending_not_failed() {
         let t = compile("{{ (znode('/cfg') | from_json).port }}");
-        let r = t.render(&Snap::default());
+        let r = t.render_snap(&Snap::default());
         assert_eq!(r.outcome, RenderOutcome::Pending);
         assert_eq!(r.deps, data_deps(&["/cfg"]));
     }
@@ -665,7 +707,7 @@ mod tests {
     #[test]
     fn children_are_sorted() {
         let t = compile("{{ children('/svc') | join(',') }}");
-        let r = t.render(&Snap::default().children("/svc", &["b", "c", "a"]));
+        let r = t.render_snap(&Snap::default().children("/svc", &["b", "c", "a"]));
         assert_eq!(done(&r), "a,b,c");
         assert_eq!(r.deps, BTreeSet::from([Dep::children(zp("/svc"))]));
     }
@@ -673,10 +715,10 @@ mod tests {
     #[test]
     fn children_of_a_missing_parent_fails_unless_default() {
         let snap = Snap::default().no_children("/svc");
-        let message = failed(&compile("{{ children('/svc') }}").render(&snap));
+        let message = failed(&compile("{{ children('/svc') }}").render_snap(&snap));
         assert_eq!(message, "template t.j2 line 1: znode /svc does not exist (give default= to allow this)");
         let t = compile("{{ children('/svc', default=['none']) | join(',') }}");
-        assert_eq!(done(&t.render(&snap)), "none");
+        assert_eq!(done(&t.render_snap(&snap)), "none");
     }
 
     #[test]
@@ -687,13 +729,13 @@ mod tests {
 
         // Pass 1: only the child list is found.
         let mut snap = Snap::default();
-        let r = t.render(&snap);
+        let r = t.render_snap(&snap);
         assert_eq!(r.outcome, RenderOutcome::Pending);
         assert_eq!(r.deps, BTreeSet::from([Dep::children(zp("/svc"))]));
 
         // Pass 2: all 1,000 children at once.
         snap = snap.children("/svc", &name_refs);
-        let r = t.render(&snap);
+        let r = t.render_snap(&snap);
         assert_eq!(r.outcome, RenderOutcome::Pending);
         assert_eq!(r.deps.len(), 1001);
         assert!(names.iter().all(|n| r.deps.contains(&Dep::data(zp(&format!("/svc/{n}"))))));
@@ -702,7 +744,7 @@ mod tests {
         for name in &names {
             snap = snap.data(&format!("/svc/{name}"), &format!("v{name}"));
         }
-        let r = t.render(&snap);
+        let r = t.render_snap(&snap);
         let out = done(&r);
         assert_eq!(out.lines().count(), 1000);
         assert!(out.starts_with("n0000=vn0000\nn0001=vn0001\n"), "{}", &out[..40]);
@@ -719,7 +761,7 @@ mod tests {
             snap = snap.data(&format!("/svc/{name}"), "value");
         }
         let start = Instant::now();
-        let r = t.render(&snap);
+        let r = t.render_snap(&snap);
         let elapsed = start.elapsed();
         assert_eq!(done(&r).len(), 6000);
         // Generous even for an unoptimised build on a busy machine (release: ~1.3 ms).
@@ -729,10 +771,10 @@ mod tests {
     #[test]
     fn exists_is_a_data_dependency() {
         let t = compile("{{ exists('/a') }} {{ exists('/b') }}");
-        let r = t.render(&Snap::default().data("/a", "").missing("/b"));
+        let r = t.render_snap(&Snap::default().data("/a", "").missing("/b"));
         assert_eq!(done(&r), "True False");
         assert_eq!(r.deps, data_deps(&["/a", "/b"]));
-        let r = t.render(&Snap::default().data("/a", ""));
+        let r = t.render_snap(&Snap::default().data("/a", ""));
         assert_eq!(r.outcome, RenderOutcome::Pending);
     }
 
@@ -743,7 +785,7 @@ mod tests {
             Some("/app"),
         );
         let snap = Snap::default().data("/app/db/url", "u").children("/app/svc", &["x"]).data("/abs", "a");
-        let r = t.render(&snap);
+        let r = t.render_snap(&snap);
         assert_eq!(done(&r), "u x a");
         assert_eq!(
             r.deps,
@@ -757,7 +799,7 @@ mod tests {
 
     #[test]
     fn relative_path_without_prefix_fails() {
-        let r = compile("{{ znode('db/url') }}").render(&Snap::default());
+        let r = compile("{{ znode('db/url') }}").render_snap(&Snap::default());
         assert_eq!(
             failed(&r),
             "template t.j2 line 1: relative znode path \"db/url\" needs a `prefix` on the file to resolve against"
@@ -767,13 +809,13 @@ mod tests {
 
     #[test]
     fn invalid_znode_path_fails() {
-        let r = compile("{{ znode('/a//b') }}").render(&Snap::default());
+        let r = compile("{{ znode('/a//b') }}").render_snap(&Snap::default());
         assert!(failed(&r).contains("empty component"));
     }
 
     #[test]
     fn non_utf8_data_fails_naming_the_znode() {
-        let r = compile("{{ znode('/bin') }}").render(&Snap::default().bytes("/bin", b"ok\xff"));
+        let r = compile("{{ znode('/bin') }}").render_snap(&Snap::default().bytes("/bin", b"ok\xff"));
         assert_eq!(
             failed(&r),
             "template t.j2 line 1: znode /bin holds data that is not valid UTF-8 (invalid byte at offset 2)"
@@ -783,13 +825,13 @@ mod tests {
     #[test]
     fn from_json_parses_documents() {
         let t = compile("{% set c = znode('/c') | from_json %}{{ c.db.port }} {{ c.hosts | join(',') }}");
-        let r = t.render(&Snap::default().data("/c", r#"{"db": {"port": 5432}, "hosts": ["a", "b"]}"#));
+        let r = t.render_snap(&Snap::default().data("/c", r#"{"db": {"port": 5432}, "hosts": ["a", "b"]}"#));
         assert_eq!(done(&r), "5432 a,b");
     }
 
     #[test]
     fn from_json_reports_bad_json() {
-        let r = compile("\n{{ znode('/c') | from_json }}").render(&Snap::default().data("/c", "{"));
+        let r = compile("\n{{ znode('/c') | from_json }}").render_snap(&Snap::default().data("/c", "{"));
         assert_eq!(
             failed(&r),
             "template t.j2 line 2: from_json: invalid JSON: EOF while parsing an object at line 1 column 1"
@@ -800,13 +842,14 @@ mod tests {
     fn from_toml_parses_documents() {
         let t = compile("{% set c = znode('/c') | from_toml %}{{ c.db.port }} {{ c.name }} {{ c.when }}");
         let toml = "name = \"x\"\nwhen = 1979-05-27T07:32:00Z\n[db]\nport = 5432\n";
-        let r = t.render(&Snap::default().data("/c", toml));
+        let r = t.render_snap(&Snap::default().data("/c", toml));
         assert_eq!(done(&r), "5432 x 1979-05-27T07:32:00Z");
     }
 
     #[test]
     fn from_toml_reports_bad_toml_with_position() {
-        let r = compile("{{ znode('/c') | from_toml }}").render(&Snap::default().data("/c", "a = 1\nb = \n"));
+        let r = compile("{{ znode('/c') | from_toml }}")
+            .render_snap(&Snap::default().data("/c", "a = 1\nb = \n"));
         let message = failed(&r);
         assert!(
             message.starts_with("template t.j2 line 1: from_toml: invalid TOML at line 2 column"),
@@ -817,16 +860,16 @@ mod tests {
     #[test]
     fn base64_round_trip() {
         let t = compile("{{ znode('/a') | b64encode }} {{ znode('/b') | b64decode }}");
-        let r = t.render(&Snap::default().data("/a", "hello").data("/b", "aGVsbG8=\n"));
+        let r = t.render_snap(&Snap::default().data("/a", "hello").data("/b", "aGVsbG8=\n"));
         assert_eq!(done(&r), "aGVsbG8= hello");
     }
 
     #[test]
     fn b64decode_rejects_bad_input_and_non_utf8() {
         let t = compile("{{ znode('/a') | b64decode }}");
-        let message = failed(&t.render(&Snap::default().data("/a", "!!")));
+        let message = failed(&t.render_snap(&Snap::default().data("/a", "!!")));
         assert!(message.starts_with("template t.j2 line 1: b64decode: invalid base64"), "{message}");
-        let message = failed(&t.render(&Snap::default().data("/a", "/w==")));
+        let message = failed(&t.render_snap(&Snap::default().data("/a", "/w==")));
         assert_eq!(message, "template t.j2 line 1: b64decode: decoded data is not valid UTF-8");
     }
 
@@ -849,7 +892,7 @@ mod tests {
 
     #[test]
     fn undefined_variable_is_an_error_naming_it() {
-        let r = compile("a\n{{ db_url }}\n").render(&Snap::default());
+        let r = compile("a\n{{ db_url }}\n").render_snap(&Snap::default());
         assert_eq!(failed(&r), "template t.j2 line 2: undefined value \"db_url\"");
     }
 
@@ -858,7 +901,7 @@ mod tests {
         let t = compile(
             "{{ znode('/a') }}{{ children('/b', default=[]) }}{{ znode('/missing') }}{{ znode('/never') }}",
         );
-        let r = t.render(&Snap::default().data("/a", "x").no_children("/b").missing("/missing"));
+        let r = t.render_snap(&Snap::default().data("/a", "x").no_children("/b").missing("/missing"));
         assert!(failed(&r).contains("znode /missing does not exist"));
         assert_eq!(
             r.deps,
@@ -870,18 +913,69 @@ mod tests {
     fn deps_follow_the_data() {
         let t = compile("{% if exists('/flag') %}{{ znode('/a') }}{% else %}{{ znode('/b') }}{% endif %}");
         let base = || Snap::default().data("/a", "A").data("/b", "B");
-        let r = t.render(&base().data("/flag", ""));
+        let r = t.render_snap(&base().data("/flag", ""));
         assert_eq!(done(&r), "A");
         assert_eq!(r.deps, data_deps(&["/flag", "/a"]));
-        let r = t.render(&base().missing("/flag"));
+        let r = t.render_snap(&base().missing("/flag"));
         assert_eq!(done(&r), "B");
         assert_eq!(r.deps, data_deps(&["/flag", "/b"]));
     }
 
     #[test]
     fn functions_outside_render_are_an_error() {
-        let err = with_scope(|_| Ok(())).unwrap_err();
-        assert!(err.to_string().contains("outside Template::render"));
+        let t = compile("{{ znode('/a') }}");
+        let err = t.env.get_template(&t.key).unwrap().render(minijinja::context! {}).unwrap_err();
+        assert!(err.to_string().contains("outside Template::render"), "{err}");
+    }
+
+    #[test]
+    fn missing_znode_is_flagged_by_type_not_by_message() {
+        let r = compile("{{ znode('/a') }}").render_snap(&Snap::default().missing("/a"));
+        let RenderOutcome::Failed(err) = r.outcome else { panic!("expected Failed") };
+        assert!(err.is_missing_znode(), "{err}");
+        // The same words from elsewhere (here the data itself) are not a missing znode.
+        let t = compile("{{ undefined_thing }}{{ znode('/b') }}");
+        let RenderOutcome::Failed(err) = t.render_snap(&Snap::default().data("/b", "x")).outcome else {
+            panic!("expected Failed")
+        };
+        assert!(!err.is_missing_znode(), "{err}");
+        let t = compile("{{ znode('/c') | from_json }}");
+        let snap = Snap::default().data("/c", "does not exist (give default= to allow this)");
+        let RenderOutcome::Failed(err) = t.render_snap(&snap).outcome else { panic!("expected Failed") };
+        assert!(!err.is_missing_znode(), "{err}");
+    }
+
+    #[test]
+    fn templates_compiled_together_share_one_environment_and_render_in_parallel() {
+        let a = TemplateSpec {
+            name: "a.j2".to_owned(),
+            path: None,
+            text: "a={{ znode('/a') }}".to_owned(),
+            prefix: None,
+        };
+        let b = TemplateSpec {
+            name: "a.j2".to_owned(),
+            path: None,
+            text: "b={{ znode('/b') }}".to_owned(),
+            prefix: None,
+        };
+        let mut compiled = compile_all([(&a, &[][..]), (&b, &[][..])]);
+        let tb = compiled.pop().unwrap().unwrap();
+        let ta = compiled.pop().unwrap().unwrap();
+        assert!(Arc::ptr_eq(&ta.env, &tb.env), "one environment per configuration");
+        let snap = Arc::new(Snap::default().data("/a", "1").data("/b", "2"));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        assert_eq!(done(&ta.render(&snap)), "a=1");
+                        assert_eq!(done(&tb.render(&snap)), "b=2");
+                    }
+                });
+            }
+        });
+        // Every render released its share of the snapshot.
+        assert_eq!(Arc::strong_count(&snap), 1);
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! Wires the stages together: spawns the source and the pipeline, owns the cancellation token,
-//! handles OS signals, and maps each command's outcome to a result.
+//! Wires the stages together: creates the channels and the shared values (the status
+//! channel, the `exec` child's handle), spawns every long-lived task (source, pipeline,
+//! reload queue, config reloader, HTTP endpoint, signal handlers), owns the cancellation
+//! token, and maps each command's outcome to a result.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -14,10 +16,10 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::error::AgentError;
-use crate::hotreload;
-use crate::pipeline::{self, Core, Mode, Status, Summary};
+use crate::exec::{self, ChildHandle};
+use crate::pipeline::{self, Channels, ConnectionState, Core, Mode, Status, Summary};
 use crate::status::StatusReport;
-use crate::{ops, source};
+use crate::{hotreload, notify, ops, source};
 
 /// How long the pipeline may take to finish the install in progress after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -35,12 +37,12 @@ pub fn compile(config: &Config) -> Result<Core, AgentError> {
 /// # Errors
 /// Template errors at start-up, or a source failure no retry fixes.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
-    refuse_exec_only(&config)?;
+    exec::refuse_exec_only(&config)?;
     let core = compile(&config)?;
     info!(config = %config.path.display(), files = config.files.len(), watch = ?config.zookeeper.watch, "zkrender starting");
     let (status_tx, status_rx) = watch::channel(Arc::new(StatusReport::default()));
     let alive = start_ops(&config, status_rx, shutdown.clone()).await?;
-    let result = drive(&config, core, Mode::Run, None, shutdown, status_tx, false).await.map(|_| ());
+    let result = drive(&config, core, Mode::Run, None, shutdown, status_tx, None).await.map(|_| ());
     alive.store(false, Ordering::SeqCst);
     ops::systemd::notify_stopping();
     result
@@ -81,17 +83,6 @@ async fn start_ops(
     Ok(alive)
 }
 
-/// Reloads that only `exec` can carry out (signal to the child, restart) are config errors
-/// for every other command.
-pub(crate) fn refuse_exec_only(config: &Config) -> Result<(), AgentError> {
-    for f in &config.files {
-        if f.reload.as_ref().is_some_and(|r| r.action.targets_child()) {
-            return Err(AgentError::ExecOnly { config: config.path.clone(), dest: f.dest.clone() });
-        }
-    }
-    Ok(())
-}
-
 /// `exec`: renders every file, starts `argv` as a child, and keeps the files up to date while
 /// it runs; reloads may signal or restart the child. Returns the child's exit code.
 ///
@@ -105,10 +96,14 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
     let shutdown = CancellationToken::new();
     let (status_tx, mut status_rx) = watch::channel(Arc::new(StatusReport::default()));
     let alive = start_ops(&config, status_rx.clone(), shutdown.clone()).await?;
+    let (child, restarts) = ChildHandle::supervised();
     let agent = {
         let config = config.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { drive(&config, core, Mode::Run, None, shutdown, status_tx, true).await })
+        let child = child.clone();
+        tokio::spawn(
+            async move { drive(&config, core, Mode::Run, None, shutdown, status_tx, Some(child)).await },
+        )
     };
     let ready = matches!(tokio::time::timeout(timeout, status_rx.wait_for(|r| r.ready)).await, Ok(Ok(_)));
     if !ready {
@@ -127,7 +122,15 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
             details: details.join("\n"),
         });
     }
-    let code = crate::exec::supervise(&argv).await.map_err(AgentError::Child)?;
+    let running = exec::start(&argv, &child).map_err(AgentError::Child)?;
+    // Signals go to the child from now on; as PID 1, zkrender also reaps adopted orphans.
+    for forwarder in exec::signal_forwarders(&child) {
+        tokio::spawn(forwarder);
+    }
+    if std::process::id() == 1 {
+        tokio::spawn(exec::reap_orphans());
+    }
+    let code = exec::supervise(running, &argv, &child, restarts).await.map_err(AgentError::Child)?;
     alive.store(false, Ordering::SeqCst);
     ops::systemd::notify_stopping();
     shutdown.cancel();
@@ -146,7 +149,7 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
 pub async fn once(config: Config, timeout: Duration, shutdown: CancellationToken) -> Result<(), AgentError> {
     let core = compile(&config)?;
     let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
-    let summary = drive(&config, core, Mode::Once, Some(timeout), shutdown, status_tx, false).await?;
+    let summary = drive(&config, core, Mode::Once, Some(timeout), shutdown, status_tx, None).await?;
     settled_or_error(&summary)
 }
 
@@ -174,9 +177,24 @@ pub async fn render(
     }
     let core = compile(&config)?;
     let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
-    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx, false).await?;
-    pipeline::print_rendered(&summary.rendered, dest.is_none()).map_err(AgentError::Stdout)?;
+    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx, None).await?;
+    print_rendered(&summary.rendered, dest.is_none()).map_err(AgentError::Stdout)?;
     settled_or_error(&summary)
+}
+
+/// Prints renderings for `zkrender render`: one file's exact bytes, or each under a header.
+fn print_rendered(rendered: &[(PathBuf, Vec<u8>)], headers: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for (i, (dest, bytes)) in rendered.iter().enumerate() {
+        if headers {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "==> {} <==", dest.display())?;
+        }
+        out.write_all(bytes)?;
+    }
+    out.flush()
 }
 
 /// A `--dest` as given, or resolved against the config's directory like `dest` keys are.
@@ -194,7 +212,7 @@ fn settled_or_error(summary: &Summary) -> Result<(), AgentError> {
         .iter()
         .filter_map(|(dest, status)| match status {
             Status::Ok => None,
-            Status::Pending if summary.connection != "connected" => Some(format!(
+            Status::Pending if summary.connection != ConnectionState::Connected => Some(format!(
                 "  {}: no ZooKeeper session ({} to {})",
                 dest.display(),
                 summary.connection,
@@ -216,7 +234,8 @@ fn settled_or_error(summary: &Summary) -> Result<(), AgentError> {
     })
 }
 
-/// Runs source and pipeline (and, for `run`, the config reloader) until the pipeline returns.
+/// Runs source and pipeline (and, for `run`, the reload queue and the config reloader) until
+/// the pipeline returns. `child` is the `exec` child's handle (`None` for other commands).
 async fn drive(
     config: &Config,
     core: Core,
@@ -224,23 +243,20 @@ async fn drive(
     timeout: Option<Duration>,
     shutdown: CancellationToken,
     status_tx: watch::Sender<Arc<StatusReport>>,
-    exec_mode: bool,
+    child: Option<ChildHandle>,
 ) -> Result<Summary, AgentError> {
     if mode != Mode::Render {
         sweep_stale_temps(config).await;
     }
-    let (events_tx, events_rx) = mpsc::channel(4096);
-    let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-    let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::channel(4096);
+    let (source_tx, source_rx) = mpsc::unbounded_channel();
+    let (reconfigure_tx, reconfigure) = mpsc::unbounded_channel();
+    let (reloads, reloads_rx) = mpsc::unbounded_channel();
+    let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
     let source_stop = shutdown.child_token();
     let opts = source::Options { connect_deadline: timeout };
-    let mut source = tokio::spawn(source::run(
-        config.zookeeper.clone(),
-        opts,
-        commands_rx,
-        events_tx,
-        source_stop.clone(),
-    ));
+    let mut source =
+        tokio::spawn(source::run(config.zookeeper.clone(), opts, source_rx, events_tx, source_stop.clone()));
     let popts = pipeline::Options {
         mode,
         wait: config.agent.wait,
@@ -251,8 +267,10 @@ async fn drive(
         status: Some(status_tx.clone()),
         hosts: config.zookeeper.connect_string(),
     };
-    let mut pipeline = tokio::spawn(pipeline::run(core, events_rx, commands_tx, popts, reconfigure_rx));
+    let exec_mode = child.is_some();
     if mode == Mode::Run {
+        // The reload queue ends once the pipeline drops its sender, after the last outcome.
+        tokio::spawn(notify::queue::run(reloads_rx, outcomes_tx, child.unwrap_or_else(ChildHandle::none)));
         tokio::spawn(hotreload::run(
             config.clone(),
             reconfigure_tx,
@@ -261,8 +279,11 @@ async fn drive(
             shutdown.child_token(),
         ));
     } else {
-        drop(reconfigure_tx);
+        // No reloads outside `run`: both channels close at once.
+        drop((reloads_rx, outcomes_tx, reconfigure_tx));
     }
+    let channels = Channels { events, source: source_tx, reconfigure, reloads, outcomes };
+    let mut pipeline = tokio::spawn(pipeline::run(core, channels, popts));
 
     // The source ends when cancelled or on a fatal error, dropping its sender either way; the
     // pipeline then finishes the cycle in progress and returns. In once/render mode the
@@ -287,7 +308,13 @@ async fn drive(
         Err(_) => {
             warn!(grace = ?SHUTDOWN_GRACE, "pipeline still busy; exiting anyway");
             pipeline.abort();
-            Summary { files: Vec::new(), rendered: Vec::new(), connection: "unknown", hosts: String::new() }
+            // No file to report on: the connection is never looked at.
+            Summary {
+                files: Vec::new(),
+                rendered: Vec::new(),
+                connection: ConnectionState::Connecting,
+                hosts: String::new(),
+            }
         }
     };
     source_result?;

@@ -7,7 +7,10 @@ use crate::model::{Dep, Update, Value};
 use crate::render::Snapshot;
 
 /// Dependency values and the reverse index dependency -> files.
-#[derive(Debug, Default)]
+///
+/// `Clone` only so that the core can share it with renders through an `Arc` and still
+/// mutate it in place (`Arc::make_mut`); it is never actually cloned.
+#[derive(Debug, Default, Clone)]
 pub struct Store {
     values: HashMap<Dep, Value>,
     dependents: HashMap<Dep, BTreeSet<TargetId>>,

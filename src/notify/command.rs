@@ -67,7 +67,7 @@ mod tests {
             retries: 0,
             timeout: Duration::from_secs(5),
         };
-        reload(&spec).await.unwrap();
+        reload(&spec, &crate::exec::ChildHandle::none()).await.unwrap();
         assert!(marker.exists());
     }
 
@@ -75,7 +75,13 @@ mod tests {
     async fn arguments_are_not_interpreted_by_a_shell() {
         let dir = tempfile::tempdir().unwrap();
         let odd = dir.path().join("a b; $(touch pwned)");
-        attempt(&action(&["touch", odd.to_str().unwrap()]), Duration::from_secs(5)).await.unwrap();
+        attempt(
+            &action(&["touch", odd.to_str().unwrap()]),
+            Duration::from_secs(5),
+            &crate::exec::ChildHandle::none(),
+        )
+        .await
+        .unwrap();
         assert!(odd.exists());
         assert!(!dir.path().join("pwned").exists());
     }
@@ -83,7 +89,7 @@ mod tests {
     #[tokio::test]
     async fn a_non_zero_exit_reports_the_status_and_stderr() {
         let act = action(&["sh", "-c", "echo to stdout; echo something broke >&2; exit 3"]);
-        let err = attempt(&act, Duration::from_secs(5)).await.unwrap_err();
+        let err = attempt(&act, Duration::from_secs(5), &crate::exec::ChildHandle::none()).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             r#"command sh -c "echo to stdout; echo something broke >&2; exit 3": exited with status 3: something broke"#
@@ -96,7 +102,7 @@ mod tests {
         let act =
             action(&["sh", "-c", "i=0; while [ $i -lt 500 ]; do echo line $i >&2; i=$((i+1)); done; exit 1"]);
         let NotifyError::CommandFailed { stderr, .. } =
-            attempt(&act, Duration::from_secs(5)).await.unwrap_err()
+            attempt(&act, Duration::from_secs(5), &crate::exec::ChildHandle::none()).await.unwrap_err()
         else {
             panic!("expected CommandFailed");
         };
@@ -108,7 +114,10 @@ mod tests {
     #[tokio::test]
     async fn an_overrunning_command_is_killed() {
         let started = Instant::now();
-        let err = attempt(&action(&["sleep", "5"]), Duration::from_millis(200)).await.unwrap_err();
+        let err =
+            attempt(&action(&["sleep", "5"]), Duration::from_millis(200), &crate::exec::ChildHandle::none())
+                .await
+                .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
         assert_eq!(err.to_string(), "command sleep 5: timed out after 200ms (killed)");
     }
@@ -119,7 +128,13 @@ mod tests {
         let pid_file = dir.path().join("pid");
         // The shell records its grandchild's pid, then waits for it.
         let script = format!("sleep 30 & echo $! > '{}'; wait", pid_file.display());
-        let err = attempt(&action(&["sh", "-c", &script]), Duration::from_millis(300)).await.unwrap_err();
+        let err = attempt(
+            &action(&["sh", "-c", &script]),
+            Duration::from_millis(300),
+            &crate::exec::ChildHandle::none(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, NotifyError::CommandTimeout { .. }), "{err:?}");
         let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         // Killed, and reaped by init (or a subreaper) shortly after.
@@ -136,9 +151,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_cannot_start() {
-        let err = attempt(&action(&["/nonexistent/zkr-reload", "--now"]), Duration::from_secs(1))
-            .await
-            .unwrap_err();
+        let err = attempt(
+            &action(&["/nonexistent/zkr-reload", "--now"]),
+            Duration::from_secs(1),
+            &crate::exec::ChildHandle::none(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, NotifyError::CommandStart { .. }), "{err:?}");
         assert_eq!(err.to_string(), "command /nonexistent/zkr-reload --now: cannot start");
     }
@@ -148,15 +167,21 @@ mod tests {
         // The command fails at once, but leaves a process that keeps stderr open.
         let act = action(&["sh", "-c", "echo failed >&2; sleep 5 & exit 1"]);
         let started = Instant::now();
-        let err = attempt(&act, Duration::from_secs(10)).await.unwrap_err();
+        let err =
+            attempt(&act, Duration::from_secs(10), &crate::exec::ChildHandle::none()).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
         assert!(err.to_string().ends_with("exited with status 1: failed"), "{err}");
     }
 
     #[tokio::test]
     async fn an_empty_argv_is_an_error() {
-        let err =
-            attempt(&ReloadAction::Command { argv: Vec::new() }, Duration::from_secs(1)).await.unwrap_err();
+        let err = attempt(
+            &ReloadAction::Command { argv: Vec::new() },
+            Duration::from_secs(1),
+            &crate::exec::ChildHandle::none(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, NotifyError::CommandEmpty));
     }
 }

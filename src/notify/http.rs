@@ -166,7 +166,9 @@ mod tests {
     #[tokio::test]
     async fn a_2xx_answer_is_success() {
         let server = Server::start(Some("200 OK"), "reloaded".into()).await;
-        reload(&spec(server.url(), "POST", 2, Duration::from_secs(5))).await.unwrap();
+        reload(&spec(server.url(), "POST", 2, Duration::from_secs(5)), &crate::exec::ChildHandle::none())
+            .await
+            .unwrap();
         let requests = server.requests();
         assert_eq!(requests.len(), 1);
         assert!(requests[0].starts_with("POST /-/reload HTTP/1.1\r\n"), "{}", requests[0]);
@@ -176,7 +178,9 @@ mod tests {
     #[tokio::test]
     async fn uses_the_configured_method() {
         let server = Server::start(Some("204 No Content"), String::new()).await;
-        reload(&spec(server.url(), "PUT", 0, Duration::from_secs(5))).await.unwrap();
+        reload(&spec(server.url(), "PUT", 0, Duration::from_secs(5)), &crate::exec::ChildHandle::none())
+            .await
+            .unwrap();
         assert!(server.requests()[0].starts_with("PUT /-/reload "));
     }
 
@@ -184,7 +188,10 @@ mod tests {
     async fn a_500_is_retried_and_reported_with_the_start_of_the_body() {
         let server = Server::start(Some("500 Internal Server Error"), "x".repeat(1000)).await;
         let url = server.url();
-        let err = reload(&spec(url.clone(), "POST", 2, Duration::from_secs(5))).await.unwrap_err();
+        let err =
+            reload(&spec(url.clone(), "POST", 2, Duration::from_secs(5)), &crate::exec::ChildHandle::none())
+                .await
+                .unwrap_err();
         assert_eq!(server.requests().len(), 3);
         assert_eq!(
             err.to_string(),
@@ -201,7 +208,10 @@ mod tests {
         }; // closed again: nothing listens there now
         let url = format!("http://127.0.0.1:{port}/-/reload");
         let started = Instant::now();
-        let err = reload(&spec(url.clone(), "POST", 1, Duration::from_secs(5))).await.unwrap_err();
+        let err =
+            reload(&spec(url.clone(), "POST", 1, Duration::from_secs(5)), &crate::exec::ChildHandle::none())
+                .await
+                .unwrap_err();
         assert!(started.elapsed() >= Duration::from_millis(100), "one backoff before the retry");
         assert!(matches!(err, NotifyError::HttpRequest { .. }), "{err:?}");
         assert_eq!(err.to_string(), format!("http POST {url}: request failed"));
@@ -219,16 +229,24 @@ mod tests {
         let server = Server::start(None, String::new()).await;
         let url = server.url();
         let started = Instant::now();
-        let err = reload(&spec(url.clone(), "POST", 0, Duration::from_millis(200))).await.unwrap_err();
+        let err = reload(
+            &spec(url.clone(), "POST", 0, Duration::from_millis(200)),
+            &crate::exec::ChildHandle::none(),
+        )
+        .await
+        .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
         assert_eq!(err.to_string(), format!("http POST {url}: timed out after 200ms"));
     }
 
     #[tokio::test]
     async fn an_invalid_method_is_an_error() {
-        let err = reload(&spec("http://127.0.0.1:1/".into(), "NOT VALID", 0, Duration::from_secs(1)))
-            .await
-            .unwrap_err();
+        let err = reload(
+            &spec("http://127.0.0.1:1/".into(), "NOT VALID", 0, Duration::from_secs(1)),
+            &crate::exec::ChildHandle::none(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, NotifyError::HttpMethod { .. }), "{err:?}");
     }
 }

@@ -1,12 +1,18 @@
 //! Reloading the application after one of its files changed: the last pipeline stage.
 //!
-//! When `sink` reports that a file's bytes on disk changed, the pipeline calls [`reload`]
-//! with the file's [`ReloadSpec`]. There are three kinds of action, one submodule each:
+//! When `sink` reports that a file's bytes on disk changed, the pipeline queues the file's
+//! [`ReloadSpec`] with [`queue`]: its task (spawned by `runtime`) runs each queued reload
+//! through [`reload`] and sends a [`queue::ReloadOutcome`] back to the pipeline loop. There
+//! are three kinds of action, one submodule each, plus the `exec` child's restart:
 //!
-//! - `signal`: `kill(2)` to a pid, to the pid read from a pid file at each reload, or to
-//!   every master process with a given name (`/proc/PID/comm`);
+//! - `signal`: `kill(2)` to a pid, to the pid read from a pid file at each reload, to
+//!   every master process with a given name (`/proc/PID/comm`), or to the `exec` child;
 //! - `http`: one request to a hook URL through a shared, lazily built client;
-//! - `command`: an argv run without a shell, killed when it overruns its timeout.
+//! - `command`: an argv run without a shell, killed when it overruns its timeout;
+//! - `restart = true`: asks the `exec` supervisor through its [`ChildHandle`].
+//!
+//! A new kind of reload is a [`ReloadAction`] variant (parsed in `config`), an arm in
+//! [`attempt`] (usually a new submodule) and a [`crate::ops::ReloadKind`] for its metric.
 //!
 //! [`reload`] retries a failed action with exponential backoff and returns the last
 //! error. Whether that is fatal is the caller's decision; while the agent runs it is
@@ -17,6 +23,7 @@
 
 mod command;
 mod http;
+pub mod queue;
 mod signal;
 
 use std::fmt;
@@ -30,6 +37,7 @@ use nix::sys::signal::Signal;
 use tracing::{debug, warn};
 
 use crate::config::{ReloadAction, ReloadSpec, SignalTarget};
+use crate::exec::ChildHandle;
 
 /// Wait before the first retry; it doubles after each further failure.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -37,7 +45,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Backoff stops doubling here, so a large `retries` cannot produce hour-long sleeps.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Runs `spec.action`, retrying a failure up to `spec.retries` more times.
+/// Runs `spec.action`, retrying a failure up to `spec.retries` more times. `child` is the
+/// `exec` child that a signal without a target and `restart = true` go to.
 ///
 /// The wait before retry `n` (1-based) is 100 ms × 2^(n-1), capped at 30 s. Every failed
 /// attempt is logged at `warn` with the action, the attempt number and the error.
@@ -49,12 +58,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Dropping the future stops the current attempt: a running command is killed
 /// (`kill_on_drop`), an HTTP request is abandoned. The reload may or may not have
 /// reached the application.
-pub async fn reload(spec: &ReloadSpec) -> Result<(), NotifyError> {
+pub async fn reload(spec: &ReloadSpec, child: &ChildHandle) -> Result<(), NotifyError> {
     let mut backoff = FIRST_BACKOFF;
     // u64 so that `retries = u32::MAX` still ends instead of overflowing the counter.
     let mut attempt_no: u64 = 1;
     loop {
-        match attempt(&spec.action, spec.timeout).await {
+        match attempt(&spec.action, spec.timeout, child).await {
             Ok(()) => {
                 if attempt_no > 1 {
                     debug!(reload = %spec.action, attempt = attempt_no, "reload succeeded after retrying");
@@ -89,13 +98,17 @@ pub async fn reload(spec: &ReloadSpec) -> Result<(), NotifyError> {
 ///
 /// # Errors
 /// [`NotifyError`] naming the action's target; see the variants.
-pub async fn attempt(action: &ReloadAction, timeout: Duration) -> Result<(), NotifyError> {
+pub async fn attempt(
+    action: &ReloadAction,
+    timeout: Duration,
+    child: &ChildHandle,
+) -> Result<(), NotifyError> {
     match action {
-        ReloadAction::Signal { signal, target } => signal::send(*signal, target),
+        ReloadAction::Signal { signal, target } => signal::send(*signal, target, child),
         ReloadAction::Http { url, method } => http::request(method, url, timeout).await,
         ReloadAction::Command { argv } => command::run(argv, timeout).await,
         ReloadAction::Restart => {
-            crate::exec::request_restart(timeout).await.map_err(|reason| NotifyError::Restart { reason })
+            child.request_restart(timeout).await.map_err(|reason| NotifyError::Restart { reason })
         }
     }
 }
@@ -376,7 +389,7 @@ mod tests {
             timeout: Duration::from_secs(5),
         };
         let started = Instant::now();
-        let err = reload(&spec).await.unwrap_err();
+        let err = reload(&spec, &ChildHandle::none()).await.unwrap_err();
         let elapsed = started.elapsed();
         assert_eq!(std::fs::read_to_string(&count).unwrap().lines().count(), 3);
         assert!(elapsed >= Duration::from_millis(300), "100 + 200 ms of backoff, took {elapsed:?}");
@@ -397,7 +410,7 @@ mod tests {
             timeout: Duration::from_secs(5),
         };
         let started = Instant::now();
-        reload(&spec).await.unwrap();
+        reload(&spec, &ChildHandle::none()).await.unwrap();
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(100), "one backoff, took {elapsed:?}");
         assert!(elapsed < Duration::from_millis(1500), "no more retries after success, took {elapsed:?}");

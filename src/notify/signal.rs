@@ -19,6 +19,7 @@ use tracing::debug;
 
 use super::NotifyError;
 use crate::config::SignalTarget;
+use crate::exec::ChildHandle;
 
 /// The kernel keeps at most this many bytes of a process name in `comm` (TASK_COMM_LEN
 /// minus the terminating NUL).
@@ -27,15 +28,13 @@ const COMM_LEN: usize = 15;
 /// How much of an invalid pid file's contents goes into the error message.
 const PID_FILE_EXCERPT: usize = 64;
 
-/// Sends `signal` to `target`.
-pub(super) fn send(signal: Signal, target: &SignalTarget) -> Result<(), NotifyError> {
+/// Sends `signal` to `target`; [`SignalTarget::Child`] is the child `child` names.
+pub(super) fn send(signal: Signal, target: &SignalTarget, child: &ChildHandle) -> Result<(), NotifyError> {
     match target {
         SignalTarget::Pid(pid) => kill_one(signal, *pid, target),
         SignalTarget::PidFile(path) => kill_one(signal, read_pid_file(path)?, target),
         SignalTarget::Process(name) => kill_masters(signal, name, target),
-        SignalTarget::Child => {
-            kill_one(signal, crate::exec::child_pid().ok_or(NotifyError::NoChild)?, target)
-        }
+        SignalTarget::Child => kill_one(signal, child.pid().ok_or(NotifyError::NoChild)?, target),
     }
 }
 
@@ -228,9 +227,9 @@ mod tests {
     async fn signals_a_pid() {
         let dir = tempfile::tempdir().unwrap();
         let child = counter(dir.path());
-        reload(&hup(SignalTarget::Pid(child.pid()))).await.unwrap();
+        reload(&hup(SignalTarget::Pid(child.pid())), &crate::exec::ChildHandle::none()).await.unwrap();
         wait_for_lines(&dir.path().join("hups"), 1);
-        reload(&hup(SignalTarget::Pid(child.pid()))).await.unwrap();
+        reload(&hup(SignalTarget::Pid(child.pid())), &crate::exec::ChildHandle::none()).await.unwrap();
         wait_for_lines(&dir.path().join("hups"), 2);
     }
 
@@ -244,11 +243,11 @@ mod tests {
         let spec = hup(SignalTarget::PidFile(pid_file.clone()));
 
         fs::write(&pid_file, format!("{}\n", a.pid())).unwrap();
-        reload(&spec).await.unwrap();
+        reload(&spec, &crate::exec::ChildHandle::none()).await.unwrap();
         wait_for_lines(&first.path().join("hups"), 1);
 
         fs::write(&pid_file, format!("  {}  ", b.pid())).unwrap();
-        reload(&spec).await.unwrap();
+        reload(&spec, &crate::exec::ChildHandle::none()).await.unwrap();
         wait_for_lines(&second.path().join("hups"), 1);
         assert_eq!(lines(&first.path().join("hups")), 1);
     }
@@ -259,13 +258,13 @@ mod tests {
         let pid_file = dir.path().join("app.pid");
         let spec = hup(SignalTarget::PidFile(pid_file.clone()));
 
-        let err = reload(&spec).await.unwrap_err();
+        let err = reload(&spec, &crate::exec::ChildHandle::none()).await.unwrap_err();
         assert!(matches!(err, NotifyError::PidFileRead { .. }), "{err:?}");
         assert_eq!(err.to_string(), format!("reading pid file {}", pid_file.display()));
 
         for bad in ["abc\n", "", "0", "-5", "12 13"] {
             fs::write(&pid_file, bad).unwrap();
-            let err = reload(&spec).await.unwrap_err();
+            let err = reload(&spec, &crate::exec::ChildHandle::none()).await.unwrap_err();
             assert_eq!(
                 err.to_string(),
                 format!("pid file {} does not hold a pid: {:?}", pid_file.display(), bad.trim())
@@ -280,7 +279,8 @@ mod tests {
         let pid = i32::try_from(child.id()).unwrap();
         child.wait().unwrap(); // reaped: the pid is free
         let action = ReloadAction::Signal { signal: Signal::SIGHUP, target: SignalTarget::Pid(pid) };
-        let err = attempt(&action, Duration::from_secs(1)).await.unwrap_err();
+        let err =
+            attempt(&action, Duration::from_secs(1), &crate::exec::ChildHandle::none()).await.unwrap_err();
         assert!(matches!(err, NotifyError::NoSuchPid { .. }), "{err:?}");
         assert_eq!(err.to_string(), format!("no process with pid {pid}"));
     }
@@ -288,7 +288,8 @@ mod tests {
     #[tokio::test]
     async fn refuses_pids_that_mean_process_groups() {
         for pid in [0, -1] {
-            let err = reload(&hup(SignalTarget::Pid(pid))).await.unwrap_err();
+            let err =
+                reload(&hup(SignalTarget::Pid(pid)), &crate::exec::ChildHandle::none()).await.unwrap_err();
             assert!(matches!(err, NotifyError::InvalidPid { .. }), "{err:?}");
         }
     }
@@ -320,7 +321,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
 
-        reload(&hup(SignalTarget::Process(name))).await.unwrap();
+        reload(&hup(SignalTarget::Process(name)), &crate::exec::ChildHandle::none()).await.unwrap();
         // sleep does not handle SIGHUP, so it dies of it.
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(Signal::SIGHUP as i32), "{status:?}");
@@ -342,7 +343,7 @@ mod tests {
         let masters = find_masters(Path::new("/proc"), &name).unwrap();
         assert_eq!(masters, vec![master.pid()]);
 
-        reload(&hup(SignalTarget::Process(name))).await.unwrap();
+        reload(&hup(SignalTarget::Process(name)), &crate::exec::ChildHandle::none()).await.unwrap();
         wait_for_lines(&dir.path().join("master"), 1);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(lines(&dir.path().join("worker")), 0, "a worker was signalled");
@@ -351,7 +352,9 @@ mod tests {
     #[tokio::test]
     async fn no_process_with_that_name_is_an_error() {
         let name = format!("zkr-n-{:08x}", rand::random::<u32>());
-        let err = reload(&hup(SignalTarget::Process(name.clone()))).await.unwrap_err();
+        let err = reload(&hup(SignalTarget::Process(name.clone())), &crate::exec::ChildHandle::none())
+            .await
+            .unwrap_err();
         assert!(matches!(err, NotifyError::NoProcess { .. }), "{err:?}");
         assert_eq!(err.to_string(), format!("no process named {name}"));
     }

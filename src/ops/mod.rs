@@ -27,7 +27,7 @@ pub mod metrics;
 pub mod systemd;
 pub mod table;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 pub use http::{bind, serve};
 pub use metrics::{Metrics, Outcome, ReloadKind, metrics};
@@ -94,12 +94,10 @@ pub enum OpsError {
     },
 }
 
-/// Seconds since the Unix epoch, as the `f64` that [`StatusReport`] times use.
-///
-/// A clock before 1970 reads as 0 rather than failing: ages then come out too large,
-/// which is visible, instead of the status command refusing to print.
+/// Seconds since the Unix epoch now, as the `f64` that [`StatusReport`] times use
+/// (see [`crate::status::unix_seconds`]).
 ///
 /// [`StatusReport`]: crate::status::StatusReport
 pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|since| since.as_secs_f64()).unwrap_or(0.0)
+    crate::status::unix_seconds(SystemTime::now())
 }

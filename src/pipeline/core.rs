@@ -1,0 +1,451 @@
+//! The pipeline's decision core: what to write, given the values read so far. Pure.
+//!
+//! [`Core`] takes updates ([`Core::on_update`]) and returns a [`Plan`] ([`Core::plan`]): files
+//! to install or remove, dependencies to start or stop watching. It does no I/O and reads no
+//! clock, so it is unit-tested with plain values (below, and against a model of ZooKeeper in
+//! `tests/proptest_core.rs`). The loop in [`super`] carries out what it decides and reports
+//! back with [`Core::on_result`] and [`Core::reject`].
+//!
+//! It owns the [`Store`] (last value per dependency) and every file's compiled [`Template`];
+//! the templates of one configuration share one environment, compiled here up front.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::config::{FileSource, FileSpec, OnDelete, TargetId};
+use crate::model::{Dep, Update, Value};
+use crate::render::{self, RenderError, RenderOutcome, Snapshot as _, Template};
+use crate::status::telemetry::FileView;
+use crate::status::{Failure, FailureKind, Status};
+use crate::store::Store;
+
+/// How a file is produced.
+#[derive(Debug)]
+enum Producer {
+    Raw { dep: Dep },
+    Template(Template),
+}
+
+/// One `[[file]]` and its state.
+#[derive(Debug)]
+pub struct Target {
+    pub spec: FileSpec,
+    producer: Producer,
+    /// What the last render read.
+    deps: BTreeSet<Dep>,
+    pub status: Status,
+    /// Set once the file has been written or found correct.
+    pub settled_once: bool,
+    /// `rollback`: contents the application rejected (its reload failed); not installed
+    /// again until the rendering changes.
+    rejected: Option<Vec<u8>>,
+}
+
+/// One thing to do to the file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Install { target: TargetId, contents: Vec<u8> },
+    Remove { target: TargetId },
+}
+
+/// What one cycle decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub watch: Vec<Dep>,
+    pub unwatch: Vec<Dep>,
+    /// Templates rendered, and how many of those failed (for metrics).
+    pub renders: u64,
+    pub render_errors: u64,
+}
+
+/// The pure core: values, targets, and the set of targets to re-render.
+#[derive(Debug)]
+pub struct Core {
+    targets: Vec<Target>,
+    /// Shared with each render while it runs (an `Arc`, not a copy) and only then: between
+    /// renders this is the only reference, so [`Core::store_mut`] never copies.
+    store: Arc<Store>,
+    dirty: BTreeSet<TargetId>,
+}
+
+impl Core {
+    /// Compiles every template.
+    ///
+    /// # Errors
+    /// Every template that does not compile.
+    pub fn new(files: &[FileSpec]) -> Result<Core, Vec<RenderError>> {
+        // One environment for the whole configuration, every template compiled into it now.
+        let mut compiled = render::compile_all(files.iter().filter_map(|spec| match &spec.source {
+            FileSource::Template(t) => Some((t, spec.allow_env.as_slice())),
+            FileSource::Raw { .. } => None,
+        }))
+        .into_iter();
+        let mut targets = Vec::with_capacity(files.len());
+        let mut errors = Vec::new();
+        for spec in files {
+            let producer = match &spec.source {
+                FileSource::Raw { znode } => Producer::Raw { dep: Dep::data(znode.clone()) },
+                FileSource::Template(_) => match compiled.next().expect("bug: one result per template") {
+                    Ok(t) => Producer::Template(t),
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                },
+            };
+            targets.push(Target {
+                spec: spec.clone(),
+                producer,
+                deps: BTreeSet::new(),
+                status: Status::Pending,
+                settled_once: false,
+                rejected: None,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let dirty = (0..targets.len()).collect();
+        Ok(Core { targets, store: Arc::default(), dirty })
+    }
+
+    /// The store, to change it. Renders release their share before [`Core::plan`] returns,
+    /// so this copies nothing (a copy would still be correct, only slow).
+    fn store_mut(&mut self) -> &mut Store {
+        Arc::make_mut(&mut self.store)
+    }
+
+    /// The values read so far (for the status report).
+    pub fn values(&self) -> &Store {
+        &self.store
+    }
+
+    /// Each file as the status report shows it, in config order.
+    pub fn views(&self) -> impl Iterator<Item = FileView<'_>> + Clone {
+        self.targets.iter().map(|t| FileView {
+            dest: &t.spec.dest,
+            status: &t.status,
+            settled: t.settled_once,
+            deps: &t.deps,
+        })
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Records a value read from ZooKeeper and marks the files that depend on it.
+    pub fn on_update(&mut self, update: Update) -> Vec<TargetId> {
+        let touched = self.store_mut().apply(update);
+        self.dirty.extend(touched.iter().copied());
+        touched
+    }
+
+    /// Reading `dep` fails (e.g. no permission): files that depend on it and were never
+    /// written say why, instead of "pending".
+    pub fn on_read_error(&mut self, dep: &Dep, message: String) {
+        for t in self.targets.iter_mut().filter(|t| t.deps.contains(dep) && !t.settled_once) {
+            t.status = Status::Failed(Failure { kind: FailureKind::Zookeeper, message: message.clone() });
+        }
+    }
+
+    /// Marks every file for re-rendering (anti-entropy: repairs files changed on disk).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty.extend(0..self.targets.len());
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Renders every marked file whose dependencies are all known, and says what to do.
+    pub fn plan(&mut self) -> Plan {
+        let mut plan = Plan::default();
+        for id in std::mem::take(&mut self.dirty) {
+            let target = &mut self.targets[id];
+            // A file renders only once everything it read last time has been read again:
+            // rendering with half the values would only produce a file we throw away.
+            if !self.store.all_known(&target.deps) {
+                continue;
+            }
+            let (deps, outcome) = match &target.producer {
+                Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(&self.store, dep)),
+                Producer::Template(t) => {
+                    let r = t.render(&self.store);
+                    plan.renders += 1;
+                    plan.render_errors += u64::from(matches!(r.outcome, RenderOutcome::Failed(_)));
+                    let outcome = match r.outcome {
+                        RenderOutcome::Done(bytes) => Outcome::Done(bytes),
+                        RenderOutcome::Pending => Outcome::Pending,
+                        RenderOutcome::Failed(e) => Outcome::Failed(Failure {
+                            kind: if e.is_missing_znode() {
+                                FailureKind::ZnodeMissing
+                            } else {
+                                FailureKind::Render
+                            },
+                            message: e.to_string(),
+                        }),
+                    };
+                    (r.deps, outcome)
+                }
+            };
+            if deps != target.deps {
+                let (added, removed) = Arc::make_mut(&mut self.store).set_deps(id, &target.deps, &deps);
+                plan.watch.extend(added);
+                plan.unwatch.extend(removed);
+                target.deps = deps;
+            }
+            match outcome {
+                Outcome::Done(contents) => {
+                    if target.rejected.as_ref() == Some(&contents) {
+                        // Rolled back before: installing it again would only fail the same way.
+                        continue;
+                    }
+                    target.rejected = None;
+                    plan.actions.push(Action::Install { target: id, contents });
+                }
+                Outcome::Pending => {
+                    if target.status != Status::Pending && !target.settled_once {
+                        target.status = Status::Pending;
+                    }
+                }
+                Outcome::Failed(failure) => {
+                    // A raw file whose znode is gone follows `on_delete`.
+                    if let (Producer::Raw { .. }, OnDelete::Remove) =
+                        (&target.producer, target.spec.on_delete)
+                    {
+                        plan.actions.push(Action::Remove { target: id });
+                    }
+                    target.status = Status::Failed(failure);
+                }
+            }
+        }
+        plan
+    }
+
+    /// Records the result of carrying out an action.
+    pub fn on_result(&mut self, id: TargetId, result: &Result<(), Failure>) {
+        let target = &mut self.targets[id];
+        match result {
+            Ok(()) => {
+                target.status = Status::Ok;
+                target.settled_once = true;
+            }
+            Err(f) => target.status = Status::Failed(f.clone()),
+        }
+    }
+
+    /// Takes over the values a previous configuration's core read, so the new configuration
+    /// renders at once. Returns what the old core watched; once the new core has planned, the
+    /// caller unwatches what is no longer needed ([`Core::finish_adoption`]).
+    pub fn adopt(&mut self, old: Core) -> BTreeSet<Dep> {
+        // A file the old configuration already wrote stays "written once" (readiness).
+        for t in &mut self.targets {
+            t.settled_once = old.targets.iter().any(|o| o.spec.dest == t.spec.dest && o.settled_once);
+        }
+        let watched = old.store.deps().cloned().collect();
+        self.store_mut().adopt_values(Arc::unwrap_or_clone(old.store));
+        watched
+    }
+
+    /// After the first plan of an adopted core: the old dependencies nobody needs any more.
+    pub fn finish_adoption(&mut self, old_deps: BTreeSet<Dep>) -> Vec<Dep> {
+        self.store_mut().forget_unused();
+        let now: BTreeSet<&Dep> = self.store.deps().collect();
+        old_deps.into_iter().filter(|d| !now.contains(d)).collect()
+    }
+
+    /// `rollback`: the application rejected `contents` (its reload failed) and the previous
+    /// file was put back. Keeps them out until the rendering changes.
+    pub fn reject(&mut self, id: TargetId, contents: Vec<u8>, reason: String) {
+        let target = &mut self.targets[id];
+        target.rejected = Some(contents);
+        target.status = Status::Failed(Failure { kind: FailureKind::ReloadFailed, message: reason });
+    }
+
+    /// Every dependency watched now (for a resync).
+    pub fn deps(&self) -> impl Iterator<Item = &Dep> {
+        self.store.deps()
+    }
+
+    /// True when no file is waiting for data: each is settled or failed for a reason that
+    /// waiting does not fix (`once` stops then).
+    pub fn all_settled(&self) -> bool {
+        self.targets.iter().all(|t| match &t.status {
+            Status::Ok => true,
+            Status::Pending => false,
+            Status::Failed(f) => !f.is_waiting(),
+        })
+    }
+}
+
+/// What rendering one file gave.
+enum Outcome {
+    Done(Vec<u8>),
+    Pending,
+    Failed(Failure),
+}
+
+/// A raw mapping's contents from its znode's value.
+fn raw_outcome(store: &Store, dep: &Dep) -> Outcome {
+    match store.get(dep) {
+        None => Outcome::Pending,
+        Some(Value::Data { data, .. }) => Outcome::Done(data.clone()),
+        Some(Value::Missing) => Outcome::Failed(Failure {
+            kind: FailureKind::ZnodeMissing,
+            message: format!("znode {} does not exist", dep.znode),
+        }),
+        Some(Value::Children { .. }) => panic!("bug: a data dependency got a children value"),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{InstallMode, TemplateSpec};
+    use crate::model::ZnodePath;
+
+    fn zp(p: &str) -> ZnodePath {
+        ZnodePath::parse(p).unwrap()
+    }
+
+    fn spec(n: usize, source: FileSource) -> FileSpec {
+        FileSpec {
+            dest: PathBuf::from(format!("/sim/file{n}")),
+            source,
+            mode: 0o644,
+            owner: None,
+            group: None,
+            on_delete: OnDelete::Keep,
+            check: None,
+            check_timeout: Duration::from_secs(30),
+            backup: false,
+            install: InstallMode::Atomic,
+            allow_empty: true,
+            rollback: false,
+            allow_env: Vec::new(),
+            reload: None,
+        }
+    }
+
+    pub(in crate::pipeline) fn raw(n: usize, znode: &str) -> FileSpec {
+        spec(n, FileSource::Raw { znode: zp(znode) })
+    }
+
+    fn template(n: usize, text: &str) -> FileSpec {
+        let t = TemplateSpec { name: format!("t{n}.j2"), path: None, text: text.to_owned(), prefix: None };
+        spec(n, FileSource::Template(t))
+    }
+
+    pub(in crate::pipeline) fn data(p: &str, text: &str, version: i32) -> Update {
+        let value = Value::Data { data: text.as_bytes().to_vec(), mzxid: i64::from(version), version };
+        Update { dep: Dep::data(zp(p)), value }
+    }
+
+    fn missing(p: &str) -> Update {
+        Update { dep: Dep::data(zp(p)), value: Value::Missing }
+    }
+
+    fn install(target: TargetId, text: &str) -> Action {
+        Action::Install { target, contents: text.as_bytes().to_vec() }
+    }
+
+    fn failure_kind(core: &Core, id: TargetId) -> Option<FailureKind> {
+        match &core.targets()[id].status {
+            Status::Failed(f) => Some(f.kind),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_file_waits_for_its_znode_then_installs_once_per_change() {
+        let mut core = Core::new(&[raw(0, "/a")]).unwrap();
+        let plan = core.plan();
+        assert_eq!(plan.watch, vec![Dep::data(zp("/a"))]);
+        assert!(plan.actions.is_empty());
+        assert_eq!(core.targets()[0].status, Status::Pending);
+        assert_eq!(core.on_update(data("/a", "x", 1)), vec![0]);
+        assert_eq!(core.plan().actions, vec![install(0, "x")]);
+        core.on_result(0, &Ok(()));
+        assert!(core.all_settled());
+        assert!(core.on_update(data("/a", "x", 1)).is_empty(), "the same value again marks nothing");
+        assert!(!core.has_dirty());
+    }
+
+    #[test]
+    fn renders_share_the_store_without_copying_it() {
+        let mut core = Core::new(&[template(0, "{{ znode('/a') }}{{ znode('/b') }}")]).unwrap();
+        core.plan();
+        core.on_update(data("/a", "1", 1));
+        core.on_update(data("/b", "2", 1));
+        assert_eq!(core.plan().actions, vec![install(0, "12")]);
+        assert_eq!(Arc::strong_count(&core.store), 1, "no render keeps the store");
+    }
+
+    #[test]
+    fn failure_kinds_are_typed() {
+        let files = [
+            template(0, "{{ znode('/gone') }}"),
+            template(1, "{{ znode('/a') }}{{ nope }}"),
+            FileSpec { on_delete: OnDelete::Remove, ..raw(2, "/gone") },
+        ];
+        let mut core = Core::new(&files).unwrap();
+        core.plan();
+        core.on_update(missing("/gone"));
+        core.on_update(data("/a", "x", 1));
+        let plan = core.plan();
+        assert_eq!(plan.actions, vec![Action::Remove { target: 2 }]);
+        assert_eq!(plan.render_errors, 2);
+        assert_eq!(failure_kind(&core, 0), Some(FailureKind::ZnodeMissing));
+        assert_eq!(failure_kind(&core, 1), Some(FailureKind::Render));
+        assert_eq!(failure_kind(&core, 2), Some(FailureKind::ZnodeMissing));
+        assert!(!core.all_settled(), "a missing znode may still appear");
+    }
+
+    #[test]
+    fn a_read_error_explains_only_files_never_written() {
+        let mut core = Core::new(&[raw(0, "/a"), template(1, "{{ znode('/a') }}{{ znode('/b') }}")]).unwrap();
+        core.plan();
+        core.on_update(data("/a", "x", 1));
+        core.plan();
+        core.on_result(0, &Ok(()));
+        core.on_read_error(&Dep::data(zp("/a")), "no permission".to_owned());
+        assert_eq!(core.targets()[0].status, Status::Ok);
+        assert_eq!(failure_kind(&core, 1), Some(FailureKind::Zookeeper));
+        assert!(core.all_settled(), "waiting does not fix a read error");
+    }
+
+    #[test]
+    fn rejected_contents_stay_out_until_the_rendering_changes() {
+        let mut core = Core::new(&[raw(0, "/a")]).unwrap();
+        core.plan();
+        core.on_update(data("/a", "bad", 1));
+        core.plan();
+        core.reject(0, b"bad".to_vec(), "reload failed".to_owned());
+        assert_eq!(failure_kind(&core, 0), Some(FailureKind::ReloadFailed));
+        core.mark_all_dirty();
+        assert!(core.plan().actions.is_empty(), "the rejected bytes are not installed again");
+        core.on_update(data("/a", "good", 2));
+        assert_eq!(core.plan().actions, vec![install(0, "good")]);
+    }
+
+    #[test]
+    fn a_new_configuration_adopts_values_and_releases_what_it_does_not_read() {
+        let mut old = Core::new(&[raw(0, "/a"), raw(1, "/b")]).unwrap();
+        old.plan();
+        old.on_update(data("/a", "x", 1));
+        old.on_update(data("/b", "y", 1));
+        old.plan();
+        old.on_result(0, &Ok(()));
+        let mut new = Core::new(&[raw(0, "/a")]).unwrap();
+        let watched = new.adopt(old);
+        let plan = new.plan();
+        assert_eq!(plan.actions, vec![install(0, "x")], "renders at once from the adopted value");
+        assert!(new.targets()[0].settled_once);
+        assert_eq!(new.finish_adoption(watched), vec![Dep::data(zp("/b"))]);
+    }
+}

@@ -1,0 +1,450 @@
+//! The pipeline task: decides what to write from the values the source reads, and carries
+//! it out, one cycle at a time.
+//!
+//! A change takes one route, in this order:
+//!
+//! ```text
+//! source --SourceEvent--> run: Core::on_update (store)      batch: wait/max_wait
+//!                              Core::plan (render)           core: pure, unit-tested
+//!                              install::carry_out (sink)     install: blocking threads
+//!                              --ReloadBatch--> notify::queue (its own task)
+//!                              <--ReloadOutcome-- (the one channel outcomes come back on)
+//! ```
+//!
+//! [`Core`] decides without I/O; [`run`] is the one task that owns it and carries out what it
+//! decides, and keeps [`Telemetry`] for the status report. Why one task: as the only owner of
+//! all state it needs no locks and has no ordering races. `runtime` spawns it, the source and
+//! the reload queue, and hands it their channels ([`Channels`]).
+
+mod batch;
+mod core;
+mod install;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info};
+
+pub use self::batch::Debounce;
+pub use self::core::{Action, Core, Plan, Target};
+use self::install::Installed;
+use crate::config::TargetId;
+use crate::error::report;
+use crate::model::Dep;
+use crate::notify::queue::{ReloadBatch, ReloadOutcome};
+use crate::ops::metrics;
+use crate::source::{Command, Connection, SourceEvent};
+use crate::status::StatusReport;
+use crate::status::telemetry::{Publisher, Telemetry};
+pub use crate::status::{ConnectionState, Failure, FailureKind, Status};
+
+/// What the pipeline does with rendered files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The agent: install, reload, keep going.
+    Run,
+    /// Install every file once, no reloads; stop when all settled (or the deadline).
+    Once,
+    /// Print instead of installing; stop when all settled (or the deadline).
+    Render,
+}
+
+/// Settings of the task loop.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    pub wait: Duration,
+    pub max_wait: Duration,
+    /// Zero disables.
+    pub resync: Duration,
+    /// For `once`/`render`: give up waiting for missing znodes then.
+    pub deadline: Option<Instant>,
+    /// Parallel installs (each fsyncs).
+    pub write_parallelism: usize,
+    /// Where the status report is published after every change (HTTP endpoint, readiness).
+    pub status: Option<watch::Sender<Arc<StatusReport>>>,
+    /// The connect string, for the report.
+    pub hosts: String,
+}
+
+/// The loop's channels, created by `runtime`: one per neighbouring stage.
+#[derive(Debug)]
+pub struct Channels {
+    /// Values, read errors and connection changes from the source.
+    pub events: mpsc::Receiver<SourceEvent>,
+    /// Watch, unwatch and resync requests to the source.
+    pub source: mpsc::UnboundedSender<Command>,
+    /// New configurations (config hot reload); closed outside `run`.
+    pub reconfigure: mpsc::UnboundedReceiver<Reconfigure>,
+    /// Reloads, to the notify stage's queue ([`crate::notify::queue::run`]).
+    pub reloads: mpsc::UnboundedSender<ReloadBatch>,
+    /// How each reload went. The loop drains it before returning, so it must close: its
+    /// sender belongs to the queue task (or is dropped when there is none).
+    pub outcomes: mpsc::UnboundedReceiver<ReloadOutcome>,
+}
+
+/// How the loop ended, with each file's final state (for `once` and `render`).
+#[derive(Debug)]
+pub struct Summary {
+    pub files: Vec<(PathBuf, Status)>,
+    /// `render`: each file's rendering, in config order.
+    pub rendered: Vec<(PathBuf, Vec<u8>)>,
+    /// The ZooKeeper connection at the end, and its hosts.
+    pub connection: ConnectionState,
+    pub hosts: String,
+}
+
+/// A new configuration for a running pipeline (config hot reload).
+pub struct Reconfigure {
+    pub core: Core,
+    pub wait: Duration,
+    pub max_wait: Duration,
+    pub resync: Duration,
+}
+
+/// The pipeline task. Returns when its input closes (shutdown), or in `once`/`render` mode
+/// when every file is settled or the deadline passed. A [`Reconfigure`] received on
+/// `reconfigure` replaces the files and timings without touching the ZooKeeper session.
+pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summary {
+    let Channels { mut events, source, mut reconfigure, reloads, mut outcomes } = channels;
+    let mut telemetry = Telemetry::new(core.targets().len(), &opts.hosts);
+    let mut publisher = Publisher::new(opts.status.take());
+    let mut rendered: HashMap<TargetId, Vec<u8>> = HashMap::new();
+    let mut debounce = Debounce::new(opts.wait, opts.max_wait);
+    let mut resync_at = next_resync(opts.resync);
+    let mut input_open = true;
+    let mut adopted: Option<BTreeSet<Dep>> = None;
+    // The first cycle runs at once: every file starts marked, to discover what it reads.
+    let mut due = true;
+    loop {
+        if due {
+            due = false;
+            debounce.reset();
+            run_cycle(&mut core, &source, &opts, &reloads, &mut rendered, &mut telemetry).await;
+            if let Some(old_deps) = adopted.take() {
+                let unused = core.finish_adoption(old_deps);
+                if !unused.is_empty() {
+                    let _ = source.send(Command::Unwatch(unused));
+                }
+            }
+            publisher.publish(core.views(), core.values(), &telemetry, false);
+            if opts.mode != Mode::Run && core.all_settled() {
+                break;
+            }
+        }
+        if !input_open {
+            break;
+        }
+        let deadline = debounce.deadline();
+        tokio::select! {
+            // Cancel safety: `recv` loses nothing when another branch wins.
+            ev = events.recv() => match ev {
+                None => {
+                    // Shutdown: finish what is pending, then stop.
+                    input_open = false;
+                    due = core.has_dirty() && opts.mode == Mode::Run;
+                }
+                Some(ev) => {
+                    let mut connection_changed = handle_event(&mut core, &mut telemetry, ev);
+                    // With wait = 0, everything already queued joins this cycle.
+                    while let Ok(ev) = events.try_recv() {
+                        connection_changed |= handle_event(&mut core, &mut telemetry, ev);
+                    }
+                    if connection_changed {
+                        publisher.publish(core.views(), core.values(), &telemetry, false);
+                        // once/render: a read error may have settled the last pending file.
+                        if opts.mode != Mode::Run && core.all_settled() {
+                            break;
+                        }
+                    }
+                    if core.has_dirty() {
+                        due |= debounce.on_change(Instant::now());
+                    }
+                }
+            },
+            _ = sleep_until(deadline), if deadline.is_some() => due = true,
+            _ = sleep_until(resync_at), if resync_at.is_some() => {
+                debug!("resync: re-reading every dependency and checking every file");
+                let _ = source.send(Command::Resync);
+                core.mark_all_dirty();
+                due = true;
+                resync_at = next_resync(opts.resync);
+            }
+            Some(new) = reconfigure.recv() => {
+                let old = std::mem::replace(&mut core, new.core);
+                let old_index: Vec<Option<TargetId>> = core
+                    .targets()
+                    .iter()
+                    .map(|t| old.targets().iter().position(|o| o.spec.dest == t.spec.dest))
+                    .collect();
+                adopted = Some(core.adopt(old));
+                telemetry = telemetry.renew(&old_index);
+                rendered.clear();
+                debounce.set(new.wait, new.max_wait);
+                if opts.resync != new.resync {
+                    opts.resync = new.resync;
+                    resync_at = next_resync(opts.resync);
+                }
+                info!(files = core.targets().len(), "new configuration in effect");
+                due = true;
+            }
+            _ = sleep_until(publisher.due()), if publisher.due().is_some() => {
+                publisher.publish(core.views(), core.values(), &telemetry, true);
+            }
+            Some(outcome) = outcomes.recv() => {
+                on_reload_outcome(&mut core, &mut telemetry, outcome, &reloads).await;
+                publisher.publish(core.views(), core.values(), &telemetry, false);
+            }
+            _ = sleep_until(opts.deadline), if opts.deadline.is_some() => break,
+        }
+    }
+    // Reloads already queued still run; record how they went (no rollback any more).
+    drop(reloads);
+    while let Some(outcome) = outcomes.recv().await {
+        match outcome {
+            ReloadOutcome::Reloaded { targets, at } => telemetry.on_reload(&targets, at, None),
+            ReloadOutcome::Failed { targets, at, error, .. } => {
+                telemetry.on_reload(&targets, at, Some(error))
+            }
+        }
+    }
+    publisher.publish(core.views(), core.values(), &telemetry, true);
+    let files = core.targets().iter().map(|t| (t.spec.dest.clone(), t.status.clone())).collect();
+    let mut rendered: Vec<_> = rendered.into_iter().collect();
+    rendered.sort_by_key(|(id, _)| *id);
+    let rendered =
+        rendered.into_iter().map(|(id, bytes)| (core.targets()[id].spec.dest.clone(), bytes)).collect();
+    Summary { files, rendered, connection: telemetry.connection(), hosts: telemetry.hosts().to_owned() }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next resync time: the period plus up to 10% jitter, so a fleet does not resync at once.
+fn next_resync(period: Duration) -> Option<Instant> {
+    if period.is_zero() {
+        return None;
+    }
+    let jitter = period.mul_f64(rand::random::<f64>() * 0.1);
+    Some(Instant::now() + period + jitter)
+}
+
+/// Applies one event; true when the connection state changed (worth publishing at once).
+fn handle_event(core: &mut Core, telemetry: &mut Telemetry, ev: SourceEvent) -> bool {
+    match ev {
+        SourceEvent::Update(u) => {
+            metrics().watch_events_total.inc();
+            let now = Instant::now();
+            for id in core.on_update(u) {
+                telemetry.on_change(id, now);
+            }
+            false
+        }
+        // On expiry every watch is re-established by the source and every value re-read;
+        // values that did not change are dropped by the store, so nothing is rewritten.
+        SourceEvent::Connection(c) => {
+            let change = telemetry.on_connection(c);
+            let m = metrics();
+            if change.reconnected {
+                m.zk_reconnects_total.inc();
+            }
+            if c == Connection::Expired {
+                m.zk_session_expirations_total.inc();
+            }
+            m.zk_connected.set(i64::from(c == Connection::Connected));
+            change.changed
+        }
+        SourceEvent::ReadError { dep, message } => {
+            core.on_read_error(&dep, message);
+            true
+        }
+    }
+}
+
+/// Plans one cycle and carries it out: watches, installs, reloads.
+async fn run_cycle(
+    core: &mut Core,
+    source: &mpsc::UnboundedSender<Command>,
+    opts: &Options,
+    reloads: &mpsc::UnboundedSender<ReloadBatch>,
+    rendered: &mut HashMap<TargetId, Vec<u8>>,
+    telemetry: &mut Telemetry,
+) {
+    let before: Vec<Status> = core.targets().iter().map(|t| t.status.clone()).collect();
+    let plan = core.plan();
+    metrics().renders_total.inc_by(plan.renders);
+    metrics().render_errors_total.inc_by(plan.render_errors);
+    if !plan.unwatch.is_empty() {
+        let _ = source.send(Command::Unwatch(plan.unwatch));
+    }
+    if !plan.watch.is_empty() {
+        let _ = source.send(Command::Watch(plan.watch));
+    }
+    let mut to_reload = ReloadBatch::default();
+    if opts.mode == Mode::Render {
+        for action in plan.actions {
+            if let Action::Install { target, contents } = action {
+                rendered.insert(target, contents);
+                core.on_result(target, &Ok(()));
+            }
+        }
+    } else {
+        let results = install::carry_out(core, plan.actions, opts.write_parallelism).await;
+        let now = SystemTime::now();
+        for Installed { id, changed, result, rollback } in results {
+            let failure = result
+                .as_ref()
+                .err()
+                .map(|e| Failure { kind: FailureKind::from_write_label(e.kind()), message: report(e) });
+            core.on_result(id, &failure.clone().map_or(Ok(()), Err));
+            if changed && let Some(waited) = telemetry.change_waited(id) {
+                metrics().record_change_to_write(waited);
+            }
+            if changed {
+                metrics().files_written_total.inc();
+            }
+            if failure.as_ref().is_some_and(|f| f.kind == FailureKind::CheckFailed) {
+                metrics().check_failures_total.inc();
+            }
+            telemetry.on_result(id, changed, failure.is_none(), now);
+            if changed && let Some(reload) = &core.targets()[id].spec.reload {
+                to_reload.add(reload, id, rollback);
+            }
+        }
+    }
+    log_transitions(core, &before);
+    if !to_reload.is_empty() && opts.mode == Mode::Run {
+        let _ = reloads.send(to_reload);
+    }
+}
+
+/// Records how a reload went. A failed one with `rollback` files puts them back and runs
+/// the reload again, so the application returns to the configuration it accepted.
+async fn on_reload_outcome(
+    core: &mut Core,
+    telemetry: &mut Telemetry,
+    outcome: ReloadOutcome,
+    reloads: &mpsc::UnboundedSender<ReloadBatch>,
+) {
+    match outcome {
+        ReloadOutcome::Reloaded { targets, at } => telemetry.on_reload(&targets, at, None),
+        ReloadOutcome::Failed { spec, targets, at, error, rollback } => {
+            if !rollback.is_empty() {
+                install::roll_back(core, rollback, &error).await;
+                let _ = reloads.send(ReloadBatch::again(spec));
+            }
+            telemetry.on_reload(&targets, at, Some(error));
+        }
+    }
+}
+
+/// Logs each file whose status changed: once per cause, not once per event.
+fn log_transitions(core: &Core, before: &[Status]) {
+    for (t, old) in core.targets().iter().zip(before) {
+        if &t.status == old {
+            continue;
+        }
+        let dest = t.spec.dest.display();
+        match (&t.status, old) {
+            (Status::Failed(f), _) => {
+                error!(dest = %dest, cause = f.kind.as_str(), error = %f.message, "file not updated; it keeps its last good contents")
+            }
+            (Status::Ok, Status::Failed(_)) => info!(dest = %dest, "file recovered"),
+            (Status::Pending, _) => {
+                debug!(dest = %dest, "waiting for znodes to be read")
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::task::JoinHandle;
+
+    use super::core::tests::{data, raw};
+    use super::*;
+
+    /// A `render`-mode pipeline over one raw file of `/a`: it ends at its first complete
+    /// cycle, so the time it ends and what it rendered show when that cycle ran.
+    fn start(
+        wait: Duration,
+        max_wait: Duration,
+    ) -> (mpsc::Sender<SourceEvent>, JoinHandle<(Summary, Instant)>) {
+        let core = Core::new(&[raw(0, "/a")]).unwrap();
+        let (events_tx, events) = mpsc::channel(16);
+        let (source, source_rx) = mpsc::unbounded_channel();
+        let (_reconfigure_tx, reconfigure) = mpsc::unbounded_channel();
+        let (reloads, _reloads_rx) = mpsc::unbounded_channel();
+        let (_, outcomes) = mpsc::unbounded_channel();
+        let opts = Options {
+            mode: Mode::Render,
+            wait,
+            max_wait,
+            resync: Duration::ZERO,
+            deadline: None,
+            write_parallelism: 1,
+            status: None,
+            hosts: "h".to_owned(),
+        };
+        let channels = Channels { events, source, reconfigure, reloads, outcomes };
+        let task = tokio::spawn(async move {
+            let _keep = (source_rx, _reconfigure_tx, _reloads_rx);
+            let summary = run(core, channels, opts).await;
+            (summary, Instant::now())
+        });
+        (events_tx, task)
+    }
+
+    fn rendered(summary: &Summary) -> &str {
+        std::str::from_utf8(&summary.rendered[0].1).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_closer_than_wait_render_once_wait_after_the_last() {
+        let t0 = Instant::now();
+        let (events, task) = start(Duration::from_millis(100), Duration::from_secs(1));
+        for (i, value) in ["1", "2", "3"].into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+            events.send(SourceEvent::Update(data("/a", value, i as i32))).await.unwrap();
+        }
+        let (summary, ended) = task.await.unwrap();
+        assert_eq!(rendered(&summary), "3", "one cycle, with the last value");
+        assert_eq!(ended - t0, Duration::from_millis(220), "100 ms after the change at 120 ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_renders_max_wait_after_the_first_change() {
+        let t0 = Instant::now();
+        let (events, task) = start(Duration::from_millis(100), Duration::from_millis(250));
+        // A change every 40 ms: a plain debounce would never fire.
+        for i in 0..20 {
+            if events.send(SourceEvent::Update(data("/a", &i.to_string(), i))).await.is_err() {
+                break; // the pipeline has finished
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        let (summary, ended) = task.await.unwrap();
+        assert_eq!(ended - t0, Duration::from_millis(250));
+        assert_eq!(rendered(&summary), "6", "the value sent at 240 ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_wait_renders_at_once() {
+        let t0 = Instant::now();
+        let (events, task) = start(Duration::ZERO, Duration::from_secs(1));
+        events.send(SourceEvent::Update(data("/a", "x", 1))).await.unwrap();
+        let (summary, ended) = task.await.unwrap();
+        assert_eq!((rendered(&summary), ended - t0), ("x", Duration::ZERO));
+    }
+}
