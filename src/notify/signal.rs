@@ -18,12 +18,8 @@ use nix::unistd::Pid;
 use tracing::debug;
 
 use super::NotifyError;
-use crate::config::SignalTarget;
+use crate::config::{COMM_NAME_MAX, SignalTarget};
 use crate::exec::ChildHandle;
-
-/// The kernel keeps at most this many bytes of a process name in `comm` (TASK_COMM_LEN
-/// minus the terminating NUL).
-const COMM_LEN: usize = 15;
 
 /// How much of an invalid pid file's contents goes into the error message.
 const PID_FILE_EXCERPT: usize = 64;
@@ -101,7 +97,7 @@ fn kill_masters(signal: Signal, name: &str, target: &SignalTarget) -> Result<(),
 /// Processes come and go while the directory is read: one whose files cannot be read
 /// has exited and is skipped. Only failing to list `proc` itself is an error.
 fn find_masters(proc: &Path, name: &str) -> std::io::Result<Vec<i32>> {
-    let wanted = &name.as_bytes()[..name.len().min(COMM_LEN)];
+    let wanted = &name.as_bytes()[..name.len().min(COMM_NAME_MAX)];
     let mut pids = Vec::new();
     for entry in fs::read_dir(proc)? {
         let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
