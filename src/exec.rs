@@ -1,10 +1,10 @@
 //! `zkrender exec -- app args...`: the application as zkrender's child.
 //!
-//! [`supervise`] runs the child (started, restarted and waited for through `spawn`,
-//! `restart` and `exit_code`) and publishes it in a [`ChildHandle`]: `runtime` creates the
-//! handle and gives clones to the reload stage, so that reloads (`signal` without a target,
-//! `restart = true`) reach the child. `runtime` also spawns the signal forwarders
-//! ([`forward_signals`]) and, as PID 1, the orphan reaper ([`reap_orphans`]).
+//! [`start`] and [`supervise`] run the child (through `spawn`, `restart` and `exit_code`)
+//! and publish it in a [`ChildHandle`]: `runtime` creates the handle and gives a clone to the
+//! reload queue, so that reloads (`signal` without a target, `restart = true`) reach the
+//! child. `runtime` also spawns the signal forwarders ([`signal_forwarders`]) and, as PID 1,
+//! the orphan reaper ([`reap_orphans`]). Nothing here is process-wide state.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -152,7 +152,7 @@ pub async fn supervise(
     }
 }
 
-/// One forwarder per signal in [`FORWARDED`], each sending its signal to whichever child
+/// One forwarder per signal in `FORWARDED` (TERM, INT, QUIT, USR1, USR2), each sending its signal to whichever child
 /// `handle` names at the time (a restart replaces it). The caller (`runtime`) spawns them;
 /// they end with the runtime when zkrender exits. A signal that cannot be caught is logged
 /// and left out.

@@ -120,7 +120,7 @@ pub struct Rendered {
 /// shared through an `Arc`, so renders take no lock and may run on any number of threads at
 /// once; it is freed with the last template of its configuration (config reloads do not
 /// leak). The template's own settings (prefix, allowed environment variables) travel in the
-/// per-render [`Scope`].
+/// per-render `Scope`.
 pub struct Template {
     name: String,
     /// Key of the compiled template in `env`.

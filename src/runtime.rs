@@ -294,9 +294,12 @@ async fn drive(
             let summary = joined.map_err(AgentError::TaskPanicked)?;
             source_stop.cancel();
             let source_result = source.await.map_err(AgentError::TaskPanicked)?;
-            if mode != Mode::Run && let Err(e) = source_result {
-                // A source that never connected explains every pending file better.
-                if summary.files.iter().any(|(_, s)| *s == Status::Pending) {
+            if let Err(e) = source_result {
+                // `run`: the pipeline ends only after its input closed, i.e. after the source
+                // stopped (both may be done by the time this select! polls; it picks either),
+                // so the source's error is why the agent stops. once/render: a source that
+                // never connected explains every pending file better.
+                if mode == Mode::Run || summary.files.iter().any(|(_, s)| *s == Status::Pending) {
                     return Err(e.into());
                 }
             }
