@@ -80,7 +80,8 @@ impl DirWatch {
     ) {
         let now = Instant::now();
         pending.retain(|name| {
-            let ok = std::fs::read(self.dir.join(name.as_str())).ok().as_deref() == Some(want[*name].as_slice());
+            let ok =
+                std::fs::read(self.dir.join(name.as_str())).ok().as_deref() == Some(want[*name].as_slice());
             if ok {
                 done.insert((*name).clone(), now);
             }
