@@ -206,16 +206,22 @@ fn reloads(counter: &Path) -> u64 {
 
 /// Runs one agent on one layout: start, then `changes` single changes each made once the
 /// agent is idle; with `burst`, then the burst (d) on the layout's first key.
+/// What every run shares: the scenario's context, its ZooKeeper and the writer's client.
+struct Env<'a> {
+    ctx: &'a Ctx,
+    zk: &'a Zk,
+    client: &'a zkc::Client,
+}
+
 async fn run_one(
-    ctx: &Ctx,
-    zk: &Zk,
-    client: &zkc::Client,
+    env: &Env<'_>,
     who: &Contender,
     layout: &Layout,
     vals: &mut HashMap<String, String>,
     changes: usize,
     burst: bool,
 ) -> Res<Value> {
+    let Env { ctx, zk, client } = *env;
     let name = format!("compare-{}-{}", layout.tag, who.label);
     let dir = ctx.dir(&name)?;
     let out = dir.join("out");
@@ -399,12 +405,13 @@ pub async fn compare(ctx: &mut Ctx) -> Res<Value> {
         idle_writer_ms = ms(t1 - t0);
     }
 
+    let env = Env { ctx: &*ctx, zk: &zk, client: &client };
     let mut by_layout = serde_json::Map::new();
     for l in &layouts {
         let mut runs = serde_json::Map::new();
         for c in &who {
             eprintln!("zkrender-bench: compare: {} with {}", l.title, c.label);
-            let r = run_one(ctx, &zk, &client, c, l, &mut vals, changes, l.tag == "single").await?;
+            let r = run_one(&env, c, l, &mut vals, changes, l.tag == "single").await?;
             runs.insert(c.label.to_owned(), r);
         }
         by_layout.insert(l.tag.to_owned(), Value::Object(runs));
