@@ -459,7 +459,11 @@ fn table(res: &Value, labels: &[&str], changes: usize, idle_writer_ms: f64) -> S
     let mut line = |metric: String, tag: &str, path: &str| {
         let v: Vec<f64> = labels.iter().map(|l| at(&res[tag][*l], path)).collect();
         let ratio = v[0] / v[v.len() - 1];
-        let cells: Vec<String> = v.iter().map(|x| f(*x)).collect();
+        // Counts (reads, installs, reloads) print as integers.
+        let cells: Vec<String> = v
+            .iter()
+            .map(|x| if x.fract() == 0.0 && x.abs() < 1e9 { format!("{x:.0}") } else { f(*x) })
+            .collect();
         s += &format!(
             "| {metric} | {} | {} |\n",
             cells.join(" | "),
