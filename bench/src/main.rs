@@ -35,7 +35,7 @@ const USAGE: &str =
     "usage: zkrender-bench [--quick] [--agent PATH] [--baseline PATH] [--out DIR] [--keep] [SCENARIO...]
 
   SCENARIO    latency burst scale footprint fleet soak compare (default: all, in this order)
-  --quick     CI-sized run (fewer iterations, smaller N; < 2 minutes)
+  --quick     CI-sized run (fewer iterations, smaller N; about 3 minutes)
   --agent P   the zkrender binary to measure (default: build it with `cargo build --release`
               in the repository, CARGO_TARGET_DIR=$ZKR_AGENT_TARGET_DIR or <repo>/target)
   --baseline P  compare: a second zkrender binary (e.g. an older build) measured beside
