@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use crate::Res;
 
 pub struct Agent {
+    /// The program's file name, for messages.
+    name: String,
     child: Child,
     pub pid: i32,
     pub log: PathBuf,
@@ -19,9 +21,17 @@ pub struct Agent {
 impl Agent {
     /// Starts `bin run -c config`, stderr into `log`.
     pub fn spawn(bin: &Path, config: &Path, log: &Path) -> Res<Agent> {
-        let err = fs::File::create(log)?;
         let mut cmd = Command::new(bin);
-        cmd.arg("run").arg("-c").arg(config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
+        cmd.arg("run").arg("-c").arg(config);
+        Agent::start(cmd, log)
+    }
+
+    /// Starts any agent program (`cmd` with its arguments), stderr into `log`.
+    pub fn start(mut cmd: Command, log: &Path) -> Res<Agent> {
+        let err = fs::File::create(log)?;
+        let name =
+            Path::new(cmd.get_program()).file_name().unwrap_or_default().to_string_lossy().into_owned();
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
         // Should the benchmark die, its agents die with it.
         unsafe {
             cmd.pre_exec(|| {
@@ -30,7 +40,7 @@ impl Agent {
             });
         }
         let child = cmd.spawn()?;
-        Ok(Agent { pid: child.id() as i32, child, log: log.to_owned() })
+        Ok(Agent { name, pid: child.id() as i32, child, log: log.to_owned() })
     }
 
     /// Fails with the log's tail if the process is gone.
@@ -39,7 +49,13 @@ impl Agent {
             let log = fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(format!("zkrender exited ({st}); log {}:\n{}", self.log.display(), tail.join("\n")).into());
+            return Err(format!(
+                "{} exited ({st}); log {}:\n{}",
+                self.name,
+                self.log.display(),
+                tail.join("\n")
+            )
+            .into());
         }
         Ok(())
     }
@@ -124,7 +140,11 @@ impl ProcStats {
                         if line.starts_with("voluntary_ctxt_switches:")
                             || line.starts_with("nonvoluntary_ctxt_switches:")
                         {
-                            cs += line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                            cs += line
+                                .split_whitespace()
+                                .nth(1)
+                                .and_then(|v| v.parse::<u64>().ok())
+                                .unwrap_or(0);
                         }
                     }
                 }
@@ -152,7 +172,8 @@ impl ProcStats {
         let mut ns = 0;
         let mut cs = 0;
         for &(tid, n, c) in &self.per_thread {
-            let (n0, c0) = before.per_thread.iter().find(|t| t.0 == tid).map(|t| (t.1, t.2)).unwrap_or((0, 0));
+            let (n0, c0) =
+                before.per_thread.iter().find(|t| t.0 == tid).map(|t| (t.1, t.2)).unwrap_or((0, 0));
             ns += n.saturating_sub(n0);
             cs += c.saturating_sub(c0);
         }

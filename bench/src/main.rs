@@ -1,15 +1,17 @@
 //! zkrender-bench: the benchmark program of zkrender. See bench/README.md.
 //!
 //! ```text
-//! cargo run --release --manifest-path bench/Cargo.toml -- [--quick] [--agent PATH] [--out DIR] [--keep] [SCENARIO...]
+//! cargo run --release --manifest-path bench/Cargo.toml -- [--quick] [--agent PATH] [--baseline PATH] [--out DIR] [--keep] [SCENARIO...]
 //! ```
 //!
-//! Scenarios: latency, burst, scale, footprint, fleet, soak (all by default, in that order).
+//! Scenarios: latency, burst, scale, footprint, fleet, soak, compare (all by default, in that
+//! order).
 //! Prints one JSON line per scenario on stdout as it finishes, then a table; writes
 //! `results.json` and `table.md` to the output directory and, when bench/.venv has
 //! matplotlib (bench/run sets it up), the plots.
 
 mod agent;
+mod compare;
 mod hook;
 mod scenarios;
 mod stats;
@@ -27,25 +29,30 @@ use scenarios::Ctx;
 
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-const ALL: [&str; 6] = ["latency", "burst", "scale", "footprint", "fleet", "soak"];
+const ALL: [&str; 7] = ["latency", "burst", "scale", "footprint", "fleet", "soak", "compare"];
 
-const USAGE: &str = "usage: zkrender-bench [--quick] [--agent PATH] [--out DIR] [--keep] [SCENARIO...]
+const USAGE: &str =
+    "usage: zkrender-bench [--quick] [--agent PATH] [--baseline PATH] [--out DIR] [--keep] [SCENARIO...]
 
-  SCENARIO    latency burst scale footprint fleet soak (default: all, in this order)
-  --quick     CI-sized run (fewer iterations, smaller N; < 2 minutes)
+  SCENARIO    latency burst scale footprint fleet soak compare (default: all, in this order)
+  --quick     CI-sized run (fewer iterations, smaller N; about 3 minutes)
   --agent P   the zkrender binary to measure (default: build it with `cargo build --release`
               in the repository, CARGO_TARGET_DIR=$ZKR_AGENT_TARGET_DIR or <repo>/target)
+  --baseline P  compare: a second zkrender binary (e.g. an older build) measured beside
+              --agent and the Python reference agent
   --out DIR   where results.json, table.md and the PNGs go
               (default bench/results, or bench/results/quick with --quick)
   --keep      keep the work directory (configs, agent logs, ZooKeeper logs)
 
 Environment: BENCH_TMPDIR (else TMPDIR, else /tmp): where the work directory is made. It
-must be a real disk file system (not tmpfs), or fsync costs nothing.";
+must be a real disk file system (not tmpfs), or fsync costs nothing. BENCH_PYTHON (else
+/usr/bin/python3): the interpreter with python3-kazoo for compare's reference agent.";
 
 fn main() {
     let mut quick = false;
     let mut keep = false;
     let mut agent: Option<PathBuf> = None;
+    let mut baseline: Option<PathBuf> = None;
     let mut out: Option<PathBuf> = None;
     let mut wanted: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -54,6 +61,7 @@ fn main() {
             "--quick" => quick = true,
             "--keep" => keep = true,
             "--agent" => agent = args.next().map(PathBuf::from),
+            "--baseline" => baseline = args.next().map(PathBuf::from),
             "--out" => out = args.next().map(PathBuf::from),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -69,7 +77,7 @@ fn main() {
     if wanted.is_empty() {
         wanted = ALL.iter().map(|s| (*s).to_owned()).collect();
     }
-    let code = match run(quick, keep, agent, out, wanted) {
+    let code = match run(quick, keep, agent, baseline, out, wanted) {
         Ok(failed) => i32::from(failed),
         Err(e) => {
             eprintln!("zkrender-bench: error: {e}");
@@ -85,8 +93,12 @@ fn repo_root() -> PathBuf {
 }
 
 fn build_agent(root: &Path) -> Res<PathBuf> {
-    let target = std::env::var_os("ZKR_AGENT_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    eprintln!("zkrender-bench: building the agent: cargo build --release (CARGO_TARGET_DIR={})", target.display());
+    let target =
+        std::env::var_os("ZKR_AGENT_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    eprintln!(
+        "zkrender-bench: building the agent: cargo build --release (CARGO_TARGET_DIR={})",
+        target.display()
+    );
     let st = Command::new("cargo")
         .args(["build", "--release", "--bin", "zkrender"])
         .current_dir(root)
@@ -109,7 +121,14 @@ fn sh(cmd: &str) -> String {
 }
 
 /// Runs the scenarios; true when one failed.
-fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wanted: Vec<String>) -> Res<bool> {
+fn run(
+    quick: bool,
+    keep: bool,
+    agent: Option<PathBuf>,
+    baseline: Option<PathBuf>,
+    out: Option<PathBuf>,
+    wanted: Vec<String>,
+) -> Res<bool> {
     let root = repo_root();
     let bin = match agent {
         Some(p) => p.canonicalize()?,
@@ -118,6 +137,10 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
     if !bin.is_file() {
         return Err(format!("no agent binary at {}", bin.display()).into());
     }
+    let baseline = match baseline {
+        Some(p) => Some(p.canonicalize().map_err(|e| format!("--baseline {}: {e}", p.display()))?),
+        None => None,
+    };
     let out = out.unwrap_or_else(|| {
         let r = root.join("bench").join("results");
         if quick { r.join("quick") } else { r }
@@ -143,7 +166,15 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
     );
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut ctx = Ctx { root: root.clone(), bin: bin.clone(), quick, work: work.clone(), scale_stats: None, zk_version: String::new() };
+    let mut ctx = Ctx {
+        root: root.clone(),
+        bin: bin.clone(),
+        baseline: baseline.clone(),
+        quick,
+        work: work.clone(),
+        scale_stats: None,
+        zk_version: String::new(),
+    };
     let started = Instant::now();
     let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
     let mut results: Vec<Value> = Vec::new();
@@ -159,6 +190,7 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
                 "footprint" => scenarios::footprint(&mut ctx).await,
                 "fleet" => scenarios::fleet(&mut ctx).await,
                 "soak" => scenarios::soak(&mut ctx).await,
+                "compare" => compare::compare(&mut ctx).await,
                 _ => unreachable!(),
             }
         });
@@ -178,6 +210,7 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
         if let Some(o) = line.as_object_mut() {
             o.remove("samples");
             o.remove("rows");
+            o.remove("table");
         }
         println!("{}", serde_json::to_string(&line)?);
         results.push(v);
@@ -194,6 +227,7 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
         "work_fs": sh(&format!("findmnt -no FSTYPE -T '{}'", work.display())),
         "zookeeper": ctx.zk_version,
         "agent": bin.display().to_string(),
+        "baseline": baseline.as_ref().map(|b| b.display().to_string()),
         "agent_commit": sh(&format!("git -C '{}' rev-parse --short HEAD", root.display())),
         "seconds": stats::r3(started.elapsed().as_secs_f64()),
         "loadavg_before": load_before,
@@ -201,7 +235,10 @@ fn run(quick: bool, keep: bool, agent: Option<PathBuf>, out: Option<PathBuf>, wa
     });
     let table = table(&meta, &results);
     println!("\n{table}");
-    fs::write(out.join("results.json"), serde_json::to_string_pretty(&json!({ "meta": meta, "scenarios": results }))? + "\n")?;
+    fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&json!({ "meta": meta, "scenarios": results }))? + "\n",
+    )?;
     fs::write(out.join("table.md"), table)?;
     plot(&root, &out);
     if !keep {
@@ -237,6 +274,11 @@ fn table(meta: &Value, results: &[Value]) -> String {
             let c = |i: usize| row[i].as_str().unwrap_or("").replace('|', "\\|");
             s += &format!("| {name} | {} | {} | {} | {} |\n", c(0), c(1), c(2), c(3));
         }
+    }
+    // Scenarios with a table of their own (compare: a column per agent) follow.
+    for t in results.iter().filter_map(|r| r["table"].as_str()) {
+        s += "\n";
+        s += t;
     }
     s
 }

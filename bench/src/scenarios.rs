@@ -1,4 +1,4 @@
-//! The six scenarios. Each starts its own ZooKeeper with `scripts/zk`, runs the release
+//! Six of the scenarios (`compare` is in compare.rs). Each starts its own ZooKeeper with `scripts/zk`, runs the release
 //! `zkrender` as separate processes, and returns one JSON object: its measurements, its
 //! `rows` for the table (metric, value, target, verdict) and, for the plots, raw `samples`.
 
@@ -23,6 +23,8 @@ use crate::zk::{Zk, connect, ensure_path, put_many};
 pub struct Ctx {
     pub root: PathBuf,
     pub bin: PathBuf,
+    /// `--baseline`: a second zkrender binary for `compare` (e.g. an older build).
+    pub baseline: Option<PathBuf>,
     pub quick: bool,
     pub work: PathBuf,
     /// Set by `scale` for `footprint`: the agent's /proc stats once scale settled.
@@ -31,17 +33,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn pick<T>(&self, full: T, quick: T) -> T {
+    pub(crate) fn pick<T>(&self, full: T, quick: T) -> T {
         if self.quick { quick } else { full }
     }
     /// An agent's log file: under work/logs, away from the config directory (which the
     /// agent watches for config hot reload: a log there would wake it on every line).
-    fn log(&self, name: &str) -> PathBuf {
+    pub(crate) fn log(&self, name: &str) -> PathBuf {
         let d = self.work.join("logs");
         let _ = fs::create_dir_all(&d);
         d.join(format!("{name}.log"))
     }
-    fn dir(&self, name: &str) -> Res<PathBuf> {
+    pub(crate) fn dir(&self, name: &str) -> Res<PathBuf> {
         let d = self.work.join(name);
         fs::create_dir_all(&d)?;
         Ok(d)
@@ -49,14 +51,14 @@ impl Ctx {
 }
 
 /// One table row: metric, value, target text, verdict (`ok`, `MISS`, or `-` without target).
-fn row(metric: &str, value: String, target: Option<(&str, bool)>) -> Value {
+pub(crate) fn row(metric: &str, value: String, target: Option<(&str, bool)>) -> Value {
     match target {
         Some((t, ok)) => json!([metric, value, t, if ok { "ok" } else { "MISS" }]),
         None => json!([metric, value, "", "-"]),
     }
 }
 
-fn f(x: f64) -> String {
+pub(crate) fn f(x: f64) -> String {
     if x.is_nan() {
         "n/a".into()
     } else if x >= 100.0 {
@@ -68,12 +70,12 @@ fn f(x: f64) -> String {
     }
 }
 
-fn get(v: &Value, k: &str) -> f64 {
+pub(crate) fn get(v: &Value, k: &str) -> f64 {
     v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
 /// Waits until every wanted file holds its bytes, failing early if an agent died.
-async fn settle(
+pub(crate) async fn settle(
     w: &mut DirWatch,
     agents: &mut [Agent],
     want: &HashMap<String, Vec<u8>>,
@@ -82,8 +84,11 @@ async fn settle(
     let start = Instant::now();
     let mut done: HashMap<String, Instant> = HashMap::new();
     loop {
-        let rest: HashMap<String, Vec<u8>> =
-            want.iter().filter(|(k, _)| !done.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let rest: HashMap<String, Vec<u8>> = want
+            .iter()
+            .filter(|(k, _)| !done.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         if rest.is_empty() {
             return Ok(done);
         }
@@ -125,9 +130,15 @@ pub async fn latency(ctx: &mut Ctx) -> Res<Value> {
     let cfg = dir.join("zkrender.toml");
     let listen = format!("127.0.0.1:{}", free_port());
     fs::write(&cfg, head(&zk.hosts, "0ms", &listen) + &raw_file(&w.path("value"), "/lat/key"))?;
-    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
-    settle(&mut w, &mut agents, &HashMap::from([("value".into(), b"init".to_vec())]), Duration::from_secs(30))
-        .await?;
+    let mut agents =
+        vec![Agent::spawn(&ctx.bin, &cfg, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
+    settle(
+        &mut w,
+        &mut agents,
+        &HashMap::from([("value".into(), b"init".to_vec())]),
+        Duration::from_secs(30),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     w.drain().await;
 
@@ -201,9 +212,15 @@ pub async fn burst(ctx: &mut Ctx) -> Res<Value> {
                 + &raw_file(&w.path("value"), &znode)
                 + &format!("[file.reload]\nhttp = {}\n", q(&hook.url)),
         )?;
-        let mut agents = vec![Agent::spawn(&ctx.bin, &cfg, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
-        settle(&mut w, &mut agents, &HashMap::from([("value".into(), b"init".to_vec())]), Duration::from_secs(30))
-            .await?;
+        let mut agents =
+            vec![Agent::spawn(&ctx.bin, &cfg, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
+        settle(
+            &mut w,
+            &mut agents,
+            &HashMap::from([("value".into(), b"init".to_vec())]),
+            Duration::from_secs(30),
+        )
+        .await?;
         let mut converge = Vec::new();
         let mut converge_issue = Vec::new();
         let mut reloads = Vec::new();
@@ -243,7 +260,11 @@ pub async fn burst(ctx: &mut Ctx) -> Res<Value> {
         }
         let worst = converge.iter().cloned().fold(0.0, f64::max);
         let target = if wait == "0ms" { Some(("<= 50", worst <= 50.0)) } else { None };
-        rows.push(row(&format!("wait={wait}: converged after last set acked (ms, worst of {reps})"), f(worst), target));
+        rows.push(row(
+            &format!("wait={wait}: converged after last set acked (ms, worst of {reps})"),
+            f(worst),
+            target,
+        ));
         rows.push(row(
             &format!("wait={wait}: reloads per burst of {n}"),
             reloads.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
@@ -290,7 +311,7 @@ impl Layout {
     }
 }
 
-fn tpl_text(keys: usize) -> String {
+pub(crate) fn tpl_text(keys: usize) -> String {
     (0..keys).map(|k| format!("k{k:02} = {{{{ znode('k{k:02}') }}}}\n")).collect()
 }
 fn tpl_render(t: usize, vals: &[String]) -> Vec<u8> {
@@ -319,7 +340,8 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
         items.push((format!("/scale/raw/n{i:04}"), v.clone().into_bytes()));
     }
     ensure_path(&client, "/scale/tpl").await?;
-    let dirs: Vec<(String, Vec<u8>)> = (0..lay.tpl.len()).map(|t| (format!("/scale/tpl/t{t:03}"), Vec::new())).collect();
+    let dirs: Vec<(String, Vec<u8>)> =
+        (0..lay.tpl.len()).map(|t| (format!("/scale/tpl/t{t:03}"), Vec::new())).collect();
     put_many(&client, &dirs).await?;
     for (t, vals) in tpl_v.iter().enumerate() {
         for (k, v) in vals.iter().enumerate() {
@@ -358,7 +380,8 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
     fs::write(&cfg_path, cfg)?;
 
     let t_start = Instant::now();
-    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg_path, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
+    let mut agents =
+        vec![Agent::spawn(&ctx.bin, &cfg_path, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
     let done = settle(&mut w, &mut agents, &want, Duration::from_secs(120)).await?;
     let all_ms = ms(done.values().max().copied().unwrap() - t_start);
     let first_ms = ms(done.values().min().copied().unwrap() - t_start);
@@ -432,7 +455,11 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
     let writes_mean = writes.iter().sum::<f64>() / writes.len().max(1) as f64;
     let rss = mib(settled.rss_kib);
     let rows = vec![
-        row(&format!("start to all {files} files written (ms)"), f(all_ms), Some(("<= 1000", all_ms <= 1000.0))),
+        row(
+            &format!("start to all {files} files written (ms)"),
+            f(all_ms),
+            Some(("<= 1000", all_ms <= 1000.0)),
+        ),
         row("start to first file written (ms)", f(first_ms), None),
         row("agent CPU time until settled (ms)", f(start_cpu_ms), None),
         row("start to the 1,000-child list file (ms)", f(list_ms), None),
@@ -450,7 +477,11 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
         ),
         row("agent CPU per single change (ms)", f(cpu_per_change_ms), None),
         row("ZooKeeper watch count (mntr zk_watch_count)", c.watches.to_string(), None),
-        row("ZooKeeper requests per change: agent reads + writes", format!("{} + {}", f(reads_mean), f(writes_mean)), None),
+        row(
+            "ZooKeeper requests per change: agent reads + writes",
+            format!("{} + {}", f(reads_mean), f(writes_mean)),
+            None,
+        ),
     ];
     Ok(json!({
         "scenario": "scale",
@@ -472,7 +503,13 @@ pub async fn scale(ctx: &mut Ctx) -> Res<Value> {
 // ------------------------------------------------------------------ 4. footprint
 
 /// The typical config: 10 template files reading 10 znodes each.
-async fn typical(ctx: &Ctx, zk: &Zk, root: &str, dir: &Path, listen: &str) -> Res<(String, HashMap<String, Vec<u8>>, Vec<String>, Vec<String>)> {
+async fn typical(
+    ctx: &Ctx,
+    zk: &Zk,
+    root: &str,
+    dir: &Path,
+    listen: &str,
+) -> Res<(String, HashMap<String, Vec<u8>>, Vec<String>, Vec<String>)> {
     let client = connect(&zk.hosts).await?;
     let mut cfg = head(&zk.hosts, "0ms", listen);
     let mut want = HashMap::new();
@@ -504,7 +541,8 @@ pub async fn footprint(ctx: &mut Ctx) -> Res<Value> {
     let (cfg, want, _, _) = typical(ctx, &zk, "/typ", &dir, &format!("127.0.0.1:{}", free_port())).await?;
     let cfg_path = dir.join("zkrender.toml");
     fs::write(&cfg_path, cfg)?;
-    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg_path, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
+    let mut agents =
+        vec![Agent::spawn(&ctx.bin, &cfg_path, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
     settle(&mut w, &mut agents, &want, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let s0 = agents[0].stats();
@@ -538,7 +576,11 @@ pub async fn footprint(ctx: &mut Ctx) -> Res<Value> {
         let r = mib(sc.rss_kib);
         rows.push(row("RSS after scale settles (MiB)", f(r), Some(("<= 30", r <= 30.0))));
     }
-    rows.push(row("RSS, typical config: 10 files, 100 znodes (MiB)", f(typ_rss), Some(("<= 10", typ_rss <= 10.0))));
+    rows.push(row(
+        "RSS, typical config: 10 files, 100 znodes (MiB)",
+        f(typ_rss),
+        Some(("<= 10", typ_rss <= 10.0)),
+    ));
     rows.push(row(
         &format!("idle CPU over {} s (%)", idle.as_secs()),
         format!("{:.4}", cpu_pct),
@@ -546,11 +588,7 @@ pub async fn footprint(ctx: &mut Ctx) -> Res<Value> {
     ));
     rows.push(row("idle wake-ups per second (context switches)", f(wakeups), None));
     rows.push(row(&format!("ZooKeeper reads while idle ({} s)", idle.as_secs()), d.reads.to_string(), None));
-    rows.push(row(
-        "binary size, stripped (MiB)",
-        f(stripped.unwrap_or(size) as f64 / 1048576.0),
-        None,
-    ));
+    rows.push(row("binary size, stripped (MiB)", f(stripped.unwrap_or(size) as f64 / 1048576.0), None));
     Ok(json!({
         "scenario": "footprint",
         "scale_settled": ctx.scale_stats.as_ref().map(stats_json),
@@ -644,13 +682,21 @@ pub async fn fleet(ctx: &mut Ctx) -> Res<Value> {
         let target = if n >= 200 { Some(("<= 500", p99 <= 500.0)) } else { None };
         rows.push(row(&format!("N={n}: set to file, per agent p50 (ms)"), f(get(&pa, "p50")), None));
         rows.push(row(&format!("N={n}: set to file, per agent p99 (ms)"), f(p99), target));
-        rows.push(row(&format!("N={n}: set to all N files, p50 / max (ms)"), format!("{} / {}", f(get(&an, "p50")), f(get(&an, "max"))), None));
+        rows.push(row(
+            &format!("N={n}: set to all N files, p50 / max (ms)"),
+            format!("{} / {}", f(get(&an, "p50")), f(get(&an, "max"))),
+            None,
+        ));
         rows.push(row(
             &format!("N={n}: ensemble requests per change: reads + writes (packets)"),
             format!("{} + {} ({})", f(mean(&reads)), f(mean(&writes)), f(mean(&packets))),
             None,
         ));
-        rows.push(row(&format!("N={n}: agents' RSS, mean (MiB)"), f(mib(rss.iter().sum::<u64>() / n as u64)), None));
+        rows.push(row(
+            &format!("N={n}: agents' RSS, mean (MiB)"),
+            f(mib(rss.iter().sum::<u64>() / n as u64)),
+            None,
+        ));
         runs.push(json!({
             "agents": n, "changes": reps, "missed": misses,
             "start_to_all_files_ms": r3(start_ms),
@@ -662,7 +708,9 @@ pub async fn fleet(ctx: &mut Ctx) -> Res<Value> {
         samples.insert(n.to_string(), json!(per_agent.iter().map(|x| r3(*x)).collect::<Vec<_>>()));
         agent::stop_all(agents);
     }
-    Ok(json!({ "scenario": "fleet", "ensemble": 3, "runs": runs, "rows": rows, "samples": { "per_agent_ms": samples } }))
+    Ok(
+        json!({ "scenario": "fleet", "ensemble": 3, "runs": runs, "rows": rows, "samples": { "per_agent_ms": samples } }),
+    )
 }
 
 // ------------------------------------------------------------------ 6. soak
@@ -679,7 +727,8 @@ pub async fn soak(ctx: &mut Ctx) -> Res<Value> {
     let (cfg, want, keys, mut vals) = typical(ctx, &zk, "/soak", &dir, &format!("127.0.0.1:{port}")).await?;
     let cfg_path = dir.join("zkrender.toml");
     fs::write(&cfg_path, cfg)?;
-    let mut agents = vec![Agent::spawn(&ctx.bin, &cfg_path, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
+    let mut agents =
+        vec![Agent::spawn(&ctx.bin, &cfg_path, &ctx.log(&dir.file_name().unwrap().to_string_lossy()))?];
     settle(&mut w, &mut agents, &want, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start_stats = agents[0].stats();
@@ -715,7 +764,8 @@ pub async fn soak(ctx: &mut Ctx) -> Res<Value> {
         }
         w.drain().await;
         let s = agents[0].stats();
-        series.push(json!({ "changes": sent, "rss_mib": mib(s.rss_kib), "fds": s.fds, "threads": s.threads }));
+        series
+            .push(json!({ "changes": sent, "rss_mib": mib(s.rss_kib), "fds": s.fds, "threads": s.threads }));
         if upto == first || upto == total {
             // Settled: every file holds the last values, then a pause for the frees.
             settle(&mut w, &mut agents, &expected(&vals), Duration::from_secs(60)).await?;
@@ -731,10 +781,22 @@ pub async fn soak(ctx: &mut Ctx) -> Res<Value> {
     let growth_kib = b.rss_kib as i64 - a.rss_kib as i64;
     let growth = growth_kib as f64 / 1024.0;
     let rows = vec![
-        row(&format!("RSS after {first} / after {total} changes (MiB)"), format!("{} / {}", f(mib(a.rss_kib)), f(mib(b.rss_kib))), None),
+        row(
+            &format!("RSS after {first} / after {total} changes (MiB)"),
+            format!("{} / {}", f(mib(a.rss_kib)), f(mib(b.rss_kib))),
+            None,
+        ),
         row("RSS growth (MiB)", f(growth), Some(("< 1", growth < 1.0))),
-        row(&format!("fds after {first} / after {total}"), format!("{} / {}", a.fds, b.fds), Some(("equal", a.fds >= b.fds))),
-        row(&format!("threads after {first} / after {total}"), format!("{} / {}", a.threads, b.threads), None),
+        row(
+            &format!("fds after {first} / after {total}"),
+            format!("{} / {}", a.fds, b.fds),
+            Some(("equal", a.fds >= b.fds)),
+        ),
+        row(
+            &format!("threads after {first} / after {total}"),
+            format!("{} / {}", a.threads, b.threads),
+            None,
+        ),
         row("file writes by the agent (metrics)", format!("{}", wb.unwrap_or(f64::NAN)), None),
     ];
     Ok(json!({

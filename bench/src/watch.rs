@@ -62,11 +62,11 @@ impl DirWatch {
                 continue; // the agent's temp files
             }
             *self.installs.entry(name.to_owned()).or_default() += 1;
-            if let Some(&key) = pending.get(&name.to_owned()) {
-                if std::fs::read(self.dir.join(name)).ok().as_deref() == Some(want[key].as_slice()) {
-                    done.insert(key.clone(), Instant::now());
-                    pending.remove(key);
-                }
+            if let Some(&key) = pending.get(&name.to_owned())
+                && std::fs::read(self.dir.join(name)).ok().as_deref() == Some(want[key].as_slice())
+            {
+                done.insert(key.clone(), Instant::now());
+                pending.remove(key);
             }
         }
         done
@@ -80,7 +80,8 @@ impl DirWatch {
     ) {
         let now = Instant::now();
         pending.retain(|name| {
-            let ok = std::fs::read(self.dir.join(name.as_str())).ok().as_deref() == Some(want[*name].as_slice());
+            let ok =
+                std::fs::read(self.dir.join(name.as_str())).ok().as_deref() == Some(want[*name].as_slice());
             if ok {
                 done.insert((*name).clone(), now);
             }

@@ -128,10 +128,7 @@ impl Counters {
 }
 
 pub async fn connect(hosts: &str) -> Res<zk::Client> {
-    let c = zk::Client::connector()
-        .with_session_timeout(Duration::from_secs(20))
-        .connect(hosts)
-        .await?;
+    let c = zk::Client::connector().with_session_timeout(Duration::from_secs(20)).connect(hosts).await?;
     Ok(c)
 }
 
