@@ -173,6 +173,7 @@ pub struct IterableEndpoints {
     cycle: bool,
     next: usize,
     start: usize,
+    max_delay: Duration,
     endpoints: Vec<Endpoint>,
 }
 
@@ -184,7 +185,13 @@ pub struct Index {
 
 impl IterableEndpoints {
     pub fn new(endpoints: impl Into<Vec<Endpoint>>) -> Self {
-        Self { cycle: false, start: 0, next: 0, endpoints: endpoints.into() }
+        Self { cycle: false, start: 0, next: 0, max_delay: Duration::MAX, endpoints: endpoints.into() }
+    }
+
+    /// Caps the pause before each connection attempt, which otherwise doubles with every round
+    /// over all endpoints.
+    pub fn with_max_delay(self, max_delay: Duration) -> Self {
+        Self { max_delay, ..self }
     }
 
     pub fn len(&self) -> usize {
@@ -221,7 +228,7 @@ impl IterableEndpoints {
 
     fn next_with_delay(&mut self, max_delay: Duration) -> Option<(EndpointRef<'_>, Duration)> {
         let index = self.index()?;
-        let timeout = max_delay.min(Self::timeout(index, self.endpoints.len()));
+        let timeout = max_delay.min(self.max_delay).min(Self::timeout(index, self.endpoints.len()));
         self.step();
         Some((self.endpoints[index.offset].to_ref(), timeout))
     }

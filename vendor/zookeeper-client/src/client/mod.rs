@@ -1548,6 +1548,7 @@ pub struct Connector {
     server_version: Version,
     session_timeout: Duration,
     connection_timeout: Duration,
+    max_reconnect_delay: Duration,
 }
 
 impl Connector {
@@ -1565,6 +1566,7 @@ impl Connector {
             server_version: Version(u32::MAX, u32::MAX, u32::MAX),
             session_timeout: Duration::ZERO,
             connection_timeout: Duration::ZERO,
+            max_reconnect_delay: Duration::MAX,
         }
     }
 
@@ -1599,6 +1601,17 @@ impl Connector {
     #[deprecated(since = "0.11.0", note = "use Connector::with_connection_timeout instead")]
     pub fn connection_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.connection_timeout = timeout;
+        self
+    }
+
+    /// Specifies the longest pause between two attempts to connect, when establishing a session
+    /// and when reconnecting it.
+    ///
+    /// Without it the pause doubles with every round over all servers, up to what is left of the
+    /// session timeout: after an outage of a few seconds the client may wait several seconds more
+    /// before it tries a server that is back. Defaults to no limit.
+    pub fn with_max_reconnect_delay(mut self, delay: Duration) -> Self {
+        self.max_reconnect_delay = delay;
         self
     }
 
@@ -1757,7 +1770,7 @@ impl Connector {
         let (sender, receiver) = mpsc::unbounded();
         let sender = Arc::new(sender);
         let mut session = builder.build(Arc::downgrade(&sender))?;
-        let mut endpoints = IterableEndpoints::from(endpoints.as_slice());
+        let mut endpoints = IterableEndpoints::from(endpoints.as_slice()).with_max_delay(self.max_reconnect_delay);
         endpoints.reset();
         if !self.fail_eagerly {
             endpoints.cycle();

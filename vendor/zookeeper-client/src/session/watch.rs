@@ -439,16 +439,17 @@ impl WatchManager {
         for (path, watch) in self.watches.iter() {
             let mut contains = [false; 5];
             for watcher in watch.iter() {
-                let i = watcher.kind.set_watches_index();
-                if !contains[i] {
-                    contains[i] = true;
-                    paths[i].push(path.as_str());
-                    index = index.max(index);
-                    bytes += path.len();
-                    if bytes > SET_WATCHES_MAX_BYTES {
-                        self.send_and_clear_watches(last_zxid, &mut paths, index, depot);
-                        index = 0;
-                        bytes = 0;
+                for &i in watcher.kind.set_watches_indices() {
+                    if !contains[i] {
+                        contains[i] = true;
+                        paths[i].push(path.as_str());
+                        index = index.max(i);
+                        bytes += path.len();
+                        if bytes > SET_WATCHES_MAX_BYTES {
+                            self.send_and_clear_watches(last_zxid, &mut paths, index, depot);
+                            index = 0;
+                            bytes = 0;
+                        }
                     }
                 }
             }
@@ -503,14 +504,23 @@ impl WatcherKind {
         matches!(self, PersistentNode | PersistentRecursive)
     }
 
-    fn set_watches_index(self) -> usize {
+    /// Lists of SetWatches a watch of this kind goes into when it is resent after a reconnect.
+    ///
+    /// The server re-adds persistent watches without telling what changed while the client was
+    /// disconnected. A persistent node watch also goes into the data and child lists: for those,
+    /// the server fires NodeDataChanged, NodeChildrenChanged or NodeDeleted for a node that
+    /// changed after the last zxid the client saw (or does not exist), else it adds a one-shot
+    /// watch that the persistent one then replaces. So a persistent node watcher misses no
+    /// change across a reconnect, and sees no event when nothing changed (but NodeDeleted again
+    /// for a node that is still missing).
+    fn set_watches_indices(self) -> &'static [usize] {
         use WatcherKind::*;
         match self {
-            Data => 0,
-            Exist => 1,
-            Child => 2,
-            PersistentNode => 3,
-            PersistentRecursive => 4,
+            Data => &[0],
+            Exist => &[1],
+            Child => &[2],
+            PersistentNode => &[0, 2, 3],
+            PersistentRecursive => &[4],
         }
     }
 

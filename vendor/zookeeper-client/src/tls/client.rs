@@ -118,6 +118,18 @@ impl TlsClient {
         Ok(Self { inner })
     }
 
+    /// With feature `ring`, a builder on ring whatever other provider is compiled in or installed
+    /// for the process; else one on the process-level default provider, as before.
+    #[cfg(not(feature = "fips-only"))]
+    fn default_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>> {
+        #[cfg(feature = "ring")]
+        return ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+            .with_safe_default_protocol_versions()
+            .map_err(|err| Error::with_other("fail to set tls version for ring", err));
+        #[cfg(not(feature = "ring"))]
+        Ok(ClientConfig::builder())
+    }
+
     fn create_config(options: TlsClientOptions<TlsCerts>) -> Result<Arc<ClientConfig>> {
         let certs = options.certs;
         #[cfg(feature = "fips-only")]
@@ -129,10 +141,10 @@ impl TlsClient {
             true => ClientConfig::builder_with_provider(rustls::crypto::default_fips_provider().into())
                 .with_safe_default_protocol_versions()
                 .map_err(|err| Error::with_other("fail to set tls version for FIPS mode", err))?,
-            false => ClientConfig::builder(),
+            false => Self::default_builder()?,
         };
         #[cfg(not(feature = "fips"))]
-        let builder = ClientConfig::builder();
+        let builder = Self::default_builder()?;
         let builder = match options.hostname_verification {
             true => {
                 let verifier = WebPkiServerVerifier::builder_with_provider(
