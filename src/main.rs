@@ -11,10 +11,6 @@ use zkrender::error::{AgentError, report};
 use zkrender::{config, runtime};
 
 fn main() -> ExitCode {
-    // Both ring (reqwest) and aws-lc-rs (zookeeper-client asks for rustls' defaults) are
-    // compiled in, so rustls cannot choose a provider by itself: name ring for the process.
-    // An Err only says a provider is already installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_logging(&cli);
     match run(cli) {

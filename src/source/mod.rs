@@ -181,6 +181,9 @@ async fn connect(
         let mut connector = zk::Client::connector()
             .with_session_timeout(cfg.session_timeout)
             .with_connection_timeout(cfg.session_timeout.min(Duration::from_secs(5)))
+            // Files converge soon after a server is back, whatever the session timeout: the
+            // library's pause between attempts otherwise doubles up to the session timeout.
+            .with_max_reconnect_delay(Duration::from_millis(250))
             .with_fail_eagerly();
         if let Some(auth) = &cfg.auth {
             // Read at each attempt, so a rotated secret is picked up; never logged.

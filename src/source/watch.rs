@@ -5,11 +5,11 @@
 //!   value, so no change between the fire and the re-arm is lost: intermediate values may be
 //!   skipped, the latest never is.
 //! - A missing znode is a value ([`Value::Missing`]) watched with an exists-watch.
-//! - Disconnected is not expired. One-shot watches are restored by the client library after a
-//!   reconnect within the session (it sends SetWatches with the last zxid seen, and the server
-//!   fires whatever changed meanwhile), so a one-shot task just keeps waiting. Persistent watches
-//!   are not restored by zookeeper-client 0.11 (only the one-shot lists go into SetWatches), so a
-//!   persistent task adds its watch again and re-reads after every reconnect.
+//! - Disconnected is not expired. The client library restores every watch after a reconnect
+//!   within the session (SetWatches with the last zxid seen; the server fires whatever changed
+//!   meanwhile), one-shot and persistent alike (the latter with the vendored patches 1 and 2 of
+//!   vendor/PATCHES.md). So after a reconnect a task just keeps waiting: nothing is re-added or
+//!   re-read unless the server says it changed.
 //! - While disconnected, calls block until reconnect or expiry: every call is bounded by a
 //!   timeout and retried, so a task never hangs on a dead connection.
 //! - After a terminal session event (expired, closed, auth failed) a task returns: the session
@@ -145,7 +145,9 @@ async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
 }
 
 /// Persistent mode: add the watch, then read (so nothing between is missed), then re-read on
-/// every node event. After a reconnect the watch is added again and the value re-read.
+/// every node event that concerns `dep`. The watch is added once per session: the client
+/// library re-sends it after a reconnect, and the server then fires an event for each change
+/// missed meanwhile, so a reconnect alone re-reads nothing.
 async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
     let mut backoff = Backoff::new();
     'session: loop {
@@ -164,6 +166,9 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
             },
         };
         let mut reread = true;
+        // Whether the last value sent was `Missing`: a NodeDeleted then changes nothing (after a
+        // reconnect the library reports a still-missing node as deleted again).
+        let mut missing = false;
         loop {
             if reread {
                 let read = tokio::select! {
@@ -173,14 +178,16 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
                 match read {
                     Ok(value) => {
                         backoff.reset();
+                        missing = matches!(value, Value::Missing);
                         if !Box::pin(send(&ctx, &dep, value)).await {
                             return Ended::Stopped;
                         }
                     }
                     Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff)).await {
                         Some(ended) => return ended,
-                        // Re-add too: the failure may have been a reconnect that lost the watch.
-                        None => continue 'session,
+                        // The watch outlives a lost connection (the library re-sends it), so
+                        // only the read is retried.
+                        None => continue,
                     },
                 }
             }
@@ -193,17 +200,18 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
                 zk::EventType::Session => match event.session_state {
                     // Never poll this watcher again after a terminal state: the library panics.
                     s if s.is_terminated() => return Ended::SessionOver,
-                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                        debug!(dep = %dep, "reconnected; adding the persistent watch again");
-                        continue 'session;
-                    }
+                    // Disconnected or reconnected: the watch stays, and whatever changed in
+                    // between arrives as a node event.
                     _ => false,
                 },
                 // A persistent watch on a node fires for both data and child events; each
-                // dependency re-reads only for what it depends on.
-                zk::EventType::NodeChildrenChanged => dep.kind == DepKind::Children,
-                zk::EventType::NodeDataChanged => dep.kind == DepKind::Data,
-                zk::EventType::NodeCreated | zk::EventType::NodeDeleted => true,
+                // dependency re-reads only for what it depends on (and, once known missing, for
+                // any sign of life: after a reconnect a node created meanwhile is reported by
+                // the data or child event of its creation, not by NodeCreated).
+                zk::EventType::NodeChildrenChanged => missing || dep.kind == DepKind::Children,
+                zk::EventType::NodeDataChanged => missing || dep.kind == DepKind::Data,
+                zk::EventType::NodeCreated => true,
+                zk::EventType::NodeDeleted => !missing,
             };
         }
     }
