@@ -13,8 +13,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::config::{FileSource, FileSpec, OnDelete, TargetId};
-use crate::model::{Dep, Update, Value};
-use crate::render::{self, RenderError, RenderOutcome, Snapshot as _, Template};
+use crate::formats::Format;
+use crate::model::{Dep, Update, Value, ZnodePath};
+use crate::render::{self, RenderError, RenderOutcome, Snapshot as _, Template, TreeRead};
 use crate::status::telemetry::FileView;
 use crate::status::{Failure, FailureKind, Status};
 use crate::store::Store;
@@ -24,6 +25,9 @@ use crate::store::Store;
 enum Producer {
     Raw { dep: Dep },
     Template(Template),
+    /// `tree` + `format`: the subtree read through the store as templates read it, so its
+    /// dependencies (children and data of every znode in it) are discovered the same way.
+    Tree { root: ZnodePath, format: Format },
 }
 
 /// One `[[file]]` and its state.
@@ -78,7 +82,7 @@ impl Core {
         // One environment for the whole configuration, every template compiled into it now.
         let mut compiled = render::compile_all(files.iter().filter_map(|spec| match &spec.source {
             FileSource::Template(t) => Some((t, spec.allow_env.as_slice())),
-            FileSource::Raw { .. } => None,
+            FileSource::Raw { .. } | FileSource::Tree { .. } => None,
         }))
         .into_iter();
         let mut targets = Vec::with_capacity(files.len());
@@ -86,6 +90,7 @@ impl Core {
         for spec in files {
             let producer = match &spec.source {
                 FileSource::Raw { znode } => Producer::Raw { dep: Dep::data(znode.clone()) },
+                FileSource::Tree { root, format } => Producer::Tree { root: root.clone(), format: *format },
                 FileSource::Template(_) => match compiled.next().expect("bug: one result per template") {
                     Ok(t) => Producer::Template(t),
                     Err(e) => {
@@ -189,6 +194,12 @@ impl Core {
                     };
                     (r.deps, outcome)
                 }
+                Producer::Tree { root, format } => {
+                    let (deps, outcome) = tree_outcome(&self.store, root, *format);
+                    plan.renders += 1;
+                    plan.render_errors += u64::from(matches!(outcome, Outcome::Failed(_)));
+                    (deps, outcome)
+                }
             };
             if deps != target.deps {
                 let (added, removed) = Arc::make_mut(&mut self.store).set_deps(id, &target.deps, &deps);
@@ -211,9 +222,11 @@ impl Core {
                     }
                 }
                 Outcome::Failed(failure) => {
-                    // A raw file whose znode is gone follows `on_delete`.
-                    if let (Producer::Raw { .. }, OnDelete::Remove) =
-                        (&target.producer, target.spec.on_delete)
+                    // A raw file whose znode is gone, or a tree file whose root is, follows
+                    // `on_delete`.
+                    if matches!(target.producer, Producer::Raw { .. } | Producer::Tree { .. })
+                        && failure.kind == FailureKind::ZnodeMissing
+                        && target.spec.on_delete == OnDelete::Remove
                     {
                         plan.actions.push(Action::Remove { target: id });
                     }
@@ -285,6 +298,27 @@ enum Outcome {
     Done(Vec<u8>),
     Pending,
     Failed(Failure),
+}
+
+/// A tree file's contents, and every dependency the walk asked for.
+fn tree_outcome(store: &Store, root: &ZnodePath, format: Format) -> (BTreeSet<Dep>, Outcome) {
+    let mut deps = BTreeSet::new();
+    let read = render::read_tree(root, |dep| {
+        deps.insert(dep.clone());
+        store.get(dep)
+    });
+    let outcome = match read {
+        TreeRead::Pending => Outcome::Pending,
+        TreeRead::Missing => Outcome::Failed(Failure {
+            kind: FailureKind::ZnodeMissing,
+            message: format!("znode {root} does not exist (tree root)"),
+        }),
+        TreeRead::Found(subtree) => match subtree.render(format) {
+            Ok(text) => Outcome::Done(text.into_bytes()),
+            Err(err) => Outcome::Failed(Failure { kind: FailureKind::Render, message: err.to_string() }),
+        },
+    };
+    (deps, outcome)
 }
 
 /// A raw mapping's contents from its znode's value.
