@@ -1112,6 +1112,115 @@ mod tests {
     }
 
     #[test]
+    fn znode_base64_returns_the_raw_bytes() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let t = compile("{{ znode('/bin', encoding='base64') }}");
+        let r = t.render_snap(&Snap::default().bytes("/bin", &bytes));
+        assert_eq!(BASE64.decode(done(&r)).unwrap(), bytes);
+        let t = compile("{{ znode('/gone', encoding='base64', default='none') }}");
+        assert_eq!(done(&t.render_snap(&Snap::default().missing("/gone"))), "none");
+        let t = compile("{{ znode('/bin', encoding='utf-16') }}");
+        let message = failed(&t.render_snap(&Snap::default().bytes("/bin", b"x")));
+        assert_eq!(
+            message,
+            "template t.j2 line 1: znode: unknown encoding \"utf-16\", expected \"utf-8\" (the default) or \"base64\""
+        );
+    }
+
+    /// The tree under /app: db/url, db/pool/size (db itself only a path), name; and a gone
+    /// child still listed by its parent.
+    fn app_tree() -> Snap {
+        Snap::default()
+            .children("/app", &["db", "name", "gone"])
+            .data("/app/db", "")
+            .children("/app/db", &["url", "pool"])
+            .data("/app/db/url", "pg://x")
+            .children("/app/db/url", &[])
+            .data("/app/db/pool", "")
+            .children("/app/db/pool", &["size"])
+            .data("/app/db/pool/size", "5")
+            .children("/app/db/pool/size", &[])
+            .data("/app/name", "svc")
+            .children("/app/name", &[])
+            .missing("/app/gone")
+            .no_children("/app/gone")
+    }
+
+    #[test]
+    fn tree_lists_every_descendant_with_data_and_watches_children_and_data() {
+        let t = compile("{% for e in tree('/app') %}{{ e.key }}={{ e.value }}\n{% endfor %}");
+        let r = t.render_snap(&app_tree());
+        assert_eq!(done(&r), "db/pool/size=5\ndb/url=pg://x\nname=svc\n");
+        let mut expected = BTreeSet::from([Dep::children(zp("/app"))]);
+        for path in ["db", "db/url", "db/pool", "db/pool/size", "name", "gone"] {
+            expected.insert(Dep::data(zp(&format!("/app/{path}"))));
+            expected.insert(Dep::children(zp(&format!("/app/{path}"))));
+        }
+        assert_eq!(r.deps, expected, "children of every znode, data of every descendant, not the root's data");
+    }
+
+    #[test]
+    fn tree_on_a_cold_snapshot_takes_one_pass_per_level() {
+        let t = compile_with("{{ tree('app') | length }}", Some("/"));
+        let full = app_tree();
+        let mut snap = Snap::default();
+        let mut passes = 0;
+        loop {
+            passes += 1;
+            let r = t.render_snap(&snap);
+            if r.outcome != RenderOutcome::Pending {
+                assert_eq!(done(&r), "3");
+                break;
+            }
+            for dep in &r.deps {
+                snap.0.insert(dep.clone(), full.0[dep].clone());
+            }
+        }
+        // /app's children; level 1; level 2; level 3; done.
+        assert_eq!(passes, 5);
+    }
+
+    #[test]
+    fn tree_of_a_missing_root_fails_unless_default_and_names_non_utf8() {
+        let snap = Snap::default().no_children("/app");
+        let message = failed(&compile("{{ tree('/app') }}").render_snap(&snap));
+        assert_eq!(message, "template t.j2 line 1: znode /app does not exist (give default= to allow this)");
+        assert_eq!(done(&compile("{{ tree('/app', default=[]) | length }}").render_snap(&snap)), "0");
+        let snap = Snap::default().children("/r", &["k"]).bytes("/r/k", b"\xff").children("/r/k", &[]);
+        let message = failed(&compile("{{ tree('/r') }}").render_snap(&snap));
+        assert_eq!(message, "template t.j2 line 1: znode /r/k: data is not UTF-8 text, which tree() cannot return");
+    }
+
+    #[test]
+    fn format_filters() {
+        let t = compile(concat!(
+            "{% set c = znode('/y') | from_yaml %}{{ c | to_json }}",
+            "{{ c | to_toml }}{{ c | to_properties }}{{ c | to_yaml }}",
+            "{{ (znode('/p') | from_properties)['a b'] }}"
+        ));
+        let r = t.render_snap(&Snap::default().data("/y", "b: {x: 1}\na: s\n").data("/p", "a\\ b = 2\n"));
+        assert_eq!(
+            done(&r),
+            concat!(
+                "{\n  \"a\": \"s\",\n  \"b\": {\n    \"x\": 1\n  }\n}\n",
+                "a = \"s\"\n\n[b]\nx = 1\n",
+                "a=s\nb.x=1\n",
+                "a: s\nb:\n  x: 1\n",
+                "2"
+            )
+        );
+        let t = compile("{{ tree('/app') | to_yaml }}");
+        assert_eq!(
+            done(&t.render_snap(&app_tree())),
+            "- key: db/pool/size\n  value: '5'\n- key: db/url\n  value: pg://x\n- key: name\n  value: svc\n"
+        );
+        let message = failed(&compile("{{ 'x' | to_toml }}").render_snap(&Snap::default()));
+        assert_eq!(message, "template t.j2 line 1: to_toml: needs a mapping at the top, got a string");
+        let message = failed(&compile("{{ znode('/y') | from_yaml }}").render_snap(&Snap::default().data("/y", "[1")));
+        assert!(message.starts_with("template t.j2 line 1: from_yaml: invalid YAML: "), "{message}");
+    }
+
+    #[test]
     fn template_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Template>();

@@ -467,6 +467,74 @@ pub(super) mod tests {
         assert_eq!(core.plan().actions, vec![install(0, "good")]);
     }
 
+    fn children(p: &str, names: &[&str], version: i32) -> Update {
+        let names = names.iter().map(|n| (*n).to_owned()).collect();
+        let value = Value::Children { names, pzxid: i64::from(version), cversion: version };
+        Update { dep: Dep::children(zp(p)), value }
+    }
+
+    /// Answers every watch of `plan` from `world` (path -> (data, children)), as the source would.
+    fn answer(core: &mut Core, plan: &Plan, world: &[(&str, &str, &[&str])], version: i32) {
+        for dep in &plan.watch {
+            let node = world.iter().find(|(path, ..)| *path == dep.znode.as_str());
+            let update = match (node, dep.kind) {
+                (None, _) => Update { dep: dep.clone(), value: Value::Missing },
+                (Some((path, text, _)), crate::model::DepKind::Data) => data(path, text, version),
+                (Some((path, _, names)), crate::model::DepKind::Children) => children(path, names, version),
+            };
+            core.on_update(update);
+        }
+    }
+
+    #[test]
+    fn a_tree_file_reads_level_by_level_and_follows_changes_at_any_depth() {
+        let tree = FileSpec {
+            on_delete: OnDelete::Remove,
+            ..spec(0, FileSource::Tree { root: zp("/t"), format: Format::Properties })
+        };
+        let mut core = Core::new(&[tree]).unwrap();
+        let world: &[(&str, &str, &[&str])] =
+            &[("/t", "", &["a"]), ("/t/a", "", &["b"]), ("/t/a/b", "", &["c"]), ("/t/a/b/c", "1", &[])];
+        let mut plans = 0;
+        let contents = loop {
+            let plan = core.plan();
+            plans += 1;
+            if let [Action::Install { contents, .. }] = plan.actions.as_slice() {
+                break String::from_utf8(contents.clone()).unwrap();
+            }
+            assert!(!plan.watch.is_empty(), "a pending tree asks for more");
+            answer(&mut core, &plan, world, 1);
+        };
+        assert_eq!((contents.as_str(), plans), ("a.b.c=1\n", 5));
+        assert!(!core.targets()[0].deps.contains(&Dep::data(zp("/t"))), "the root's data is not read");
+        assert_eq!(core.targets()[0].deps.len(), 7);
+
+        // A value three levels down changes: only its data is new, the file follows.
+        assert_eq!(core.on_update(data("/t/a/b/c", "2", 2)), vec![0]);
+        assert_eq!(core.plan().actions, vec![install(0, "a.b.c=2\n")]);
+
+        // A znode is added at depth three: one children list changes, the new znode is read.
+        core.on_update(children("/t/a/b", &["c", "d"], 3));
+        let plan = core.plan();
+        assert!(plan.actions.is_empty());
+        assert_eq!(plan.watch, vec![Dep::data(zp("/t/a/b/d")), Dep::children(zp("/t/a/b/d"))]);
+        core.on_update(data("/t/a/b/d", "x", 3));
+        core.on_update(children("/t/a/b/d", &[], 3));
+        assert_eq!(core.plan().actions, vec![install(0, "a.b.c=2\na.b.d=x\n")]);
+
+        // Deleted: its watches are released and the file follows.
+        core.on_update(Update { dep: Dep::data(zp("/t/a/b/c")), value: Value::Missing });
+        core.on_update(children("/t/a/b", &["d"], 4));
+        let plan = core.plan();
+        assert_eq!(plan.actions, vec![install(0, "a.b.d=x\n")]);
+        assert_eq!(plan.unwatch.len(), 2);
+
+        // The root goes: on_delete = "remove".
+        core.on_update(Update { dep: Dep::children(zp("/t")), value: Value::Missing });
+        assert_eq!(core.plan().actions, vec![Action::Remove { target: 0 }]);
+        assert_eq!(failure_kind(&core, 0), Some(FailureKind::ZnodeMissing));
+    }
+
     #[test]
     fn a_new_configuration_adopts_values_and_releases_what_it_does_not_read() {
         let mut old = Core::new(&[raw(0, "/a"), raw(1, "/b")]).unwrap();
