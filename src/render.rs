@@ -569,7 +569,8 @@ fn emitted(
     value: &JValue,
     emit: fn(&serde_json::Value) -> Result<String, formats::FormatError>,
 ) -> Result<String, minijinja::Error> {
-    let value = serde_json::to_value(value).map_err(|err| fail(format!("cannot convert the value: {err}")))?;
+    let value =
+        serde_json::to_value(value).map_err(|err| fail(format!("cannot convert the value: {err}")))?;
     emit(&value).map_err(|err| fail(err.to_string()))
 }
 
@@ -1156,7 +1157,10 @@ mod tests {
             expected.insert(Dep::data(zp(&format!("/app/{path}"))));
             expected.insert(Dep::children(zp(&format!("/app/{path}"))));
         }
-        assert_eq!(r.deps, expected, "children of every znode, data of every descendant, not the root's data");
+        assert_eq!(
+            r.deps, expected,
+            "children of every znode, data of every descendant, not the root's data"
+        );
     }
 
     #[test]
@@ -1188,7 +1192,10 @@ mod tests {
         assert_eq!(done(&compile("{{ tree('/app', default=[]) | length }}").render_snap(&snap)), "0");
         let snap = Snap::default().children("/r", &["k"]).bytes("/r/k", b"\xff").children("/r/k", &[]);
         let message = failed(&compile("{{ tree('/r') }}").render_snap(&snap));
-        assert_eq!(message, "template t.j2 line 1: znode /r/k: data is not UTF-8 text, which tree() cannot return");
+        assert_eq!(
+            message,
+            "template t.j2 line 1: znode /r/k: data is not UTF-8 text, which tree() cannot return"
+        );
     }
 
     #[test]
@@ -1216,7 +1223,8 @@ mod tests {
         );
         let message = failed(&compile("{{ 'x' | to_toml }}").render_snap(&Snap::default()));
         assert_eq!(message, "template t.j2 line 1: to_toml: needs a mapping at the top, got a string");
-        let message = failed(&compile("{{ znode('/y') | from_yaml }}").render_snap(&Snap::default().data("/y", "[1")));
+        let message =
+            failed(&compile("{{ znode('/y') | from_yaml }}").render_snap(&Snap::default().data("/y", "[1")));
         assert!(message.starts_with("template t.j2 line 1: from_yaml: invalid YAML: "), "{message}");
     }
 

@@ -23,11 +23,16 @@ use crate::store::Store;
 /// How a file is produced.
 #[derive(Debug)]
 enum Producer {
-    Raw { dep: Dep },
+    Raw {
+        dep: Dep,
+    },
     Template(Template),
     /// `tree` + `format`: the subtree read through the store as templates read it, so its
     /// dependencies (children and data of every znode in it) are discovered the same way.
-    Tree { root: ZnodePath, format: Format },
+    Tree {
+        root: ZnodePath,
+        format: Format,
+    },
 }
 
 /// One `[[file]]` and its state.

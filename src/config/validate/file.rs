@@ -362,7 +362,8 @@ mod tests {
     #[test]
     fn tree_with_each_format() {
         for format in Format::ALL {
-            let text = format!("{ZK}[[file]]\ndest = \"/a\"\ntree = \"/app/config/\"\nformat = \"{format}\"\n");
+            let text =
+                format!("{ZK}[[file]]\ndest = \"/a\"\ntree = \"/app/config/\"\nformat = \"{format}\"\n");
             let config = parse(Path::new("/etc/zkrender/z.toml"), &text).unwrap();
             let root = ZnodePath::parse("/app/config").unwrap();
             assert_eq!(config.files[0].source, FileSource::Tree { root, format });
@@ -373,11 +374,16 @@ mod tests {
     fn tree_needs_a_known_format_and_format_needs_tree() {
         let message = shown("tree = \"/app\"\n");
         assert!(
-            message.contains(":5:8: [[file]] #1 (dest = /a): key `tree`: `tree` needs `format`, one of \"json\""),
+            message.contains(
+                ":5:8: [[file]] #1 (dest = /a): key `tree`: `tree` needs `format`, one of \"json\""
+            ),
             "{message}"
         );
         let message = shown("tree = \"/app\"\nformat = \"xml\"\n");
-        assert!(message.contains(":6:10: [[file]] #1 (dest = /a): key `format`: unknown format \"xml\""), "{message}");
+        assert!(
+            message.contains(":6:10: [[file]] #1 (dest = /a): key `format`: unknown format \"xml\""),
+            "{message}"
+        );
         let message = shown("znode = \"/app\"\nformat = \"json\"\n");
         assert!(message.contains("key `format`: `format` only applies with `tree`"), "{message}");
         let message = shown("tree = \"app\"\nformat = \"json\"\n");
@@ -389,7 +395,10 @@ mod tests {
         let message = shown("znode = \"/a\"\ntree = \"/app\"\nformat = \"json\"\n");
         assert!(message.contains("key `tree`: `znode` and `tree` are mutually exclusive"), "{message}");
         let message = shown("tree = \"/app\"\nformat = \"env\"\nprefix = \"/p\"\nallow_env = [\"HOME\"]\n");
-        assert!(message.contains("key `prefix`: `prefix` only applies with `template` or `inline`"), "{message}");
+        assert!(
+            message.contains("key `prefix`: `prefix` only applies with `template` or `inline`"),
+            "{message}"
+        );
         assert!(message.contains("key `allow_env`: `allow_env` only applies with"), "{message}");
         let message = shown("mode = \"0600\"\n");
         assert!(message.contains("needs one of `znode`, `template` or `inline` (or `tree` with `format`)"));
