@@ -50,7 +50,7 @@ resync = "10m"
 listen = "127.0.0.1:9102"
 
 # One [[file]] per file to keep up to date. Give exactly one of znode,
-# template or inline.
+# template, inline or tree.
 [[file]]
 # The file to write.
 dest = "app.conf"
@@ -63,6 +63,10 @@ inline = """
 # rendered by zkrender
 url = {{ znode("/app/config/db/url", default="postgres://localhost/app") }}
 """
+# A whole subtree without a template: every znode below it that holds data,
+# in format "json", "yaml", "toml", "properties" or "env".
+# tree = "/app/config"
+# format = "properties"
 # Relative znode paths in the template resolve under this.
 # prefix = "/app/config"
 # Octal permission bits.
@@ -70,7 +74,8 @@ mode = "0644"
 # User and group (names or numeric ids); unchanged when not set.
 # owner = "app"
 # group = "app"
-# Raw mappings: "keep" the file, or "remove" it when the znode is deleted.
+# Raw mappings and trees: "keep" the file, or "remove" it when the znode (the
+# tree's root) is deleted.
 on_delete = "keep"
 # argv run on the staged file before install; {file} is its path. A non-zero
 # exit keeps the old file.

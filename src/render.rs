@@ -31,13 +31,20 @@
 //!
 //! | name | kind | result |
 //! |---|---|---|
-//! | `znode(path, default=...)` | function | the znode's data as UTF-8 text |
+//! | `znode(path, default=..., encoding=...)` | function | the znode's data as UTF-8 text, or with `encoding="base64"` its raw bytes base64-encoded |
 //! | `children(path, default=...)` | function | sorted list of child names |
 //! | `exists(path)` | function | whether the znode exists |
-//! | `from_json`, `from_toml` | filter | string -> value |
+//! | `tree(path, default=...)` | function | every descendant that holds data, as a sorted list of `{key, value}` (key relative to `path`) |
+//! | `from_json`, `from_toml`, `from_yaml`, `from_properties` | filter | string -> value |
+//! | `to_json`, `to_yaml`, `to_toml`, `to_properties` | filter | value -> string (keys sorted) |
 //! | `b64encode`, `b64decode` | filter | string -> string (standard alphabet) |
 //!
 //! A path without a leading `/` resolves under the file's `prefix`.
+//!
+//! `tree(path)` and `tree` files read the subtree with [`read_tree`]: the children of every
+//! znode under `path` (`path` included) and the data of every znode below it, each an ordinary
+//! [`Dep`], so a change anywhere in the subtree re-renders and only what changed is read
+//! again. Which znodes are kept is [`Subtree`]'s rule (see [`crate::formats`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -50,6 +57,7 @@ use minijinja::value::{Kwargs, Object, Value as JValue};
 use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 
 use crate::config::TemplateSpec;
+use crate::formats::{self, Subtree};
 use crate::model::{Dep, Value, ZnodePath};
 
 /// The values known so far. `None` means "not read yet" (not "missing": that is `Value::Missing`).
@@ -184,8 +192,15 @@ fn base_environment() -> Environment<'static> {
     env.add_function("children", |state: &State, path: &str, kwargs: Kwargs| children(state, path, &kwargs));
     env.add_function("exists", |state: &State, path: &str| exists(state, path));
     env.add_function("env", |state: &State, name: &str, kwargs: Kwargs| env_var(state, name, &kwargs));
+    env.add_function("tree", |state: &State, path: &str, kwargs: Kwargs| tree(state, path, &kwargs));
     env.add_filter("from_json", from_json);
     env.add_filter("from_toml", from_toml);
+    env.add_filter("from_yaml", |text: &str| parsed(formats::from_yaml(text)));
+    env.add_filter("from_properties", |text: &str| parsed(formats::from_properties(text)));
+    env.add_filter("to_json", |value: JValue| emitted(&value, formats::to_json));
+    env.add_filter("to_yaml", |value: JValue| emitted(&value, formats::to_yaml));
+    env.add_filter("to_toml", |value: JValue| emitted(&value, formats::to_toml));
+    env.add_filter("to_properties", |value: JValue| emitted(&value, formats::to_properties));
     env.add_filter("b64encode", b64encode);
     env.add_filter("b64decode", b64decode);
     env
@@ -388,14 +403,39 @@ fn wrong_kind(dep: &Dep) -> minijinja::Error {
     fail(format!("bug: snapshot holds a value of the wrong kind for {dep}"))
 }
 
-/// `znode(path, default=...)`: the data as UTF-8 text.
+/// `znode(path, encoding=...)`: how the data is returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// `"utf-8"` (the default): the data as text; other bytes are an error.
+    Utf8,
+    /// `"base64"`: the raw bytes, base64-encoded (standard alphabet, padded).
+    Base64,
+}
+
+impl Encoding {
+    fn from_kwargs(kwargs: &Kwargs) -> Result<Encoding, minijinja::Error> {
+        match kwargs.get::<Option<&str>>("encoding")? {
+            None | Some("utf-8") => Ok(Encoding::Utf8),
+            Some("base64") => Ok(Encoding::Base64),
+            Some(other) => Err(fail(format!(
+                "znode: unknown encoding {other:?}, expected \"utf-8\" (the default) or \"base64\""
+            ))),
+        }
+    }
+}
+
+/// `znode(path, default=..., encoding=...)`: the data as UTF-8 text, or base64 of its bytes.
 fn znode(state: &State, path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
+    let encoding = Encoding::from_kwargs(kwargs)?;
     let default = default_arg(kwargs)?;
     with_scope(state, |scope| {
         let dep = Dep::data(scope.resolve(path)?);
         match scope.read(&dep) {
             None => Ok(default.unwrap_or_else(|| JValue::from(""))),
             Some(Value::Missing) => default.ok_or_else(|| does_not_exist(&dep.znode)),
+            Some(Value::Data { data, .. }) if encoding == Encoding::Base64 => {
+                Ok(JValue::from(BASE64.encode(data)))
+            }
             Some(Value::Data { data, .. }) => match std::str::from_utf8(data) {
                 Ok(text) => Ok(JValue::from(text)),
                 Err(err) => Err(fail(format!(
@@ -438,7 +478,101 @@ fn exists(state: &State, path: &str) -> Result<bool, minijinja::Error> {
     })
 }
 
+/// `tree(path, default=...)`: the subtree under `path` as a sorted list of `{key, value}`.
+fn tree(state: &State, path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
+    let default = default_arg(kwargs)?;
+    with_scope(state, |scope| {
+        let root = scope.resolve(path)?;
+        match read_tree(&root, |dep| scope.read(dep)) {
+            TreeRead::Pending => Ok(default.unwrap_or_else(|| JValue::from(Vec::<JValue>::new()))),
+            TreeRead::Missing => default.ok_or_else(|| does_not_exist(&root)),
+            TreeRead::Found(subtree) => match subtree.listing() {
+                Ok(listing) => Ok(JValue::from_serialize(&listing)),
+                Err(err) => Err(fail(err.to_string())),
+            },
+        }
+    })
+}
+
+/// What [`read_tree`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeRead {
+    /// Some znode's data or children have not been read yet (every one reachable was asked).
+    Pending,
+    /// The root znode does not exist.
+    Missing,
+    /// Every descendant of the root, as [`Subtree`] keeps them.
+    Found(Subtree),
+}
+
+/// Reads the subtree under `root` through `read`, which is asked for the children of `root`
+/// and of every znode below it, and for the data of every znode below it (not of `root`:
+/// it is not part of the subtree). A znode that has disappeared while its parent's list still
+/// names it is left out: the parent's new list is on its way.
+///
+/// Every dependency reachable with what is known is asked for, so a cold read takes one pass
+/// per level and no more.
+pub fn read_tree<'a>(root: &ZnodePath, mut read: impl FnMut(&Dep) -> Option<&'a Value>) -> TreeRead {
+    /// Queues the children `names` of the znode at `path` (`key` relative to the root).
+    fn push_children(stack: &mut Vec<(String, ZnodePath)>, key: &str, path: &ZnodePath, names: &[String]) {
+        for name in names {
+            // A child name is never empty and never holds `/`, so the join is valid.
+            if let Ok(child) = path.join(name) {
+                let child_key = if key.is_empty() { name.clone() } else { format!("{key}/{name}") };
+                stack.push((child_key, child));
+            }
+        }
+    }
+
+    let mut pending = false;
+    // (key relative to the root, znode path) still to read.
+    let mut stack: Vec<(String, ZnodePath)> = Vec::new();
+    match read(&Dep::children(root.clone())) {
+        None => return TreeRead::Pending,
+        Some(Value::Missing) => return TreeRead::Missing,
+        Some(Value::Children { names, .. }) => push_children(&mut stack, "", root, names),
+        // The snapshot broke its contract; there is nothing below to read.
+        Some(Value::Data { .. }) => {}
+    }
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    while let Some((key, path)) = stack.pop() {
+        let data = read(&Dep::data(path.clone()));
+        let children = read(&Dep::children(path.clone()));
+        match data {
+            None => pending = true,
+            Some(Value::Data { data, .. }) => entries.push((key.clone(), data.clone())),
+            // Gone (or a broken snapshot): neither it nor anything below it is part of the tree.
+            Some(Value::Missing | Value::Children { .. }) => continue,
+        }
+        match children {
+            None => pending = true,
+            Some(Value::Children { names, .. }) => push_children(&mut stack, &key, &path, names),
+            Some(Value::Missing | Value::Data { .. }) => {}
+        }
+    }
+    if pending {
+        return TreeRead::Pending;
+    }
+    // Keys are child names joined by `/`, each visited once: always valid and unique.
+    TreeRead::Found(Subtree::new(root.as_str(), entries).expect("bug: keys built from child names"))
+}
+
 // --- Filters ----------------------------------------------------------------------------
+
+/// A parsing filter's result as a template value.
+fn parsed(value: Result<serde_json::Value, formats::FormatError>) -> Result<JValue, minijinja::Error> {
+    value.map(|value| JValue::from_serialize(&value)).map_err(|err| fail(err.to_string()))
+}
+
+/// An emitting filter (`to_json`, ...) applied to a template value.
+fn emitted(
+    value: &JValue,
+    emit: fn(&serde_json::Value) -> Result<String, formats::FormatError>,
+) -> Result<String, minijinja::Error> {
+    let value =
+        serde_json::to_value(value).map_err(|err| fail(format!("cannot convert the value: {err}")))?;
+    emit(&value).map_err(|err| fail(err.to_string()))
+}
 
 /// `from_json`: parses a JSON document into a value.
 fn from_json(text: &str) -> Result<JValue, minijinja::Error> {
@@ -976,6 +1110,122 @@ mod tests {
         });
         // Every render released its share of the snapshot.
         assert_eq!(Arc::strong_count(&snap), 1);
+    }
+
+    #[test]
+    fn znode_base64_returns_the_raw_bytes() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let t = compile("{{ znode('/bin', encoding='base64') }}");
+        let r = t.render_snap(&Snap::default().bytes("/bin", &bytes));
+        assert_eq!(BASE64.decode(done(&r)).unwrap(), bytes);
+        let t = compile("{{ znode('/gone', encoding='base64', default='none') }}");
+        assert_eq!(done(&t.render_snap(&Snap::default().missing("/gone"))), "none");
+        let t = compile("{{ znode('/bin', encoding='utf-16') }}");
+        let message = failed(&t.render_snap(&Snap::default().bytes("/bin", b"x")));
+        assert_eq!(
+            message,
+            "template t.j2 line 1: znode: unknown encoding \"utf-16\", expected \"utf-8\" (the default) or \"base64\""
+        );
+    }
+
+    /// The tree under /app: db/url, db/pool/size (db itself only a path), name; and a gone
+    /// child still listed by its parent.
+    fn app_tree() -> Snap {
+        Snap::default()
+            .children("/app", &["db", "name", "gone"])
+            .data("/app/db", "")
+            .children("/app/db", &["url", "pool"])
+            .data("/app/db/url", "pg://x")
+            .children("/app/db/url", &[])
+            .data("/app/db/pool", "")
+            .children("/app/db/pool", &["size"])
+            .data("/app/db/pool/size", "5")
+            .children("/app/db/pool/size", &[])
+            .data("/app/name", "svc")
+            .children("/app/name", &[])
+            .missing("/app/gone")
+            .no_children("/app/gone")
+    }
+
+    #[test]
+    fn tree_lists_every_descendant_with_data_and_watches_children_and_data() {
+        let t = compile("{% for e in tree('/app') %}{{ e.key }}={{ e.value }}\n{% endfor %}");
+        let r = t.render_snap(&app_tree());
+        assert_eq!(done(&r), "db/pool/size=5\ndb/url=pg://x\nname=svc\n");
+        let mut expected = BTreeSet::from([Dep::children(zp("/app"))]);
+        for path in ["db", "db/url", "db/pool", "db/pool/size", "name", "gone"] {
+            expected.insert(Dep::data(zp(&format!("/app/{path}"))));
+            expected.insert(Dep::children(zp(&format!("/app/{path}"))));
+        }
+        assert_eq!(
+            r.deps, expected,
+            "children of every znode, data of every descendant, not the root's data"
+        );
+    }
+
+    #[test]
+    fn tree_on_a_cold_snapshot_takes_one_pass_per_level() {
+        let t = compile_with("{{ tree('app') | length }}", Some("/"));
+        let full = app_tree();
+        let mut snap = Snap::default();
+        let mut passes = 0;
+        loop {
+            passes += 1;
+            let r = t.render_snap(&snap);
+            if r.outcome != RenderOutcome::Pending {
+                assert_eq!(done(&r), "3");
+                break;
+            }
+            for dep in &r.deps {
+                snap.0.insert(dep.clone(), full.0[dep].clone());
+            }
+        }
+        // /app's children; level 1; level 2; level 3; done.
+        assert_eq!(passes, 5);
+    }
+
+    #[test]
+    fn tree_of_a_missing_root_fails_unless_default_and_names_non_utf8() {
+        let snap = Snap::default().no_children("/app");
+        let message = failed(&compile("{{ tree('/app') }}").render_snap(&snap));
+        assert_eq!(message, "template t.j2 line 1: znode /app does not exist (give default= to allow this)");
+        assert_eq!(done(&compile("{{ tree('/app', default=[]) | length }}").render_snap(&snap)), "0");
+        let snap = Snap::default().children("/r", &["k"]).bytes("/r/k", b"\xff").children("/r/k", &[]);
+        let message = failed(&compile("{{ tree('/r') }}").render_snap(&snap));
+        assert_eq!(
+            message,
+            "template t.j2 line 1: znode /r/k: data is not UTF-8 text, which tree() cannot return"
+        );
+    }
+
+    #[test]
+    fn format_filters() {
+        let t = compile(concat!(
+            "{% set c = znode('/y') | from_yaml %}{{ c | to_json }}",
+            "{{ c | to_toml }}{{ c | to_properties }}{{ c | to_yaml }}",
+            "{{ (znode('/p') | from_properties)['a b'] }}"
+        ));
+        let r = t.render_snap(&Snap::default().data("/y", "b: {x: 1}\na: s\n").data("/p", "a\\ b = 2\n"));
+        assert_eq!(
+            done(&r),
+            concat!(
+                "{\n  \"a\": \"s\",\n  \"b\": {\n    \"x\": 1\n  }\n}\n",
+                "a = \"s\"\n\n[b]\nx = 1\n",
+                "a=s\nb.x=1\n",
+                "a: s\nb:\n  x: 1\n",
+                "2"
+            )
+        );
+        let t = compile("{{ tree('/app') | to_yaml }}");
+        assert_eq!(
+            done(&t.render_snap(&app_tree())),
+            "- key: db/pool/size\n  value: '5'\n- key: db/url\n  value: pg://x\n- key: name\n  value: svc\n"
+        );
+        let message = failed(&compile("{{ 'x' | to_toml }}").render_snap(&Snap::default()));
+        assert_eq!(message, "template t.j2 line 1: to_toml: needs a mapping at the top, got a string");
+        let message =
+            failed(&compile("{{ znode('/y') | from_yaml }}").render_snap(&Snap::default().data("/y", "[1")));
+        assert!(message.starts_with("template t.j2 line 1: from_yaml: invalid YAML: "), "{message}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::formats::Format;
 use crate::model::ZnodePath;
 
 pub use validate::{ConfigError, Problem};
@@ -173,6 +174,9 @@ pub enum FileSource {
     Raw { znode: ZnodePath },
     /// `template = "..."` or `inline = "..."`.
     Template(TemplateSpec),
+    /// `tree = "..."` with `format = "..."`: every descendant of `root` that holds data, in
+    /// `format` (see [`crate::formats`]).
+    Tree { root: ZnodePath, format: Format },
 }
 
 /// A template's text and where it came from.

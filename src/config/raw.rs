@@ -129,6 +129,10 @@ pub struct RawFile {
     pub template: Option<Spanned<String>>,
     /// Template text given in the config itself.
     pub inline: Option<Spanned<String>>,
+    /// Whole subtree: an absolute znode path whose descendants are written in `format`.
+    pub tree: Option<Spanned<String>>,
+    /// With `tree`: `json`, `yaml`, `toml`, `properties` or `env` (parsed in validation).
+    pub format: Option<Spanned<String>>,
     /// Absolute znode path that relative paths in the template resolve under.
     pub prefix: Option<Spanned<String>>,
     /// Octal permission bits, as a string (`"0644"`).

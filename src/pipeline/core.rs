@@ -13,8 +13,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::config::{FileSource, FileSpec, OnDelete, TargetId};
-use crate::model::{Dep, Update, Value};
-use crate::render::{self, RenderError, RenderOutcome, Snapshot as _, Template};
+use crate::formats::Format;
+use crate::model::{Dep, Update, Value, ZnodePath};
+use crate::render::{self, RenderError, RenderOutcome, Snapshot as _, Template, TreeRead};
 use crate::status::telemetry::FileView;
 use crate::status::{Failure, FailureKind, Status};
 use crate::store::Store;
@@ -22,8 +23,16 @@ use crate::store::Store;
 /// How a file is produced.
 #[derive(Debug)]
 enum Producer {
-    Raw { dep: Dep },
+    Raw {
+        dep: Dep,
+    },
     Template(Template),
+    /// `tree` + `format`: the subtree read through the store as templates read it, so its
+    /// dependencies (children and data of every znode in it) are discovered the same way.
+    Tree {
+        root: ZnodePath,
+        format: Format,
+    },
 }
 
 /// One `[[file]]` and its state.
@@ -78,7 +87,7 @@ impl Core {
         // One environment for the whole configuration, every template compiled into it now.
         let mut compiled = render::compile_all(files.iter().filter_map(|spec| match &spec.source {
             FileSource::Template(t) => Some((t, spec.allow_env.as_slice())),
-            FileSource::Raw { .. } => None,
+            FileSource::Raw { .. } | FileSource::Tree { .. } => None,
         }))
         .into_iter();
         let mut targets = Vec::with_capacity(files.len());
@@ -86,6 +95,7 @@ impl Core {
         for spec in files {
             let producer = match &spec.source {
                 FileSource::Raw { znode } => Producer::Raw { dep: Dep::data(znode.clone()) },
+                FileSource::Tree { root, format } => Producer::Tree { root: root.clone(), format: *format },
                 FileSource::Template(_) => match compiled.next().expect("bug: one result per template") {
                     Ok(t) => Producer::Template(t),
                     Err(e) => {
@@ -189,6 +199,12 @@ impl Core {
                     };
                     (r.deps, outcome)
                 }
+                Producer::Tree { root, format } => {
+                    let (deps, outcome) = tree_outcome(&self.store, root, *format);
+                    plan.renders += 1;
+                    plan.render_errors += u64::from(matches!(outcome, Outcome::Failed(_)));
+                    (deps, outcome)
+                }
             };
             if deps != target.deps {
                 let (added, removed) = Arc::make_mut(&mut self.store).set_deps(id, &target.deps, &deps);
@@ -211,9 +227,11 @@ impl Core {
                     }
                 }
                 Outcome::Failed(failure) => {
-                    // A raw file whose znode is gone follows `on_delete`.
-                    if let (Producer::Raw { .. }, OnDelete::Remove) =
-                        (&target.producer, target.spec.on_delete)
+                    // A raw file whose znode is gone, or a tree file whose root is, follows
+                    // `on_delete`.
+                    if matches!(target.producer, Producer::Raw { .. } | Producer::Tree { .. })
+                        && failure.kind == FailureKind::ZnodeMissing
+                        && target.spec.on_delete == OnDelete::Remove
                     {
                         plan.actions.push(Action::Remove { target: id });
                     }
@@ -285,6 +303,27 @@ enum Outcome {
     Done(Vec<u8>),
     Pending,
     Failed(Failure),
+}
+
+/// A tree file's contents, and every dependency the walk asked for.
+fn tree_outcome(store: &Store, root: &ZnodePath, format: Format) -> (BTreeSet<Dep>, Outcome) {
+    let mut deps = BTreeSet::new();
+    let read = render::read_tree(root, |dep| {
+        deps.insert(dep.clone());
+        store.get(dep)
+    });
+    let outcome = match read {
+        TreeRead::Pending => Outcome::Pending,
+        TreeRead::Missing => Outcome::Failed(Failure {
+            kind: FailureKind::ZnodeMissing,
+            message: format!("znode {root} does not exist (tree root)"),
+        }),
+        TreeRead::Found(subtree) => match subtree.render(format) {
+            Ok(text) => Outcome::Done(text.into_bytes()),
+            Err(err) => Outcome::Failed(Failure { kind: FailureKind::Render, message: err.to_string() }),
+        },
+    };
+    (deps, outcome)
 }
 
 /// A raw mapping's contents from its znode's value.
@@ -431,6 +470,74 @@ pub(super) mod tests {
         assert!(core.plan().actions.is_empty(), "the rejected bytes are not installed again");
         core.on_update(data("/a", "good", 2));
         assert_eq!(core.plan().actions, vec![install(0, "good")]);
+    }
+
+    fn children(p: &str, names: &[&str], version: i32) -> Update {
+        let names = names.iter().map(|n| (*n).to_owned()).collect();
+        let value = Value::Children { names, pzxid: i64::from(version), cversion: version };
+        Update { dep: Dep::children(zp(p)), value }
+    }
+
+    /// Answers every watch of `plan` from `world` (path -> (data, children)), as the source would.
+    fn answer(core: &mut Core, plan: &Plan, world: &[(&str, &str, &[&str])], version: i32) {
+        for dep in &plan.watch {
+            let node = world.iter().find(|(path, ..)| *path == dep.znode.as_str());
+            let update = match (node, dep.kind) {
+                (None, _) => Update { dep: dep.clone(), value: Value::Missing },
+                (Some((path, text, _)), crate::model::DepKind::Data) => data(path, text, version),
+                (Some((path, _, names)), crate::model::DepKind::Children) => children(path, names, version),
+            };
+            core.on_update(update);
+        }
+    }
+
+    #[test]
+    fn a_tree_file_reads_level_by_level_and_follows_changes_at_any_depth() {
+        let tree = FileSpec {
+            on_delete: OnDelete::Remove,
+            ..spec(0, FileSource::Tree { root: zp("/t"), format: Format::Properties })
+        };
+        let mut core = Core::new(&[tree]).unwrap();
+        let world: &[(&str, &str, &[&str])] =
+            &[("/t", "", &["a"]), ("/t/a", "", &["b"]), ("/t/a/b", "", &["c"]), ("/t/a/b/c", "1", &[])];
+        let mut plans = 0;
+        let contents = loop {
+            let plan = core.plan();
+            plans += 1;
+            if let [Action::Install { contents, .. }] = plan.actions.as_slice() {
+                break String::from_utf8(contents.clone()).unwrap();
+            }
+            assert!(!plan.watch.is_empty(), "a pending tree asks for more");
+            answer(&mut core, &plan, world, 1);
+        };
+        assert_eq!((contents.as_str(), plans), ("a.b.c=1\n", 5));
+        assert!(!core.targets()[0].deps.contains(&Dep::data(zp("/t"))), "the root's data is not read");
+        assert_eq!(core.targets()[0].deps.len(), 7);
+
+        // A value three levels down changes: only its data is new, the file follows.
+        assert_eq!(core.on_update(data("/t/a/b/c", "2", 2)), vec![0]);
+        assert_eq!(core.plan().actions, vec![install(0, "a.b.c=2\n")]);
+
+        // A znode is added at depth three: one children list changes, the new znode is read.
+        core.on_update(children("/t/a/b", &["c", "d"], 3));
+        let plan = core.plan();
+        assert!(plan.actions.is_empty());
+        assert_eq!(plan.watch, vec![Dep::data(zp("/t/a/b/d")), Dep::children(zp("/t/a/b/d"))]);
+        core.on_update(data("/t/a/b/d", "x", 3));
+        core.on_update(children("/t/a/b/d", &[], 3));
+        assert_eq!(core.plan().actions, vec![install(0, "a.b.c=2\na.b.d=x\n")]);
+
+        // Deleted: its watches are released and the file follows.
+        core.on_update(Update { dep: Dep::data(zp("/t/a/b/c")), value: Value::Missing });
+        core.on_update(children("/t/a/b", &["d"], 4));
+        let plan = core.plan();
+        assert_eq!(plan.actions, vec![install(0, "a.b.d=x\n")]);
+        assert_eq!(plan.unwatch.len(), 2);
+
+        // The root goes: on_delete = "remove".
+        core.on_update(Update { dep: Dep::children(zp("/t")), value: Value::Missing });
+        assert_eq!(core.plan().actions, vec![Action::Remove { target: 0 }]);
+        assert_eq!(failure_kind(&core, 0), Some(FailureKind::ZnodeMissing));
     }
 
     #[test]

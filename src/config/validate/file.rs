@@ -1,4 +1,5 @@
-//! `[[file]]`: destination, source (`znode`, `template` or `inline`), mode, owner and group,
+//! `[[file]]`: destination, source (`znode`, `template`, `inline` or `tree` with `format`),
+//! mode, owner and group,
 //! install options and `allow_env`; its `[file.reload]` is checked in [`super::reload`].
 
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use toml::Spanned;
 use super::{At, Checker, DEFAULT_CHECK_TIMEOUT, DEFAULT_MODE};
 use crate::config::raw::{RawFile, RawId, RawInstallMode, RawOnDelete};
 use crate::config::{FileSource, FileSpec, InstallMode, OnDelete, TemplateSpec};
+use crate::formats::Format;
 
 /// The keys that say where a file's bytes come from; exactly one is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +18,7 @@ enum SourceKey {
     Znode,
     Template,
     Inline,
+    Tree,
 }
 
 impl SourceKey {
@@ -25,6 +28,7 @@ impl SourceKey {
             SourceKey::Znode => "znode",
             SourceKey::Template => "template",
             SourceKey::Inline => "inline",
+            SourceKey::Tree => "tree",
         }
     }
 }
@@ -143,20 +147,27 @@ impl Checker<'_> {
         Some(resolved)
     }
 
-    /// Exactly one of `znode`, `template` or `inline`, plus `prefix` for templates.
+    /// Exactly one of `znode`, `template`, `inline` or `tree`, plus `prefix` for templates and
+    /// `format` for a tree.
     fn source(&mut self, at: At<'_>, file: &Spanned<RawFile>, dest: &Path) -> Option<FileSource> {
         let raw = file.get_ref();
         let given: Vec<(SourceKey, &Spanned<String>)> = [
             (SourceKey::Znode, &raw.znode),
             (SourceKey::Template, &raw.template),
             (SourceKey::Inline, &raw.inline),
+            (SourceKey::Tree, &raw.tree),
         ]
         .into_iter()
         .filter_map(|(kind, value)| value.as_ref().map(|value| (kind, value)))
         .collect();
         let (kind, value) = match given.as_slice() {
             [] => {
-                self.problem(at, "", file.span(), "needs one of `znode`, `template` or `inline`");
+                self.problem(
+                    at,
+                    "",
+                    file.span(),
+                    "needs one of `znode`, `template` or `inline` (or `tree` with `format`)",
+                );
                 return None;
             }
             [one] => *one,
@@ -172,7 +183,12 @@ impl Checker<'_> {
                 return None;
             }
         };
-        if kind == SourceKey::Znode {
+        if kind != SourceKey::Tree
+            && let Some(format) = &raw.format
+        {
+            self.problem(at, "format", format.span(), "`format` only applies with `tree`");
+        }
+        if matches!(kind, SourceKey::Znode | SourceKey::Tree) {
             if let Some(prefix) = &raw.prefix {
                 self.problem(
                     at,
@@ -188,6 +204,9 @@ impl Checker<'_> {
                     allow_env.span(),
                     "`allow_env` only applies with `template` or `inline`",
                 );
+            }
+            if kind == SourceKey::Tree {
+                return self.tree(at, value, raw.format.as_ref());
             }
             return self.znode_path(at, "znode", value).map(|znode| FileSource::Raw { znode });
         }
@@ -224,6 +243,30 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// `tree = "/root"` with its required `format`.
+    fn tree(
+        &mut self,
+        at: At<'_>,
+        root: &Spanned<String>,
+        format: Option<&Spanned<String>>,
+    ) -> Option<FileSource> {
+        let format = match format {
+            None => {
+                let names: Vec<String> = Format::ALL.iter().map(|f| format!("{:?}", f.name())).collect();
+                let message = format!("`tree` needs `format`, one of {}", names.join(", "));
+                self.problem(at, "tree", root.span(), message);
+                None
+            }
+            Some(format) => format
+                .get_ref()
+                .parse::<Format>()
+                .map_err(|message| self.problem(at, "format", format.span(), message))
+                .ok(),
+        };
+        let root = self.znode_path(at, "tree", root);
+        Some(FileSource::Tree { root: root?, format: format? })
     }
 
     /// A uid or gid: a number, or a user/group name looked up now.
@@ -298,4 +341,66 @@ fn read_template(path: &Path) -> std::io::Result<String> {
         return Err(std::io::Error::other(format!("larger than {MAX_TEMPLATE_BYTES} bytes")));
     }
     std::fs::read_to_string(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{FileSource, parse};
+    use crate::formats::Format;
+    use crate::model::ZnodePath;
+
+    const ZK: &str = "[zookeeper]\nhosts = \"127.0.0.1:2181\"\n";
+
+    fn shown(file: &str) -> String {
+        parse(Path::new("/etc/zkrender/z.toml"), &format!("{ZK}[[file]]\ndest = \"/a\"\n{file}"))
+            .expect_err("expected an invalid config")
+            .to_string()
+    }
+
+    #[test]
+    fn tree_with_each_format() {
+        for format in Format::ALL {
+            let text =
+                format!("{ZK}[[file]]\ndest = \"/a\"\ntree = \"/app/config/\"\nformat = \"{format}\"\n");
+            let config = parse(Path::new("/etc/zkrender/z.toml"), &text).unwrap();
+            let root = ZnodePath::parse("/app/config").unwrap();
+            assert_eq!(config.files[0].source, FileSource::Tree { root, format });
+        }
+    }
+
+    #[test]
+    fn tree_needs_a_known_format_and_format_needs_tree() {
+        let message = shown("tree = \"/app\"\n");
+        assert!(
+            message.contains(
+                ":5:8: [[file]] #1 (dest = /a): key `tree`: `tree` needs `format`, one of \"json\""
+            ),
+            "{message}"
+        );
+        let message = shown("tree = \"/app\"\nformat = \"xml\"\n");
+        assert!(
+            message.contains(":6:10: [[file]] #1 (dest = /a): key `format`: unknown format \"xml\""),
+            "{message}"
+        );
+        let message = shown("znode = \"/app\"\nformat = \"json\"\n");
+        assert!(message.contains("key `format`: `format` only applies with `tree`"), "{message}");
+        let message = shown("tree = \"app\"\nformat = \"json\"\n");
+        assert!(message.contains("key `tree`: znode path \"app\" must start with \"/\""), "{message}");
+    }
+
+    #[test]
+    fn tree_excludes_the_other_sources_and_template_keys() {
+        let message = shown("znode = \"/a\"\ntree = \"/app\"\nformat = \"json\"\n");
+        assert!(message.contains("key `tree`: `znode` and `tree` are mutually exclusive"), "{message}");
+        let message = shown("tree = \"/app\"\nformat = \"env\"\nprefix = \"/p\"\nallow_env = [\"HOME\"]\n");
+        assert!(
+            message.contains("key `prefix`: `prefix` only applies with `template` or `inline`"),
+            "{message}"
+        );
+        assert!(message.contains("key `allow_env`: `allow_env` only applies with"), "{message}");
+        let message = shown("mode = \"0600\"\n");
+        assert!(message.contains("needs one of `znode`, `template` or `inline` (or `tree` with `format`)"));
+    }
 }
