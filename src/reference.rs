@@ -314,13 +314,17 @@ pub fn keys(table: &Table) -> Vec<&'static str> {
 /// # Errors
 /// Writing to `w` failed.
 pub fn man_page(cmd: clap::Command, w: &mut dyn Write) -> io::Result<()> {
+    let has_version = cmd.get_version().is_some();
+    let has_subcommands = cmd.has_subcommands();
     let man = clap_mangen::Man::new(cmd);
     man.render_title(w)?;
     man.render_name_section(w)?;
     man.render_synopsis_section(w)?;
     man.render_description_section(w)?;
     man.render_options_section(w)?;
-    man.render_subcommands_section(w)?;
+    if has_subcommands {
+        man.render_subcommands_section(w)?;
+    }
     let mut roff = Roff::new();
     roff.control("SH", ["CONFIGURATION"]);
     roff.text([roman(
@@ -339,7 +343,10 @@ pub fn man_page(cmd: clap::Command, w: &mut dyn Write) -> io::Result<()> {
     roff.control("SH", ["SIGNALS"]);
     key_list(&mut roff, &SIGNALS);
     roff.to_writer(w)?;
-    man.render_version_section(w)
+    if has_version {
+        man.render_version_section(w)?;
+    }
+    Ok(())
 }
 
 /// A table as a roff tagged list: the first cell in bold, the default (for three columns)
@@ -349,8 +356,11 @@ fn key_list(roff: &mut Roff, table: &Table) {
         roff.control("TP", []);
         let mut tag = vec![bold(plain(row[0]))];
         if row.len() == 3 {
-            let default = if row[1].is_empty() { "none".to_owned() } else { plain(row[1]) };
-            tag.push(roman(format!(" (default: {default})")));
+            tag.push(roman(match row[1] {
+                "required" => " (required)".to_owned(),
+                "" => " (default: none)".to_owned(),
+                default => format!(" (default: {})", plain(default)),
+            }));
         }
         roff.text(tag);
         roff.text([roman(plain(row[row.len() - 1]))]);
@@ -402,7 +412,7 @@ mod tests {
         let mut out = Vec::new();
         man_page(clap::Command::new("zkrender").about("x"), &mut out).unwrap();
         let man = String::from_utf8(out).unwrap();
-        for needle in [".SH CONFIGURATION", ".SS [file.reload]", "session_timeout", ".SH EXIT STATUS", "SIGHUP"] {
+        for needle in [".SH CONFIGURATION", ".SS [file.reload]", "session_timeout", ".SH \"EXIT STATUS\"", "SIGHUP"] {
             assert!(man.contains(needle), "man page lacks {needle:?}:\n{man}");
         }
     }
