@@ -125,6 +125,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -139,9 +141,9 @@ mod tests {
     fn diff_and_init_parse() {
         let cli = Cli::try_parse_from(["zkrender", "diff", "--dest", "a.conf"]).unwrap();
         assert!(matches!(cli.command, CommandKind::Diff { dest: Some(d), timeout }
-            if d == PathBuf::from("a.conf") && timeout == Duration::from_secs(10)));
+            if d == Path::new("a.conf") && timeout == Duration::from_secs(10)));
         let cli = Cli::try_parse_from(["zkrender", "init", "--output", "z.toml"]).unwrap();
-        assert!(matches!(cli.command, CommandKind::Init { output: Some(o) } if o == PathBuf::from("z.toml")));
+        assert!(matches!(cli.command, CommandKind::Init { output: Some(o) } if o == Path::new("z.toml")));
     }
 
     #[test]

@@ -71,7 +71,11 @@ pub const ZOOKEEPER: Table = Table {
             "a connect string `\"h1:2181,h2:2181\"` (an optional `/chroot` suffix is accepted), or an array `[\"h1:2181\", \"h2:2181\"]`",
         ],
         &["`chroot`", "none", "every znode path in the config and the templates is under it"],
-        &["`session_timeout`", "`\"10s\"`", "the ZooKeeper session timeout asked for (the server may clamp it)"],
+        &[
+            "`session_timeout`",
+            "`\"10s\"`",
+            "the ZooKeeper session timeout asked for (the server may clamp it)",
+        ],
         &[
             "`watch`",
             "`\"oneshot\"`",
@@ -105,7 +109,11 @@ pub const ZOOKEEPER_TLS: Table = Table {
     index: 0,
     columns: KEY_COLUMNS,
     rows: &[
-        &["`ca`", "required", "PEM file of the certificate authorities that signed the servers' certificates"],
+        &[
+            "`ca`",
+            "required",
+            "PEM file of the certificate authorities that signed the servers' certificates",
+        ],
         &["`cert`", "none", "PEM client certificate, for servers that require one (with `key`)"],
         &["`key`", "none", "PEM private key of `cert`"],
     ],
@@ -120,7 +128,11 @@ pub const AGENT: Table = Table {
     columns: KEY_COLUMNS,
     rows: &[
         &["`wait`", "`\"0ms\"`", "quiescence: render once no change has arrived for `wait`"],
-        &["`max_wait`", "4 × `wait`", "... but never later than `max_wait` after the first change of a cycle"],
+        &[
+            "`max_wait`",
+            "4 × `wait`",
+            "... but never later than `max_wait` after the first change of a cycle",
+        ],
         &[
             "`resync`",
             "`\"10m\"`",
@@ -141,7 +153,11 @@ pub const FILE: Table = Table {
     index: 0,
     columns: KEY_COLUMNS,
     rows: &[
-        &["`dest`", "required", "the file to write; relative paths resolve against the config file's directory"],
+        &[
+            "`dest`",
+            "required",
+            "the file to write; relative paths resolve against the config file's directory",
+        ],
         &["`znode`", "", "a raw mapping: the znode's bytes, unchanged (binary-safe)"],
         &["`template`", "", "a template file, relative to the config file's directory"],
         &["`inline`", "", "the template text itself"],
@@ -191,11 +207,7 @@ pub const FILE_RELOAD: Table = Table {
     index: 0,
     columns: KEY_COLUMNS,
     rows: &[
-        &[
-            "`signal`",
-            "",
-            "a signal name, with or without `SIG` (`HUP`, `SIGUSR1`), sent to exactly one of:",
-        ],
+        &["`signal`", "", "a signal name, with or without `SIG` (`HUP`, `SIGUSR1`), sent to exactly one of:"],
         &["`pid_file`", "", "the pid in this file, read at each reload"],
         &["`pid`", "", "this pid"],
         &[
@@ -212,11 +224,7 @@ pub const FILE_RELOAD: Table = Table {
             "`zkrender exec` only: restart the child (SIGTERM, 10 s grace, SIGKILL, start again)",
         ],
         &["`timeout`", "`\"10s\"`", "per attempt, for `http` and `command`"],
-        &[
-            "`retries`",
-            "`3`",
-            "extra attempts after the first, for every kind; backoff doubles from 100 ms",
-        ],
+        &["`retries`", "`3`", "extra attempts after the first, for every kind; backoff doubles from 100 ms"],
         &[
             "`splay`",
             "`\"0s\"`",
@@ -412,7 +420,9 @@ mod tests {
         let mut out = Vec::new();
         man_page(clap::Command::new("zkrender").about("x"), &mut out).unwrap();
         let man = String::from_utf8(out).unwrap();
-        for needle in [".SH CONFIGURATION", ".SS [file.reload]", "session_timeout", ".SH \"EXIT STATUS\"", "SIGHUP"] {
+        for needle in
+            [".SH CONFIGURATION", ".SS [file.reload]", "session_timeout", ".SH \"EXIT STATUS\"", "SIGHUP"]
+        {
             assert!(man.contains(needle), "man page lacks {needle:?}:\n{man}");
         }
     }

@@ -78,7 +78,10 @@ async fn diff_exits_1_on_a_change_0_when_equal_and_writes_nothing() {
     let out = diff(&config, &[]);
     assert_exit(&out, 1, "a missing file");
     let a_name = a.display();
-    assert_eq!(stdout(&out), format!("--- {a_name}\n+++ {a_name} (rendered)\n@@ -0,0 +1,3 @@\n+one\n+two\n+three\n"));
+    assert_eq!(
+        stdout(&out),
+        format!("--- {a_name}\n+++ {a_name} (rendered)\n@@ -0,0 +1,3 @@\n+one\n+two\n+three\n")
+    );
     assert!(!a.exists(), "diff must not write {a_name}");
 
     // A changed line, in unified form.

@@ -102,7 +102,10 @@ fn every_template_function_and_filter_has_a_reference_row() {
         }
     }
     assert!(total >= 8, "expected to find at least 8 functions and filters in src/render.rs, found {total}");
-    assert!(missing.is_empty(), "template functions/filters without a row in reference::TEMPLATES: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "template functions/filters without a row in reference::TEMPLATES: {missing:?}"
+    );
 }
 
 fn manifest_dir() -> PathBuf {
@@ -148,7 +151,11 @@ fn readme_tables_match_the_reference() {
         let lines: Vec<&str> = readme.lines().collect();
         let expected = table.markdown();
         let Some((start, end)) = find_table(&lines, table.heading, table.index) else {
-            wrong.push(format!("README.md has no table #{} under a heading {:?}", table.index + 1, table.heading));
+            wrong.push(format!(
+                "README.md has no table #{} under a heading {:?}",
+                table.index + 1,
+                table.heading
+            ));
             continue;
         };
         let actual = lines[start..end].iter().map(|l| format!("{l}\n")).collect::<String>();
