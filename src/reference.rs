@@ -379,9 +379,10 @@ fn key_list(roff: &mut Roff, table: &Table) {
     }
 }
 
-/// Markdown-flavoured text as plain text (backticks removed).
+/// Markdown-flavoured text as plain ASCII for roff (backticks removed; `×` as `x`, which
+/// groff reads without preconv).
 fn plain(text: &str) -> String {
-    text.replace('`', "")
+    text.replace('`', "").replace('×', "x")
 }
 
 #[cfg(test)]
@@ -425,5 +426,6 @@ mod tests {
         {
             assert!(man.contains(needle), "man page lacks {needle:?}:\n{man}");
         }
+        assert!(man.is_ascii(), "groff reads ASCII without preconv:\n{man}");
     }
 }
