@@ -76,6 +76,28 @@ pub enum CommandKind {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Show what would change: a unified diff of each file on disk against its rendering.
+    ///
+    /// Reads ZooKeeper like `render`; writes nothing and reloads nothing. A missing file diffs
+    /// against empty; binary contents are reported with both sizes and SHA-256 digests. Exits
+    /// 0 when no file would change, 1 when some file would, 2 on a config error, 3 when a file
+    /// cannot be rendered or ZooKeeper cannot be reached within --timeout.
+    Diff {
+        /// Only this file (its `dest` as in the config, or the resolved path).
+        #[arg(long)]
+        dest: Option<PathBuf>,
+        /// How long to wait for ZooKeeper and for missing znodes to appear.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Print a commented starter configuration with every section and key (defaults shown).
+    ///
+    /// It passes `zkrender check` as printed (hosts 127.0.0.1:2181).
+    Init {
+        /// Write it to this file instead of stdout; an existing file is never overwritten.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
     /// Show a running agent's files, their znodes and last writes, as a table.
     ///
     /// Asks the agent's HTTP endpoint (`[agent] listen`) for `/status`.
@@ -92,7 +114,8 @@ pub enum CommandKind {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the zkrender(1) man page (roff) to stdout.
+    /// Print the zkrender(1) man page (roff) to stdout: commands, options, the configuration
+    /// reference, template functions, exit codes and signals.
     Man,
 }
 
@@ -102,6 +125,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -110,6 +135,15 @@ mod tests {
         assert_eq!(cli.config, PathBuf::from("x.toml"));
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(matches!(cli.command, CommandKind::Once { timeout } if timeout == Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn diff_and_init_parse() {
+        let cli = Cli::try_parse_from(["zkrender", "diff", "--dest", "a.conf"]).unwrap();
+        assert!(matches!(cli.command, CommandKind::Diff { dest: Some(d), timeout }
+            if d == Path::new("a.conf") && timeout == Duration::from_secs(10)));
+        let cli = Cli::try_parse_from(["zkrender", "init", "--output", "z.toml"]).unwrap();
+        assert!(matches!(cli.command, CommandKind::Init { output: Some(o) } if o == Path::new("z.toml")));
     }
 
     #[test]

@@ -11,6 +11,10 @@ use crate::source::SourceError;
 pub const EXIT_CONFIG: i32 = 2;
 /// Exit code for any other failure (`once` with files not written, a fatal source error).
 pub const EXIT_FAILURE: i32 = 1;
+/// `diff`: some file would change.
+pub const EXIT_DIFFERENT: i32 = 1;
+/// `diff`: a file cannot be rendered, or ZooKeeper cannot be reached in time.
+pub const EXIT_UNRENDERED: i32 = 3;
 
 /// Everything that can stop a command.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,13 @@ pub enum AgentError {
     Source(#[from] SourceError),
     #[error("{count} of {total} files were not written:\n{details}")]
     NotAllWritten { count: usize, total: usize, details: String },
+    /// `diff`: what kept a file from being rendered (exit 3).
+    #[error(transparent)]
+    Unrendered(Box<AgentError>),
+    #[error("--dest {}: no [[file]] in {} has this dest", .dest.display(), .config.display())]
+    UnknownDest { config: std::path::PathBuf, dest: std::path::PathBuf },
+    #[error(transparent)]
+    Init(#[from] crate::init::InitError),
     #[error("writing rendered output to stdout")]
     Stdout(#[source] std::io::Error),
     #[error(
@@ -56,7 +67,11 @@ impl AgentError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AgentError::Config(_) | AgentError::Templates(_) | AgentError::ExecOnly { .. } => EXIT_CONFIG,
+            AgentError::Config(_)
+            | AgentError::Templates(_)
+            | AgentError::ExecOnly { .. }
+            | AgentError::UnknownDest { .. } => EXIT_CONFIG,
+            AgentError::Unrendered(_) => EXIT_UNRENDERED,
             _ => EXIT_FAILURE,
         }
     }

@@ -7,9 +7,55 @@
 //! it. Tests below load it through the same functions `check` uses, and compare its keys with
 //! the serde mirror in `config/raw.rs`, so a new key cannot be left out silently.
 
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
 /// The starter configuration, as `zkrender init` prints it.
 pub fn starter_config() -> String {
     STARTER.to_owned()
+}
+
+/// `zkrender init --output`: why the starter could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{}: already exists; not overwriting it", .path.display())]
+    Exists { path: PathBuf },
+    #[error("writing {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Writes the starter configuration to `path` (mode 0644), atomically, and only if nothing
+/// is there: a temporary file beside it is linked into place, which fails if `path` exists
+/// (even if it appeared meanwhile).
+///
+/// # Errors
+/// [`InitError::Exists`] when `path` exists; [`InitError::Write`] for any I/O failure.
+pub fn write_new(path: &Path) -> Result<(), InitError> {
+    let write_err = |source| InitError::Write { path: path.to_owned(), source };
+    if path.symlink_metadata().is_ok() {
+        return Err(InitError::Exists { path: path.to_owned() });
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut temp = tempfile::Builder::new().prefix(".zkrender-init-").tempfile_in(dir).map_err(write_err)?;
+    temp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(write_err)?;
+    temp.write_all(starter_config().as_bytes()).map_err(write_err)?;
+    temp.as_file().sync_all().map_err(write_err)?;
+    temp.persist_noclobber(path).map_err(|e| {
+        if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+            InitError::Exists { path: path.to_owned() }
+        } else {
+            write_err(e.error)
+        }
+    })?;
+    Ok(())
 }
 
 const STARTER: &str = r#"# zkrender.toml: written by `zkrender init`.
@@ -139,6 +185,20 @@ mod tests {
         let lines: Vec<&str> =
             text.lines().map(|line| if is_commented_setting(line) { &line[2..] } else { line }).collect();
         lines.join("\n")
+    }
+
+    #[test]
+    fn write_new_refuses_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zkrender.toml");
+        write_new(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), starter_config());
+        std::fs::write(&path, "mine").unwrap();
+        let err = write_new(&path).unwrap_err();
+        assert!(matches!(err, InitError::Exists { .. }), "{err:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

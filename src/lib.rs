@@ -38,4 +38,5 @@ pub mod error;
 pub mod hotreload;
 pub mod init;
 pub mod ops;
+pub mod reference;
 pub mod status;

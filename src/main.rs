@@ -7,7 +7,7 @@ use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use zkrender::cli::{Cli, CommandKind, LogFormat};
-use zkrender::error::{AgentError, report};
+use zkrender::error::{AgentError, EXIT_DIFFERENT, report};
 use zkrender::{config, runtime};
 
 fn main() -> ExitCode {
@@ -49,8 +49,20 @@ fn run(cli: Cli) -> Result<(), AgentError> {
             return Ok(());
         }
         CommandKind::Man => {
-            return clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
+            return zkrender::reference::man_page(Cli::command(), &mut std::io::stdout().lock())
+                .map_err(AgentError::Stdout);
+        }
+        CommandKind::Init { output: Some(path) } => {
+            zkrender::init::write_new(path)?;
+            eprintln!("{}: written; check it with `zkrender check -c {}`", path.display(), path.display());
+            return Ok(());
+        }
+        CommandKind::Init { output: None } => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            return out
+                .write_all(zkrender::init::starter_config().as_bytes())
+                .and_then(|()| out.flush())
                 .map_err(AgentError::Stdout);
         }
         _ => {}
@@ -77,10 +89,17 @@ fn run(cli: Cli) -> Result<(), AgentError> {
             CommandKind::Run => runtime::run(config, shutdown).await,
             CommandKind::Once { timeout } => runtime::once(config, timeout, shutdown).await,
             CommandKind::Render { dest, timeout } => runtime::render(config, dest, timeout, shutdown).await,
+            CommandKind::Diff { dest, timeout } => {
+                match runtime::diff(config, dest, timeout, shutdown).await? {
+                    runtime::DiffOutcome::Unchanged => Ok(()),
+                    runtime::DiffOutcome::Changed => std::process::exit(EXIT_DIFFERENT),
+                }
+            }
             CommandKind::Check
             | CommandKind::Exec { .. }
             | CommandKind::Status { .. }
             | CommandKind::Completions { .. }
+            | CommandKind::Init { .. }
             | CommandKind::Man => {
                 unreachable!("handled above")
             }

@@ -182,6 +182,94 @@ pub async fn render(
     settled_or_error(&summary)
 }
 
+/// What `zkrender diff` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffOutcome {
+    /// Every file on disk already holds what would be written.
+    Unchanged,
+    /// Some file would change (its diff was printed).
+    Changed,
+}
+
+/// `diff`: renders each file (or only `dest`) as `render` does, and prints a unified diff of
+/// what is on disk against it. Writes nothing, reloads nothing.
+///
+/// Every file that rendered is compared and printed, even when others could not be rendered;
+/// those are reported in the error afterwards.
+///
+/// # Errors
+/// [`AgentError::UnknownDest`] when no file has `dest`; template errors; and, wrapped in
+/// [`AgentError::Unrendered`] (exit 3), a file that could not be rendered or read from disk,
+/// or ZooKeeper not reached within `timeout`.
+pub async fn diff(
+    config: Config,
+    dest: Option<PathBuf>,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) -> Result<DiffOutcome, AgentError> {
+    let mut config = config;
+    if let Some(dest) = &dest {
+        let wanted = resolve_dest(&config.path, dest);
+        config.files.retain(|f| f.dest == wanted);
+        if config.files.is_empty() {
+            return Err(AgentError::UnknownDest { config: config.path.clone(), dest: wanted });
+        }
+    }
+    let core = compile(&config)?;
+    let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
+    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx, None)
+        .await
+        .map_err(|e| AgentError::Unrendered(Box::new(e)))?;
+    let rendered = summary.rendered.clone();
+    let compared = tokio::task::spawn_blocking(move || print_diffs(&rendered))
+        .await
+        .map_err(AgentError::TaskPanicked)?
+        .map_err(AgentError::Stdout)?;
+    let mut failed: Vec<String> = match settled_or_error(&summary) {
+        Ok(()) => Vec::new(),
+        Err(AgentError::NotAllWritten { details, .. }) => details.lines().map(str::to_owned).collect(),
+        Err(other) => return Err(AgentError::Unrendered(Box::new(other))),
+    };
+    failed.extend(compared.unreadable);
+    if !failed.is_empty() {
+        return Err(AgentError::Unrendered(Box::new(AgentError::NotAllWritten {
+            count: failed.len(),
+            total: summary.files.len(),
+            details: failed.join("\n"),
+        })));
+    }
+    Ok(if compared.changed { DiffOutcome::Changed } else { DiffOutcome::Unchanged })
+}
+
+/// What [`print_diffs`] found.
+struct Compared {
+    changed: bool,
+    /// `  DEST: reason` for each file on disk that could not be read.
+    unreadable: Vec<String>,
+}
+
+/// Prints, for each rendering, the diff of the file on disk against it.
+fn print_diffs(rendered: &[(PathBuf, Vec<u8>)]) -> std::io::Result<Compared> {
+    let mut out = std::io::stdout().lock();
+    let mut compared = Compared { changed: false, unreadable: Vec::new() };
+    for (dest, bytes) in rendered {
+        let old = match std::fs::read(dest) {
+            Ok(old) => Some(old),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                compared.unreadable.push(format!("  {}: reading the file on disk: {e}", dest.display()));
+                continue;
+            }
+        };
+        if let Some(text) = crate::diff::diff(&dest.display().to_string(), old.as_deref(), bytes) {
+            compared.changed = true;
+            out.write_all(text.as_bytes())?;
+        }
+    }
+    out.flush()?;
+    Ok(compared)
+}
+
 /// Prints renderings for `zkrender render`: one file's exact bytes, or each under a header.
 fn print_rendered(rendered: &[(PathBuf, Vec<u8>)], headers: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
