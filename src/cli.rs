@@ -144,8 +144,20 @@ mod tests {
     #[test]
     fn config_sources_repeat_and_keep_their_order() {
         let cli = Cli::try_parse_from([
-            "zkrender", "check", "-c", "a.toml", "-c", "conf.d", "--zookeeper", "zk:2181",
-            "--znode", "/a:/tmp/a:kill -HUP 1", "--template", "t.j2:/tmp/t", "--znode", "/b:/tmp/b",
+            "zkrender",
+            "check",
+            "-c",
+            "a.toml",
+            "-c",
+            "conf.d",
+            "--zookeeper",
+            "zk:2181",
+            "--znode",
+            "/a:/tmp/a:kill -HUP 1",
+            "--template",
+            "t.j2:/tmp/t",
+            "--znode",
+            "/b:/tmp/b",
         ])
         .unwrap();
         let sources = cli.sources();

@@ -147,7 +147,8 @@ impl FileWatcher {
         let wanted = files.clone();
         let wanted_dirs: BTreeSet<PathBuf> = config_dirs.iter().cloned().collect();
         let in_config_dir = move |p: &PathBuf| {
-            p.extension().is_some_and(|ext| ext == "toml") && p.parent().is_some_and(|d| wanted_dirs.contains(d))
+            p.extension().is_some_and(|ext| ext == "toml")
+                && p.parent().is_some_and(|d| wanted_dirs.contains(d))
         };
         let handler = move |res: notify::Result<notify::Event>| match res {
             Ok(event) => {

@@ -55,7 +55,8 @@ async fn conf_d_directory_files_add_up_and_a_file_dropped_in_during_run_is_picke
     // directory watch can pick up the new file).
     fs::write(confd.join("00-base.toml"), env.config().agent("resync = \"0s\"").text("")).unwrap();
     // Relative paths resolve against the directory of the file holding them.
-    fs::write(confd.join("10-team-a.toml"), "[[file]]\ndest = \"../out/a\"\nznode = \"/team-a/url\"\n").unwrap();
+    fs::write(confd.join("10-team-a.toml"), "[[file]]\ndest = \"../out/a\"\nznode = \"/team-a/url\"\n")
+        .unwrap();
     fs::write(confd.join("b.j2"), "name={{ znode(\"/team-b/name\") }}\n").unwrap();
     fs::write(confd.join("20-team-b.toml"), "[[file]]\ndest = \"../out/b\"\ntemplate = \"b.j2\"\n").unwrap();
     fs::write(confd.join("README"), "not a config file: ignored\n").unwrap();
@@ -91,8 +92,11 @@ async fn agent_section_in_two_files_is_an_error_naming_both() {
     for command in ["check", "once"] {
         let out = zkrender_in(env.dir(), &[OsStr::new(command), OsStr::new("-c"), confd.as_os_str()]);
         assert_eq!(out.status.code(), Some(2), "{command}: {}", text(&out.stderr));
-        let expected =
-            format!("[agent] is set in both {} and {}; keep it in one file", base.display(), second.display());
+        let expected = format!(
+            "[agent] is set in both {} and {}; keep it in one file",
+            base.display(),
+            second.display()
+        );
         assert!(text(&out.stderr).contains(&expected), "{command}: {}", text(&out.stderr));
     }
     // The same two files given as two `-c` flags.
@@ -196,7 +200,13 @@ async fn zookeeper_flag_and_environment_override_the_hosts_of_the_config() {
     let config = ConfigBuilder::new(env.dir(), "127.0.0.1:1")
         .zookeeper(&format!("chroot = {:?}", env.chroot()))
         .write(&raw_file(&dest, "/app/value"));
-    let once = [OsStr::new("once"), OsStr::new("--timeout"), OsStr::new("20s"), OsStr::new("-c"), config.as_os_str()];
+    let once = [
+        OsStr::new("once"),
+        OsStr::new("--timeout"),
+        OsStr::new("20s"),
+        OsStr::new("-c"),
+        config.as_os_str(),
+    ];
 
     let mut args = once.to_vec();
     args.extend([OsStr::new("--zookeeper"), OsStr::new(env.hosts())]);
@@ -212,6 +222,11 @@ async fn zookeeper_flag_and_environment_override_the_hosts_of_the_config() {
         .stdin(Stdio::null())
         .output()
         .expect("cannot run zkrender");
-    assert!(out.status.success(), "once with ZKRENDER_ZOOKEEPER failed ({}): {}", out.status, text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "once with ZKRENDER_ZOOKEEPER failed ({}): {}",
+        out.status,
+        text(&out.stderr)
+    );
     assert_eq!(fs::read(&dest).unwrap(), b"from the real server");
 }

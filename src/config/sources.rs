@@ -156,8 +156,9 @@ fn claim<T>(
 /// The config files of `sources` as they are now (each directory listed), and the
 /// directories, all absolute.
 fn expand(sources: &Sources) -> Result<(Vec<PathBuf>, Vec<PathBuf>), ConfigError> {
-    let absolute =
-        |path: &Path| std::path::absolute(path).map_err(|source| ConfigError::Path { path: path.to_owned(), source });
+    let absolute = |path: &Path| {
+        std::path::absolute(path).map_err(|source| ConfigError::Path { path: path.to_owned(), source })
+    };
     if sources.paths.is_empty() {
         let default = absolute(Path::new(DEFAULT_PATH))?;
         // With flags that make files, no config file is needed at all (a one-liner).
@@ -174,7 +175,8 @@ fn expand(sources: &Sources) -> Result<(Vec<PathBuf>, Vec<PathBuf>), ConfigError
             files.push(path);
             continue;
         }
-        let entries = std::fs::read_dir(&path).map_err(|source| ConfigError::ReadDir { path: path.clone(), source })?;
+        let entries =
+            std::fs::read_dir(&path).map_err(|source| ConfigError::ReadDir { path: path.clone(), source })?;
         let mut found = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|source| ConfigError::ReadDir { path: path.clone(), source })?;
@@ -304,7 +306,7 @@ mod tests {
         // Relative paths resolve against the directory of the file holding them.
         assert_eq!(dests, [confd.join("b"), confd.join("a"), dir.path().join("m")]);
         assert_eq!(config.agent.wait, std::time::Duration::from_secs(1));
-        assert_eq!(config.origin.dirs, [confd.clone()]);
+        assert_eq!(config.origin.dirs, std::slice::from_ref(&confd));
         assert_eq!(config.path, confd.join("10-zk.toml"));
     }
 
@@ -328,8 +330,14 @@ mod tests {
         let shown = load(&Sources { paths: vec![a.clone(), b.clone()], ..Sources::default() })
             .unwrap_err()
             .to_string();
-        assert!(shown.contains(&format!("{}:5:9: [[file]] #1 (dest = x): key `znode`", a.display())), "{shown}");
-        assert!(shown.contains(&format!("{}:3:1: [[file]] #1 (dest = y): key `znodes`", b.display())), "{shown}");
+        assert!(
+            shown.contains(&format!("{}:5:9: [[file]] #1 (dest = x): key `znode`", a.display())),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!("{}:3:1: [[file]] #1 (dest = y): key `znodes`", b.display())),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -362,7 +370,10 @@ mod tests {
         assert_eq!(file.dest, PathBuf::from("/etc/app/flags.json"));
         assert!(matches!(&file.source, FileSource::Raw { znode } if znode.as_str() == "/app/flags"));
         let reload = file.reload.as_ref().unwrap();
-        assert_eq!(reload.action, ReloadAction::Command { argv: vec!["kill".into(), "-HUP".into(), "1 2".into()] });
+        assert_eq!(
+            reload.action,
+            ReloadAction::Command { argv: vec!["kill".into(), "-HUP".into(), "1 2".into()] }
+        );
         assert!(config.origin.files.is_empty());
     }
 
@@ -375,16 +386,26 @@ mod tests {
             ..Sources::default()
         };
         let shown = load(&sources).unwrap_err().to_string();
-        assert!(shown.contains("--znode #2 (app/flags:/tmp/x): znode path \"app/flags\" must start with \"/\""), "{shown}");
+        assert!(
+            shown.contains("--znode #2 (app/flags:/tmp/x): znode path \"app/flags\" must start with \"/\""),
+            "{shown}"
+        );
         assert!(shown.contains("--znode #3 (nodest): expected ZNODE:DEST[:COMMAND]"), "{shown}");
-        assert!(shown.contains("--template #1 (/no/such/template.j2:/tmp/t:'unbalanced): COMMAND"), "{shown}");
+        assert!(
+            shown.contains("--template #1 (/no/such/template.j2:/tmp/t:'unbalanced): COMMAND"),
+            "{shown}"
+        );
         assert!(!shown.contains("#1 (/ok"), "{shown}");
     }
 
     #[test]
     fn zookeeper_flag_replaces_hosts_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let a = write(dir.path(), "a.toml", "[zookeeper]\nhosts = \"file:2181\"\nchroot = \"/c\"\nsession_timeout = \"3s\"\n");
+        let a = write(
+            dir.path(),
+            "a.toml",
+            "[zookeeper]\nhosts = \"file:2181\"\nchroot = \"/c\"\nsession_timeout = \"3s\"\n",
+        );
         let sources = Sources { paths: vec![a], zookeeper: Some("flag:2181".into()), ..Sources::default() };
         let zk = load(&sources).unwrap().zookeeper;
         assert_eq!(zk.connect_string(), "flag:2181/c");

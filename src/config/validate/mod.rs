@@ -191,11 +191,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         return Err(ConfigError::Syntax { path, problem });
     }
     let part = file_part(&path, text, raw, 0, &mut Dests::default())?;
-    let origin = super::Origin {
-        sources: super::Sources::file(&path),
-        files: vec![path.clone()],
-        dirs: Vec::new(),
-    };
+    let origin =
+        super::Origin { sources: super::Sources::file(&path), files: vec![path.clone()], dirs: Vec::new() };
     Ok(Config {
         path,
         zookeeper: part.zookeeper.expect("checked above"),
@@ -279,8 +276,8 @@ pub(crate) fn flag_part(
     dests: &mut Dests,
 ) -> Result<Part, ConfigError> {
     let as_flag = |messages: Vec<String>| ConfigError::Flag { flag: flag.to_owned(), messages };
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|err| as_flag(vec![format!("bug: flag document: {}", err.message())]))?;
+    let raw: RawConfig = toml::from_str(text)
+        .map_err(|err| as_flag(vec![format!("bug: flag document: {}", err.message())]))?;
     let mut checker = Checker { lines: LineIndex::new(text), base_dir, problems: Vec::new() };
     let name = |_: usize, _: Option<&str>| flag.to_owned();
     let owner = |_: usize| DestOwner { doc, short: flag.to_owned(), long: flag.to_owned() };
