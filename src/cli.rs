@@ -12,9 +12,26 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "zkrender", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
-    /// The configuration file.
-    #[arg(short = 'c', long = "config", global = true, default_value = crate::config::DEFAULT_PATH, env = "ZKRENDER_CONFIG")]
-    pub config: PathBuf,
+    /// A configuration file, or a directory: every `*.toml` directly in it, in name order.
+    /// Repeatable; `[[file]]` entries add up, `[zookeeper]` and `[agent]` may each be in one
+    /// file only. Default: ./zkrender.toml (which may be missing when --znode or --template
+    /// is given).
+    #[arg(short = 'c', long = "config", global = true, env = "ZKRENDER_CONFIG", value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+
+    /// ZooKeeper connect string (`host:port,...[/chroot]`); replaces `[zookeeper] hosts`.
+    #[arg(long, global = true, env = "ZKRENDER_ZOOKEEPER", value_name = "HOSTS")]
+    pub zookeeper: Option<String>,
+
+    /// Copy ZNODE to the file DEST, and run COMMAND (split with shell quoting rules, run
+    /// without a shell) after it changed. Repeatable; adds to the config files.
+    #[arg(long, global = true, value_name = "ZNODE:DEST[:COMMAND]")]
+    pub znode: Vec<String>,
+
+    /// Render the template file TEMPLATE to DEST, and run COMMAND after it changed (as for
+    /// --znode). Repeatable; adds to the config files.
+    #[arg(long, global = true, value_name = "TEMPLATE:DEST[:COMMAND]")]
+    pub template: Vec<String>,
 
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ZKRENDER_LOG_FORMAT")]
@@ -119,6 +136,18 @@ pub enum CommandKind {
     Man,
 }
 
+impl Cli {
+    /// Where the configuration comes from: `-c`, `--zookeeper`, `--znode`, `--template`.
+    pub fn sources(&self) -> crate::config::Sources {
+        crate::config::Sources {
+            paths: self.config.clone(),
+            zookeeper: self.zookeeper.clone(),
+            znodes: self.znode.clone(),
+            templates: self.template.clone(),
+        }
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 2m)"))
 }
@@ -132,7 +161,7 @@ mod tests {
     #[test]
     fn global_flags_work_after_the_subcommand() {
         let cli = Cli::try_parse_from(["zkrender", "once", "-c", "x.toml", "--log-format", "json"]).unwrap();
-        assert_eq!(cli.config, PathBuf::from("x.toml"));
+        assert_eq!(cli.config, [PathBuf::from("x.toml")]);
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(matches!(cli.command, CommandKind::Once { timeout } if timeout == Duration::from_secs(30)));
     }
@@ -144,6 +173,34 @@ mod tests {
             if d == Path::new("a.conf") && timeout == Duration::from_secs(10)));
         let cli = Cli::try_parse_from(["zkrender", "init", "--output", "z.toml"]).unwrap();
         assert!(matches!(cli.command, CommandKind::Init { output: Some(o) } if o == Path::new("z.toml")));
+    }
+
+    #[test]
+    fn config_sources_repeat_and_keep_their_order() {
+        let cli = Cli::try_parse_from([
+            "zkrender",
+            "check",
+            "-c",
+            "a.toml",
+            "-c",
+            "conf.d",
+            "--zookeeper",
+            "zk:2181",
+            "--znode",
+            "/a:/tmp/a:kill -HUP 1",
+            "--template",
+            "t.j2:/tmp/t",
+            "--znode",
+            "/b:/tmp/b",
+        ])
+        .unwrap();
+        let sources = cli.sources();
+        assert_eq!(sources.paths, [PathBuf::from("a.toml"), PathBuf::from("conf.d")]);
+        assert_eq!(sources.zookeeper.as_deref(), Some("zk:2181"));
+        assert_eq!(sources.znodes, ["/a:/tmp/a:kill -HUP 1", "/b:/tmp/b"]);
+        assert_eq!(sources.templates, ["t.j2:/tmp/t"]);
+        let before = Cli::try_parse_from(["zkrender", "-c", "a.toml", "-c", "b.toml", "run"]).unwrap();
+        assert_eq!(before.config, [PathBuf::from("a.toml"), PathBuf::from("b.toml")]);
     }
 
     #[test]

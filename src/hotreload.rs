@@ -1,5 +1,6 @@
-//! Reloading zkrender's own configuration: on SIGHUP, or when the config file or a template
-//! file changes on disk (watched with `notify`, debounced), re-read and validate everything.
+//! Reloading zkrender's own configuration: on SIGHUP, or when a config file or a template
+//! file changes on disk, or a `*.toml` file comes or goes in a `-c` directory (watched with
+//! `notify`, debounced), re-read the whole configuration set and validate everything.
 //! Invalid: log every problem and keep running the old configuration. Valid: hand a new
 //! pipeline core to the running pipeline, which keeps the ZooKeeper session and the values
 //! already read, re-renders, and writes only what changed.
@@ -50,7 +51,7 @@ pub async fn run(
     };
     let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
     let mut watcher = FileWatcher::new(changed_tx);
-    watcher.watch(&watched_files(&current));
+    watcher.watch(&watched_files(&current), &current.origin.dirs);
     loop {
         let trigger = tokio::select! {
             _ = stop.cancelled() => return,
@@ -61,16 +62,16 @@ pub async fn run(
                 Trigger::FileChanged
             }
         };
-        info!(trigger = ?trigger, config = %current.path.display(), "reloading the configuration");
+        info!(trigger = ?trigger, config = %current.describe(), "reloading the configuration");
         // systemd: RELOADING=1 ... READY=1 around the reload, but only once the agent was
         // ready (before that, READY=1 would claim files that are not written yet).
         let was_ready = status.borrow().ready;
         if was_ready {
             ops::systemd::notify_reloading();
         }
-        let applied = match load(&current.path, exec_mode) {
+        let applied = match load(&current.origin.sources, exec_mode) {
             Err(message) => {
-                error!(config = %current.path.display(), error = %message, "new configuration is invalid; still running the previous one");
+                error!(config = %current.describe(), error = %message, "new configuration is invalid; still running the previous one");
                 false
             }
             Ok((config, core)) => {
@@ -88,7 +89,7 @@ pub async fn run(
                 if pipeline.send(reconf).is_err() {
                     return;
                 }
-                watcher.watch(&watched_files(&config));
+                watcher.watch(&watched_files(&config), &config.origin.dirs);
                 current = config;
                 true
             }
@@ -100,9 +101,9 @@ pub async fn run(
     }
 }
 
-/// Loads and compiles; the error is the full report of every problem.
-fn load(path: &Path, exec_mode: bool) -> Result<(Config, Core), String> {
-    let config = config::load(path).map_err(|e| report(&e))?;
+/// Loads the whole set again and compiles; the error is the full report of every problem.
+fn load(sources: &config::Sources, exec_mode: bool) -> Result<(Config, Core), String> {
+    let config = config::load_sources(sources).map_err(|e| report(&e))?;
     if !exec_mode {
         // What `run` refuses at start it refuses on reload too.
         crate::exec::refuse_exec_only(&config).map_err(|e| report(&e))?;
@@ -112,9 +113,9 @@ fn load(path: &Path, exec_mode: bool) -> Result<(Config, Core), String> {
     Ok((config, core))
 }
 
-/// The config file and every template file.
+/// The config files and every template file.
 fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
-    let mut files = BTreeSet::from([config.path.clone()]);
+    let mut files: BTreeSet<PathBuf> = config.origin.files.iter().cloned().collect();
     for f in &config.files {
         if let FileSource::Template(t) = &f.source
             && let Some(p) = &t.path
@@ -126,7 +127,8 @@ fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
 }
 
 /// Watches the directories holding a set of files (editors replace files by rename, which a
-/// watch on the file itself would miss) and reports changes to those files only.
+/// watch on the file itself would miss) and reports changes to those files only, and to any
+/// `*.toml` file directly in a config directory (one added or removed changes the set).
 struct FileWatcher {
     inner: Option<notify::RecommendedWatcher>,
     tx: mpsc::UnboundedSender<()>,
@@ -138,18 +140,22 @@ impl FileWatcher {
         FileWatcher { inner: None, tx, dirs: BTreeSet::new() }
     }
 
-    /// Replaces the watched set.
-    fn watch(&mut self, files: &BTreeSet<PathBuf>) {
+    /// Replaces the watched set: `files`, and the `*.toml` files in `config_dirs`.
+    fn watch(&mut self, files: &BTreeSet<PathBuf>, config_dirs: &[PathBuf]) {
         use notify::Watcher as _;
-        let files = files.clone();
         let tx = self.tx.clone();
         let wanted = files.clone();
+        let wanted_dirs: BTreeSet<PathBuf> = config_dirs.iter().cloned().collect();
+        let in_config_dir = move |p: &PathBuf| {
+            p.extension().is_some_and(|ext| ext == "toml")
+                && p.parent().is_some_and(|d| wanted_dirs.contains(d))
+        };
         let handler = move |res: notify::Result<notify::Event>| match res {
             Ok(event) => {
                 if event.kind.is_access() {
                     return;
                 }
-                if event.paths.iter().any(|p| wanted.contains(p)) {
+                if event.paths.iter().any(|p| wanted.contains(p) || in_config_dir(p)) {
                     let _ = tx.send(());
                 }
             }
@@ -163,8 +169,11 @@ impl FileWatcher {
                 return;
             }
         };
-        let dirs: BTreeSet<PathBuf> =
-            files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        let dirs: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .chain(config_dirs.iter().cloned())
+            .collect();
         for dir in &dirs {
             if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
                 warn!(dir = %dir.display(), error = %e, "cannot watch directory for config changes");

@@ -68,18 +68,19 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         _ => {}
     }
     if let CommandKind::Status { listen, json } = &cli.command {
-        return status(&cli.config, listen.as_deref(), *json);
+        return status(&cli.sources(), listen.as_deref(), *json);
     }
+    let sources = cli.sources();
     if let CommandKind::Exec { timeout, command } = cli.command {
-        let config = config::load(&cli.config)?;
+        let config = config::load_sources(&sources)?;
         let code = runtime()?.block_on(runtime::exec(config, command, timeout))?;
         std::process::exit(code);
     }
-    let config = config::load(&cli.config)?;
+    let config = config::load_sources(&sources)?;
     if let CommandKind::Check = cli.command {
         runtime::compile(&config)?;
         let n = config.files.len();
-        eprintln!("{}: ok ({n} file{})", config.path.display(), if n == 1 { "" } else { "s" });
+        eprintln!("{}: ok ({n} file{})", config.describe(), if n == 1 { "" } else { "s" });
         return Ok(());
     }
     runtime()?.block_on(async move {
@@ -117,10 +118,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
 }
 
 /// `zkrender status`: fetch `/status` from a running agent and print it.
-fn status(config_path: &std::path::Path, listen: Option<&str>, json: bool) -> Result<(), AgentError> {
+fn status(sources: &config::Sources, listen: Option<&str>, json: bool) -> Result<(), AgentError> {
     let listen = match listen {
         Some(l) => l.to_owned(),
-        None => config::load(config_path)
+        None => config::load_sources(sources)
             .ok()
             .and_then(|c| c.agent.listen)
             .unwrap_or_else(|| config::DEFAULT_LISTEN.to_owned()),

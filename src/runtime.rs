@@ -39,7 +39,7 @@ pub fn compile(config: &Config) -> Result<Core, AgentError> {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
     exec::refuse_exec_only(&config)?;
     let core = compile(&config)?;
-    info!(config = %config.path.display(), files = config.files.len(), watch = ?config.zookeeper.watch, "zkrender starting");
+    info!(config = %config.describe(), files = config.files.len(), watch = ?config.zookeeper.watch, "zkrender starting");
     let (status_tx, status_rx) = watch::channel(Arc::new(StatusReport::default()));
     let alive = start_ops(&config, status_rx, shutdown.clone()).await?;
     let result = drive(&config, core, Mode::Run, None, shutdown, status_tx, None).await.map(|_| ());
@@ -91,7 +91,7 @@ async fn start_ops(
 /// the child cannot be started.
 pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Result<i32, AgentError> {
     let core = compile(&config)?;
-    info!(config = %config.path.display(), files = config.files.len(), "zkrender exec starting");
+    info!(config = %config.describe(), files = config.files.len(), "zkrender exec starting");
     // In exec mode SIGTERM and friends go to the child; zkrender stops when the child exits.
     let shutdown = CancellationToken::new();
     let (status_tx, mut status_rx) = watch::channel(Arc::new(StatusReport::default()));
@@ -165,7 +165,7 @@ pub async fn render(
 ) -> Result<(), AgentError> {
     let mut config = config;
     if let Some(dest) = &dest {
-        let wanted = resolve_dest(&config.path, dest);
+        let wanted = resolve_dest(config.base_dir(), dest);
         config.files.retain(|f| f.dest == wanted);
         if config.files.is_empty() {
             return Err(AgentError::NotAllWritten {
@@ -285,12 +285,12 @@ fn print_rendered(rendered: &[(PathBuf, Vec<u8>)], headers: bool) -> std::io::Re
     out.flush()
 }
 
-/// A `--dest` as given, or resolved against the config's directory like `dest` keys are.
-fn resolve_dest(config_path: &Path, dest: &Path) -> PathBuf {
+/// A `--dest` as given, or resolved against the config's directory like `dest` keys are
+/// (the first config file's, or the working directory for flags alone).
+fn resolve_dest(base: &Path, dest: &Path) -> PathBuf {
     if dest.is_absolute() {
         return dest.to_owned();
     }
-    let base = config_path.parent().unwrap_or(Path::new("."));
     base.join(dest)
 }
 

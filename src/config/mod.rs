@@ -1,4 +1,4 @@
-//! The configuration: `zkrender.toml` -> [`Config`].
+//! The configuration: `zkrender.toml` (or a set of files and flags, [`sources`]) -> [`Config`].
 //!
 //! Two steps: [`raw`] mirrors the TOML with serde (`deny_unknown_fields`, spans kept), and
 //! [`validate`] turns it into the types below: relative paths resolved against the config
@@ -7,6 +7,7 @@
 //! `Option`, and nothing here touches ZooKeeper.
 
 pub mod raw;
+pub mod sources;
 mod span;
 pub mod validate;
 
@@ -18,6 +19,7 @@ use nix::sys::signal::Signal;
 use crate::formats::Format;
 use crate::model::ZnodePath;
 
+pub use sources::{Origin, Sources};
 pub use validate::{ConfigError, Problem};
 
 /// Default config path when `-c` is not given.
@@ -36,12 +38,32 @@ pub const COMM_NAME_MAX: usize = 15;
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The file it was read from (absolute), for messages and hot reload.
+    /// The (first) file it was read from, absolute, for messages; the working directory
+    /// when it comes from flags alone. [`Config::origin`] has every file.
     pub path: PathBuf,
     pub zookeeper: ZkConfig,
     pub agent: AgentConfig,
     /// In config order; a file's index here is its [`TargetId`].
     pub files: Vec<FileSpec>,
+    /// Where it came from: what a config reload reads again and watches.
+    pub origin: Origin,
+}
+
+impl Config {
+    /// The config files for messages: `a.toml`, `a.toml, b.toml`, or `command-line flags`.
+    pub fn describe(&self) -> String {
+        if self.origin.files.is_empty() {
+            return "command-line flags".to_owned();
+        }
+        let files: Vec<String> = self.origin.files.iter().map(|f| f.display().to_string()).collect();
+        files.join(", ")
+    }
+
+    /// The directory a relative path given on the command line about this config (such as
+    /// `render --dest`) resolves against: the first file's, or the working directory.
+    pub fn base_dir(&self) -> &Path {
+        if self.origin.files.is_empty() { &self.path } else { self.path.parent().unwrap_or(Path::new("/")) }
+    }
 }
 
 /// `[zookeeper]`
@@ -269,6 +291,14 @@ pub enum SignalTarget {
 /// [`ConfigError`] naming the file and, for each problem, line, column and key.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     validate::load(path)
+}
+
+/// Reads every source (`-c` files and directories, flags) into one configuration.
+///
+/// # Errors
+/// See [`sources::load`]: each error names the file or flag it is about.
+pub fn load_sources(sources: &Sources) -> Result<Config, ConfigError> {
+    sources::load(sources)
 }
 
 /// Parses and validates config text as if read from `path` (relative paths resolve

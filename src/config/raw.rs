@@ -16,8 +16,10 @@ use toml::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    /// `[zookeeper]` (required).
-    pub zookeeper: RawZookeeper,
+    /// `[zookeeper]`: required in exactly one document of a configuration set (or replaced
+    /// by `--zookeeper`), so optional in each.
+    #[serde(default)]
+    pub zookeeper: Option<RawZookeeper>,
     /// `[agent]` (optional).
     #[serde(default)]
     pub agent: Option<RawAgent>,

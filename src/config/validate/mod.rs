@@ -103,6 +103,34 @@ pub enum ConfigError {
     /// Well-formed, but with one or more invalid values.
     #[error("{} is invalid:{}", .path.display(), lines(.path, .problems))]
     Invalid { path: PathBuf, problems: Vec<Problem> },
+    /// A `-c` directory could not be listed.
+    #[error("reading config directory {}", .path.display())]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command-line flag (`--zookeeper`, `--znode`, `--template`) is invalid. `flag` names
+    /// it as given, e.g. `--znode #1 (/app/flags:/etc/app/flags.json)`.
+    #[error("{flag} is invalid:{}", messages.iter().map(|m| format!("\n  {flag}: {m}")).collect::<String>())]
+    Flag { flag: String, messages: Vec<String> },
+    /// `[zookeeper]` or `[agent]` in two files of one configuration set.
+    #[error("{section} is set in both {} and {}; keep it in one file", .first.display(), .second.display())]
+    Duplicate { section: &'static str, first: PathBuf, second: PathBuf },
+    /// No `[zookeeper]` in any file of the set, and no `--zookeeper`.
+    #[error("no ZooKeeper hosts: no [zookeeper] section in {} and no --zookeeper (or ZKRENDER_ZOOKEEPER)", shown_files(.files))]
+    NoZookeeper { files: Vec<PathBuf> },
+    /// Several of the above, from different files or flags of one set, in set order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
+}
+
+/// `a.toml, b.toml`, or `any config file` when none was read.
+fn shown_files(files: &[PathBuf]) -> String {
+    if files.is_empty() {
+        return "any config file (none was read)".to_owned();
+    }
+    files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl ConfigError {
@@ -110,7 +138,13 @@ impl ConfigError {
     /// [`ConfigError::Invalid`], none when the file could not be read.
     pub fn problems(&self) -> &[Problem] {
         match self {
-            ConfigError::Read { .. } | ConfigError::Path { .. } => &[],
+            ConfigError::Read { .. }
+            | ConfigError::Path { .. }
+            | ConfigError::ReadDir { .. }
+            | ConfigError::Flag { .. }
+            | ConfigError::Duplicate { .. }
+            | ConfigError::NoZookeeper { .. }
+            | ConfigError::Several(_) => &[],
             ConfigError::Syntax { problem, .. } => std::slice::from_ref(problem),
             ConfigError::Invalid { problems, .. } => problems,
         }
@@ -132,7 +166,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(path, &text)
 }
 
-/// Parses and validates config `text` as if read from `path`.
+/// Parses and validates config `text` as if read from `path`: one self-contained document,
+/// which must hold `[zookeeper]`.
 ///
 /// `path` is made absolute first; relative `dest`, `template`, `pid_file`, `credentials_file`
 /// and `tls` paths resolve against its directory. Template files are read from disk; the
@@ -144,15 +179,113 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let path =
         std::path::absolute(path).map_err(|source| ConfigError::Path { path: path.to_owned(), source })?;
-    let raw: RawConfig = toml::from_str(text)
-        .map_err(|err| ConfigError::Syntax { problem: syntax_problem(text, &err), path: path.clone() })?;
+    let raw = raw_document(&path, text)?;
+    if raw.zookeeper.is_none() {
+        let problem = Problem {
+            line: 1,
+            column: 1,
+            section: String::new(),
+            key: String::new(),
+            message: "missing field `zookeeper`".to_owned(),
+        };
+        return Err(ConfigError::Syntax { path, problem });
+    }
+    let part = file_part(&path, text, raw, 0, &mut Dests::default())?;
+    let origin =
+        super::Origin { sources: super::Sources::file(&path), files: vec![path.clone()], dirs: Vec::new() };
+    Ok(Config {
+        path,
+        zookeeper: part.zookeeper.expect("checked above"),
+        agent: part.agent.unwrap_or_default(),
+        files: part.files,
+        origin,
+    })
+}
+
+/// The shape of one document (TOML syntax, known keys, types).
+///
+/// # Errors
+/// [`ConfigError::Syntax`] naming `path`, line and key.
+pub(crate) fn raw_document(path: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text)
+        .map_err(|err| ConfigError::Syntax { problem: syntax_problem(text, &err), path: path.to_owned() })
+}
+
+/// What one document of a configuration set holds, validated; the set puts the parts
+/// together (see [`super::sources`]).
+#[derive(Debug)]
+pub(crate) struct Part {
+    pub zookeeper: Option<super::ZkConfig>,
+    pub agent: Option<super::AgentConfig>,
+    pub files: Vec<super::FileSpec>,
+}
+
+/// Which `[[file]]` (or flag) claimed each dest, across every document of a set, so that a
+/// dest given twice is a problem even when the two entries sit in different files.
+#[derive(Debug, Default)]
+pub(crate) struct Dests(HashMap<PathBuf, DestOwner>);
+
+#[derive(Debug)]
+struct DestOwner {
+    /// The document's number in its set.
+    doc: usize,
+    /// How the entry is named inside its own document (`[[file]] #1`).
+    short: String,
+    /// How it is named from another document (`[[file]] #1 in /etc/zkrender/conf.d/a.toml`).
+    long: String,
+}
+
+/// Validates a config file's document (`path` absolute, its `raw` shape already read);
+/// relative paths resolve against `path`'s directory. `doc` numbers it within its set.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] with every problem, naming `path`.
+pub(crate) fn file_part(
+    path: &Path,
+    text: &str,
+    raw: RawConfig,
+    doc: usize,
+    dests: &mut Dests,
+) -> Result<Part, ConfigError> {
     let base_dir = path.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
     let mut checker = Checker { lines: LineIndex::new(text), base_dir, problems: Vec::new() };
-    let config = checker.config(path.clone(), raw);
+    let name = |index: usize, dest: Option<&str>| file_section(index, dest);
+    let owner = |index: usize| {
+        let short = format!("[[file]] #{}", index + 1);
+        DestOwner { doc, long: format!("{short} in {}", path.display()), short }
+    };
+    let part = checker.part(raw, doc, &name, &owner, dests);
     if checker.problems.is_empty() {
-        Ok(config)
+        Ok(part)
     } else {
-        Err(ConfigError::Invalid { path, problems: checker.problems })
+        Err(ConfigError::Invalid { path: path.to_owned(), problems: checker.problems })
+    }
+}
+
+/// Validates a document made from a command-line flag (`text`, TOML written by
+/// [`super::sources`]); every problem is reported as the flag's, named by `flag`. Relative
+/// paths resolve against `base_dir` (the working directory).
+///
+/// # Errors
+/// [`ConfigError::Flag`] naming `flag`.
+pub(crate) fn flag_part(
+    flag: &str,
+    text: &str,
+    base_dir: PathBuf,
+    doc: usize,
+    dests: &mut Dests,
+) -> Result<Part, ConfigError> {
+    let as_flag = |messages: Vec<String>| ConfigError::Flag { flag: flag.to_owned(), messages };
+    let raw: RawConfig = toml::from_str(text)
+        .map_err(|err| as_flag(vec![format!("bug: flag document: {}", err.message())]))?;
+    let mut checker = Checker { lines: LineIndex::new(text), base_dir, problems: Vec::new() };
+    let name = |_: usize, _: Option<&str>| flag.to_owned();
+    let owner = |_: usize| DestOwner { doc, short: flag.to_owned(), long: flag.to_owned() };
+    let part = checker.part(raw, doc, &name, &owner, dests);
+    if checker.problems.is_empty() {
+        Ok(part)
+    } else {
+        Err(as_flag(checker.problems.into_iter().map(|p| p.message).collect()))
     }
 }
 
@@ -167,7 +300,7 @@ fn syntax_problem(text: &str, err: &toml::de::Error) -> Problem {
 // ---------------------------------------------------------------------------------------
 // Validation
 
-/// Walks a [`RawConfig`], building the [`Config`] and collecting problems.
+/// Walks a [`RawConfig`], building a [`Part`] and collecting problems.
 ///
 /// A value with a problem is replaced by its default (or the file is dropped) so that the
 /// walk continues; the built config is only returned when no problem was recorded.
@@ -203,26 +336,34 @@ impl Checker<'_> {
         });
     }
 
-    fn config(&mut self, path: PathBuf, raw: RawConfig) -> Config {
-        let zookeeper = self.zookeeper(&raw.zookeeper);
-        let agent = raw.agent.as_ref().map(|agent| self.agent(agent)).unwrap_or_default();
+    /// One document's sections. `name` names a `[[file]]` in messages, `owner` in other
+    /// entries' messages about a shared dest.
+    fn part(
+        &mut self,
+        raw: RawConfig,
+        doc: usize,
+        name: &dyn Fn(usize, Option<&str>) -> String,
+        owner: &dyn Fn(usize) -> DestOwner,
+        dests: &mut Dests,
+    ) -> Part {
+        let zookeeper = raw.zookeeper.as_ref().map(|zookeeper| self.zookeeper(zookeeper));
+        let agent = raw.agent.as_ref().map(|agent| self.agent(agent));
         let mut files = Vec::with_capacity(raw.files.len());
-        let mut dests: HashMap<PathBuf, usize> = HashMap::new();
         for (index, file) in raw.files.iter().enumerate() {
-            let section = file_section(index, Some(file.get_ref().dest.get_ref()));
+            let section = name(index, Some(file.get_ref().dest.get_ref()));
             let at = At { section: &section, key_prefix: "" };
             if let Some(spec) = self.file(at, file) {
-                if let Some(first) = dests.get(&spec.dest) {
-                    let message =
-                        format!("{} is also the dest of [[file]] #{}", spec.dest.display(), first + 1);
+                if let Some(first) = dests.0.get(&spec.dest) {
+                    let first = if first.doc == doc { &first.short } else { &first.long };
+                    let message = format!("{} is also the dest of {first}", spec.dest.display());
                     self.problem(at, "dest", file.get_ref().dest.span(), message);
                 } else {
-                    dests.insert(spec.dest.clone(), index);
+                    dests.0.insert(spec.dest.clone(), owner(index));
                 }
                 files.push(spec);
             }
         }
-        Config { path, zookeeper, agent, files }
+        Part { zookeeper, agent, files }
     }
 
     // --- value checks shared by the sections --------------------------------------------
