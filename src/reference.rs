@@ -161,6 +161,12 @@ pub const FILE: Table = Table {
         &["`znode`", "", "a raw mapping: the znode's bytes, unchanged (binary-safe)"],
         &["`template`", "", "a template file, relative to the config file's directory"],
         &["`inline`", "", "the template text itself"],
+        &[
+            "`tree`",
+            "",
+            "a whole subtree without a template: every descendant of this znode that holds data, written in `format` (see [Subtrees as files](#subtrees-as-files))",
+        ],
+        &["`format`", "required with `tree`", "`json`, `yaml`, `toml`, `properties` or `env`"],
         &["`prefix`", "none", "relative znode paths in the template resolve under it"],
         &[
             "`mode`",
@@ -171,7 +177,7 @@ pub const FILE: Table = Table {
         &[
             "`on_delete`",
             "`\"keep\"`",
-            "raw mappings: `keep` the file, or `remove` it (and reload) when the znode is deleted",
+            "raw mappings and trees: `keep` the file, or `remove` it (and reload) when the znode (the tree's root) is deleted",
         ],
         &[
             "`check`",
@@ -247,6 +253,14 @@ pub const TEMPLATES: Table = Table {
             "the znode's data as UTF-8 text; a missing znode is an error unless `default=` is given",
         ],
         &[
+            "`znode(path, encoding=\"base64\")`",
+            "the znode's raw bytes, base64-encoded, for binary data (certificates, keystores); `encoding=\"utf-8\"` is the default",
+        ],
+        &[
+            "`tree(path, default=...)`",
+            "every descendant of `path` that holds data, as a sorted list of `{key, value}` (key relative to `path`, `/`-separated); the same subtree and rules as a [`tree` file](#subtrees-as-files); a missing `path` is an error unless `default=` is given",
+        ],
+        &[
             "`children(path, default=...)`",
             "the sorted list of child names; a missing parent is an error unless `default=` is given",
         ],
@@ -255,7 +269,14 @@ pub const TEMPLATES: Table = Table {
             "`env(name, default=...)`",
             "an environment variable, only if the file's `allow_env` lists it (read when the config is loaded)",
         ],
-        &["`| from_json`, `| from_toml`", "parse a string"],
+        &[
+            "`| from_json`, `| from_toml`, `| from_yaml`, `| from_properties`",
+            "parse a string into a value (`from_properties` reads Java `.properties`, values as strings)",
+        ],
+        &[
+            "`| to_json`, `| to_yaml`, `| to_toml`, `| to_properties`",
+            "write a value, keys sorted (`to_toml` and `to_properties` need a mapping; `to_properties` flattens nesting to `a.b.c`)",
+        ],
         &["`| b64encode`, `| b64decode`", "base64"],
     ],
     notes: "Templates are minijinja (Jinja2), sandboxed: no file system, no environment beyond allow_env. \
