@@ -336,7 +336,12 @@ mod tests {
             stale_since: Some(12.5),
             ..Default::default()
         };
-        let ok = FileStatus { dest: "/etc/b.conf".into(), state: "ok".into(), settled: true, ..Default::default() };
+        let ok = FileStatus {
+            dest: "/etc/b.conf".into(),
+            state: "ok".into(),
+            settled: true,
+            ..Default::default()
+        };
         let report = StatusReport {
             ready: true,
             degraded: true,

@@ -383,7 +383,8 @@ fn log_transitions(core: &Core, before: &[Status], attempts: &[u32], telemetry: 
                 let attempts = attempts[id] + 1;
                 match telemetry.stale_for(id, SystemTime::now()) {
                     Some(stale) => {
-                        let stale = humantime::format_duration(Duration::from_millis(stale.as_millis() as u64));
+                        let stale =
+                            humantime::format_duration(Duration::from_millis(stale.as_millis() as u64));
                         info!(dest = %dest, attempts, stale_for = %stale, "file recovered after {attempts} attempts, stale for {stale}")
                     }
                     None => info!(dest = %dest, attempts, "file recovered after {attempts} attempts"),

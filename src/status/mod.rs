@@ -116,7 +116,10 @@ impl FailureKind {
     /// The others are verdicts on the contents (render, check, empty, reload) or wait for
     /// ZooKeeper, and trying the same bytes again would only fail the same way.
     pub fn is_io(self) -> bool {
-        matches!(self, FailureKind::Permission | FailureKind::NoSpace | FailureKind::Io | FailureKind::BindMount)
+        matches!(
+            self,
+            FailureKind::Permission | FailureKind::NoSpace | FailureKind::Io | FailureKind::BindMount
+        )
     }
 
     /// The kind a write error's label names ([`crate::sink::WriteError::kind`]); `io` for a

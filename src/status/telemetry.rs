@@ -381,7 +381,8 @@ mod tests {
         assert_eq!(t.stale_for(0, at(25)), None);
         let r = report(two(&render, &deps).into_iter(), &values, &t);
         assert!(r.ready && r.degraded, "ready, connected, one file stale: degraded");
-        let stale: Vec<_> = r.stale().map(|f| (f.dest.as_str(), f.reason.as_deref(), f.stale_since)).collect();
+        let stale: Vec<_> =
+            r.stale().map(|f| (f.dest.as_str(), f.reason.as_deref(), f.stale_since)).collect();
         assert_eq!(stale, [("/y", Some("render"), Some(10.0))]);
 
         t.track_staleness(two(&Status::Ok, &deps).into_iter(), at(30));
