@@ -296,7 +296,7 @@ pub const EXIT_CODES: Table = Table {
         ],
         &[
             "1",
-            "`once`/`render`: a file could not be written (each is named with its reason); a fatal ZooKeeper error; `diff`: some file would change; `init --output`: the file exists",
+            "`once`/`render`: a file could not be written (each is named with its error and cause; I/O failures are retried until `--timeout` first); a fatal ZooKeeper error; `diff`: some file would change; `init --output`: the file exists",
         ],
         &["2", "a config or template error (file, line and key are named)"],
         &[

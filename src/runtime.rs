@@ -142,7 +142,8 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
     Ok(code)
 }
 
-/// `once`: installs every file, no reloads.
+/// `once`: installs every file, no reloads. A file whose install fails for an I/O reason
+/// (permission, full disk, ...) is retried until `timeout` runs out.
 ///
 /// # Errors
 /// [`AgentError::NotAllWritten`] naming each file not written and why.
@@ -309,7 +310,8 @@ fn settled_or_error(summary: &Summary) -> Result<(), AgentError> {
             Status::Pending => {
                 Some(format!("  {}: its znodes could not all be read in time", dest.display()))
             }
-            Status::Failed(f) => Some(format!("  {}: {}", dest.display(), f.message)),
+            // The cause's label too: an I/O failure was retried until the timeout ran out.
+            Status::Failed(f) => Some(format!("  {}: {} (cause: {})", dest.display(), f.message, f.kind)),
         })
         .collect();
     if failed.is_empty() {

@@ -15,7 +15,8 @@
 //! Readiness is sticky by design of the report, not of this module: once every file has
 //! been written, a ZooKeeper outage keeps `/readyz` at 200 with `"degraded": true`. The
 //! files on disk are still the last good ones, and restarting or unrouting the pod
-//! would not bring ZooKeeper back.
+//! would not bring ZooKeeper back. A file that is stale (its last install, render or check
+//! failed, or its znode is gone) is degraded the same way, and `/readyz` names it.
 
 use std::convert::Infallible;
 use std::io;
@@ -221,14 +222,29 @@ fn respond(
     }
 }
 
-/// `/readyz`: 200 once ready (then possibly degraded), 503 with what is pending before.
+/// `/readyz`: 200 once ready (then possibly degraded, naming each stale file with its cause
+/// under `stale`), 503 with what is pending before.
 fn readyz(report: &StatusReport) -> Response<Full<Bytes>> {
     let (status, body) = if report.ready {
-        let body = json!({
+        let mut body = json!({
             "ready": true,
             "degraded": report.degraded,
             "zookeeper": report.zookeeper.state,
         });
+        let stale: Vec<_> = report
+            .stale()
+            .map(|f| {
+                json!({
+                    "dest": f.dest,
+                    "reason": f.reason,
+                    "error": f.last_error,
+                    "stale_since": f.stale_since,
+                })
+            })
+            .collect();
+        if !stale.is_empty() {
+            body["stale"] = stale.into();
+        }
         (StatusCode::OK, body)
     } else {
         let pending: Vec<_> = report
@@ -305,6 +321,40 @@ mod tests {
             json,
             json!({"ready": false, "pending": [
                 {"dest": "/etc/a.conf", "state": "pending", "reason": "znode_missing", "error": null}
+            ]})
+        );
+    }
+
+    #[tokio::test]
+    async fn readyz_when_ready_names_each_stale_file_and_its_cause() {
+        let stale = FileStatus {
+            dest: "/etc/a.conf".into(),
+            state: "failed".into(),
+            settled: true,
+            reason: Some("permission".into()),
+            last_error: Some("writing /etc/a.conf: denied".into()),
+            stale_since: Some(12.5),
+            ..Default::default()
+        };
+        let ok = FileStatus {
+            dest: "/etc/b.conf".into(),
+            state: "ok".into(),
+            settled: true,
+            ..Default::default()
+        };
+        let report = StatusReport {
+            ready: true,
+            degraded: true,
+            zookeeper: crate::status::ZkStatus { state: "connected".into(), ..Default::default() },
+            files: vec![stale, ok],
+        };
+        let response = respond(&Method::GET, "/readyz", &report, &|| true);
+        assert_eq!(response.status(), StatusCode::OK, "readiness stays once every file was written");
+        let json: serde_json::Value = serde_json::from_str(&body(response).await).unwrap();
+        assert_eq!(
+            json,
+            json!({"ready": true, "degraded": true, "zookeeper": "connected", "stale": [
+                {"dest": "/etc/a.conf", "reason": "permission", "error": "writing /etc/a.conf: denied", "stale_since": 12.5}
             ]})
         );
     }

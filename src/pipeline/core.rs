@@ -8,9 +8,15 @@
 //!
 //! It owns the [`Store`] (last value per dependency) and every file's compiled [`Template`];
 //! the templates of one configuration share one environment, compiled here up front.
+//!
+//! It also owns the retry timer of files whose install failed for a reason of the machine
+//! ([`Core::on_attempt`], [`Core::next_retry`], [`Core::start_due_retries`]): the time is an
+//! input like any value, so the schedule is unit-tested with paused time.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use tokio::time::Instant;
 
 use crate::config::{FileSource, FileSpec, OnDelete, TargetId};
 use crate::formats::Format;
@@ -19,6 +25,8 @@ use crate::render::{self, RenderError, RenderOutcome, Snapshot as _, Template, T
 use crate::status::telemetry::FileView;
 use crate::status::{Failure, FailureKind, Status};
 use crate::store::Store;
+
+use super::retry;
 
 /// How a file is produced.
 #[derive(Debug)]
@@ -48,6 +56,11 @@ pub struct Target {
     /// `rollback`: contents the application rejected (its reload failed); not installed
     /// again until the rendering changes.
     rejected: Option<Vec<u8>>,
+    /// Failed attempts (renders, installs, removals) since the file was last up to date.
+    failed_attempts: u32,
+    /// When to try again an install or removal that failed for an I/O reason. Any new plan
+    /// for the file replaces it: a new rendering is tried at once, not at this time.
+    retry_at: Option<Instant>,
 }
 
 /// One thing to do to the file system.
@@ -111,6 +124,8 @@ impl Core {
                 status: Status::Pending,
                 settled_once: false,
                 rejected: None,
+                failed_attempts: 0,
+                retry_at: None,
             });
         }
         if !errors.is_empty() {
@@ -179,6 +194,8 @@ impl Core {
             if !self.store.all_known(&target.deps) {
                 continue;
             }
+            // Whatever this render leads to supersedes a retry that was waiting.
+            target.retry_at = None;
             let (deps, outcome) = match &target.producer {
                 Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(&self.store, dep)),
                 Producer::Template(t) => {
@@ -228,12 +245,14 @@ impl Core {
                 }
                 Outcome::Failed(failure) => {
                     // A raw file whose znode is gone, or a tree file whose root is, follows
-                    // `on_delete`.
+                    // `on_delete` (the removal's result counts as the attempt).
                     if matches!(target.producer, Producer::Raw { .. } | Producer::Tree { .. })
                         && failure.kind == FailureKind::ZnodeMissing
                         && target.spec.on_delete == OnDelete::Remove
                     {
                         plan.actions.push(Action::Remove { target: id });
+                    } else {
+                        target.failed_attempts += 1;
                     }
                     target.status = Status::Failed(failure);
                 }
@@ -249,9 +268,52 @@ impl Core {
             Ok(()) => {
                 target.status = Status::Ok;
                 target.settled_once = true;
+                target.failed_attempts = 0;
+                target.retry_at = None;
             }
-            Err(f) => target.status = Status::Failed(f.clone()),
+            Err(f) => {
+                target.status = Status::Failed(f.clone());
+                target.failed_attempts += 1;
+            }
         }
+    }
+
+    /// Records the result of installing or removing file `id` at `now`, like
+    /// [`Core::on_result`], and when it failed for an I/O reason ([`FailureKind::is_io`])
+    /// schedules the same action again ([`retry::delay`], `jitter` in `[0, 1)`): the file is
+    /// re-rendered then, so a rendering that changed meanwhile is what gets installed. A
+    /// `check` or empty-file refusal is a verdict on the bytes and is not retried.
+    pub fn on_attempt(&mut self, id: TargetId, result: &Result<(), Failure>, now: Instant, jitter: f64) {
+        self.on_result(id, result);
+        let target = &mut self.targets[id];
+        if let Err(failure) = result
+            && failure.kind.is_io()
+        {
+            target.retry_at = Some(now + retry::delay(target.failed_attempts, jitter));
+        }
+    }
+
+    /// When the earliest waiting retry is due, if any.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.targets.iter().filter_map(|t| t.retry_at).min()
+    }
+
+    /// Marks every file whose retry is due at `now` for the next plan. True if there was one.
+    pub fn start_due_retries(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        for (id, target) in self.targets.iter_mut().enumerate() {
+            if target.retry_at.is_some_and(|at| at <= now) {
+                target.retry_at = None;
+                self.dirty.insert(id);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// Failed attempts of file `id` since it was last up to date (for the recovery log).
+    pub fn failed_attempts(&self, id: TargetId) -> u32 {
+        self.targets[id].failed_attempts
     }
 
     /// Takes over the values a previous configuration's core read, so the new configuration
@@ -280,6 +342,7 @@ impl Core {
         let target = &mut self.targets[id];
         target.rejected = Some(contents);
         target.status = Status::Failed(Failure { kind: FailureKind::ReloadFailed, message: reason });
+        target.failed_attempts += 1;
     }
 
     /// Every dependency watched now (for a resync).
@@ -287,13 +350,13 @@ impl Core {
         self.store.deps()
     }
 
-    /// True when no file is waiting for data: each is settled or failed for a reason that
-    /// waiting does not fix (`once` stops then).
+    /// True when no file is waiting for data or for a retry: each is settled or failed for
+    /// a reason that waiting does not fix (`once` stops then).
     pub fn all_settled(&self) -> bool {
         self.targets.iter().all(|t| match &t.status {
             Status::Ok => true,
             Status::Pending => false,
-            Status::Failed(f) => !f.is_waiting(),
+            Status::Failed(f) => !f.is_waiting() && t.retry_at.is_none(),
         })
     }
 }
@@ -538,6 +601,105 @@ pub(super) mod tests {
         core.on_update(Update { dep: Dep::children(zp("/t")), value: Value::Missing });
         assert_eq!(core.plan().actions, vec![Action::Remove { target: 0 }]);
         assert_eq!(failure_kind(&core, 0), Some(FailureKind::ZnodeMissing));
+    }
+
+    fn failed(kind: FailureKind) -> Result<(), Failure> {
+        Err(Failure { kind, message: format!("writing /sim/file0: {kind}") })
+    }
+
+    /// A core with one raw file of `/a` = "x" whose first install is planned.
+    fn planned_once() -> Core {
+        let mut core = Core::new(&[raw(0, "/a")]).unwrap();
+        core.plan();
+        core.on_update(data("/a", "x", 1));
+        assert_eq!(core.plan().actions, vec![install(0, "x")]);
+        core
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_io_failure_is_retried_with_growing_pauses_until_it_succeeds() {
+        use tokio::time::advance;
+        let mut core = planned_once();
+        let failed_at = Instant::now();
+        core.on_attempt(0, &failed(FailureKind::Permission), failed_at, 0.0);
+        assert_eq!(core.next_retry(), Some(failed_at + Duration::from_millis(125)));
+        assert!(!core.all_settled(), "`once` waits for the retry");
+        assert!(core.plan().actions.is_empty(), "nothing before the retry is due");
+
+        advance(Duration::from_millis(124)).await;
+        assert!(!core.start_due_retries(Instant::now()));
+        advance(Duration::from_millis(1)).await;
+        assert!(core.start_due_retries(Instant::now()));
+        assert_eq!(core.next_retry(), None);
+        assert_eq!(core.plan().actions, vec![install(0, "x")], "the same file again, no change needed");
+        // Still failing: the pause doubles.
+        core.on_attempt(0, &failed(FailureKind::NoSpace), Instant::now(), 0.0);
+        assert_eq!(core.next_retry(), Some(Instant::now() + Duration::from_millis(250)));
+        assert_eq!(core.failed_attempts(0), 2);
+
+        advance(Duration::from_millis(250)).await;
+        assert!(core.start_due_retries(Instant::now()));
+        assert_eq!(core.plan().actions, vec![install(0, "x")]);
+        core.on_attempt(0, &Ok(()), Instant::now(), 0.0);
+        assert_eq!((core.next_retry(), core.failed_attempts(0)), (None, 0));
+        assert_eq!(core.targets()[0].status, Status::Ok);
+        assert!(core.all_settled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rendering_is_tried_at_once_and_replaces_the_waiting_retry() {
+        let mut core = planned_once();
+        core.on_attempt(0, &failed(FailureKind::Io), Instant::now(), 0.5);
+        assert!(core.next_retry().is_some());
+        core.on_update(data("/a", "y", 2));
+        assert_eq!(core.plan().actions, vec![install(0, "y")], "not held back by the backoff");
+        assert_eq!(core.next_retry(), None, "the retry of the old rendering is gone");
+        core.on_attempt(0, &failed(FailureKind::Io), Instant::now(), 0.0);
+        assert_eq!(core.failed_attempts(0), 2, "the fault lasts: the backoff keeps growing");
+        assert_eq!(core.next_retry(), Some(Instant::now() + Duration::from_millis(250)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn verdicts_on_the_contents_are_not_retried() {
+        for kind in [FailureKind::CheckFailed, FailureKind::EmptyRefused] {
+            let mut core = planned_once();
+            core.on_attempt(0, &failed(kind), Instant::now(), 0.0);
+            assert_eq!(core.next_retry(), None, "{kind}");
+            assert!(core.all_settled(), "{kind}: `once` does not wait for it");
+            tokio::time::advance(Duration::from_secs(60)).await;
+            assert!(!core.start_due_retries(Instant::now()));
+            assert!(core.plan().actions.is_empty(), "{kind}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_removal_is_retried() {
+        let mut core = Core::new(&[FileSpec { on_delete: OnDelete::Remove, ..raw(0, "/a") }]).unwrap();
+        core.plan();
+        core.on_update(missing("/a"));
+        assert_eq!(core.plan().actions, vec![Action::Remove { target: 0 }]);
+        core.on_attempt(0, &failed(FailureKind::Permission), Instant::now(), 0.0);
+        assert_eq!(core.failed_attempts(0), 1, "the removal is the attempt, not the missing znode");
+        tokio::time::advance(Duration::from_millis(125)).await;
+        assert!(core.start_due_retries(Instant::now()));
+        assert_eq!(core.plan().actions, vec![Action::Remove { target: 0 }]);
+        core.on_attempt(0, &Ok(()), Instant::now(), 0.0);
+        assert_eq!(core.next_retry(), None);
+    }
+
+    #[test]
+    fn the_earliest_retry_is_next() {
+        let mut core = Core::new(&[raw(0, "/a"), raw(1, "/b")]).unwrap();
+        core.plan();
+        core.on_update(data("/a", "x", 1));
+        core.on_update(data("/b", "y", 1));
+        core.plan();
+        let now = Instant::now();
+        core.on_attempt(0, &failed(FailureKind::Io), now, 1.0);
+        core.on_attempt(1, &failed(FailureKind::Io), now, 0.0);
+        assert_eq!(core.next_retry(), Some(now + Duration::from_millis(125)));
+        core.start_due_retries(now + Duration::from_millis(125));
+        assert_eq!(core.next_retry(), Some(now + Duration::from_millis(250)));
     }
 
     #[test]

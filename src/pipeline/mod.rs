@@ -12,13 +12,16 @@
 //! ```
 //!
 //! [`Core`] decides without I/O; [`run`] is the one task that owns it and carries out what it
-//! decides, and keeps [`Telemetry`] for the status report. Why one task: as the only owner of
+//! decides, and keeps [`Telemetry`] for the status report. An install that failed for a
+//! reason of the machine is retried on the core's schedule ([`retry`]): the loop sleeps until
+//! [`Core::next_retry`] beside its other timers. Why one task: as the only owner of
 //! all state it needs no locks and has no ordering races. `runtime` spawns it, the source and
 //! the reload queue, and hands it their channels ([`Channels`]).
 
 mod batch;
 mod core;
 mod install;
+mod retry;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -131,7 +134,7 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                     let _ = source.send(Command::Unwatch(unused));
                 }
             }
-            publisher.publish(core.views(), core.values(), &telemetry, false);
+            publish(&mut publisher, &core, &mut telemetry, false);
             if opts.mode != Mode::Run && core.all_settled() {
                 break;
             }
@@ -140,6 +143,7 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
             break;
         }
         let deadline = debounce.deadline();
+        let retry_at = core.next_retry();
         tokio::select! {
             // Cancel safety: `recv` loses nothing when another branch wins.
             ev = events.recv() => match ev {
@@ -155,7 +159,7 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                         connection_changed |= handle_event(&mut core, &mut telemetry, ev);
                     }
                     if connection_changed {
-                        publisher.publish(core.views(), core.values(), &telemetry, false);
+                        publish(&mut publisher, &core, &mut telemetry, false);
                         // once/render: a read error may have settled the last pending file.
                         if opts.mode != Mode::Run && core.all_settled() {
                             break;
@@ -167,6 +171,10 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                 }
             },
             _ = sleep_until(deadline), if deadline.is_some() => due = true,
+            // Installs that failed for an I/O reason, tried again with no change needed.
+            _ = sleep_until(retry_at), if retry_at.is_some() => {
+                due |= core.start_due_retries(Instant::now());
+            }
             _ = sleep_until(resync_at), if resync_at.is_some() => {
                 debug!("resync: re-reading every dependency and checking every file");
                 let _ = source.send(Command::Resync);
@@ -193,11 +201,11 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                 due = true;
             }
             _ = sleep_until(publisher.due()), if publisher.due().is_some() => {
-                publisher.publish(core.views(), core.values(), &telemetry, true);
+                publish(&mut publisher, &core, &mut telemetry, true);
             }
             Some(outcome) = outcomes.recv() => {
                 on_reload_outcome(&mut core, &mut telemetry, outcome, &reloads).await;
-                publisher.publish(core.views(), core.values(), &telemetry, false);
+                publish(&mut publisher, &core, &mut telemetry, false);
             }
             _ = sleep_until(opts.deadline), if opts.deadline.is_some() => break,
         }
@@ -212,13 +220,19 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
             }
         }
     }
-    publisher.publish(core.views(), core.values(), &telemetry, true);
+    publish(&mut publisher, &core, &mut telemetry, true);
     let files = core.targets().iter().map(|t| (t.spec.dest.clone(), t.status.clone())).collect();
     let mut rendered: Vec<_> = rendered.into_iter().collect();
     rendered.sort_by_key(|(id, _)| *id);
     let rendered =
         rendered.into_iter().map(|(id, bytes)| (core.targets()[id].spec.dest.clone(), bytes)).collect();
     Summary { files, rendered, connection: telemetry.connection(), hosts: telemetry.hosts().to_owned() }
+}
+
+/// Records which files are stale now, then publishes the report (see [`Publisher::publish`]).
+fn publish(publisher: &mut Publisher, core: &Core, telemetry: &mut Telemetry, force: bool) {
+    telemetry.track_staleness(core.views(), SystemTime::now());
+    publisher.publish(core.views(), core.values(), telemetry, force);
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -279,6 +293,7 @@ async fn run_cycle(
     telemetry: &mut Telemetry,
 ) {
     let before: Vec<Status> = core.targets().iter().map(|t| t.status.clone()).collect();
+    let attempts_before: Vec<u32> = (0..before.len()).map(|id| core.failed_attempts(id)).collect();
     let plan = core.plan();
     metrics().renders_total.inc_by(plan.renders);
     metrics().render_errors_total.inc_by(plan.render_errors);
@@ -304,7 +319,8 @@ async fn run_cycle(
                 .as_ref()
                 .err()
                 .map(|e| Failure { kind: FailureKind::from_write_label(e.kind()), message: report(e) });
-            core.on_result(id, &failure.clone().map_or(Ok(()), Err));
+            let result = failure.clone().map_or(Ok(()), Err);
+            core.on_attempt(id, &result, Instant::now(), rand::random::<f64>());
             if changed && let Some(waited) = telemetry.change_waited(id) {
                 metrics().record_change_to_write(waited);
             }
@@ -320,7 +336,7 @@ async fn run_cycle(
             }
         }
     }
-    log_transitions(core, &before);
+    log_transitions(core, &before, &attempts_before, telemetry);
     if !to_reload.is_empty() && opts.mode == Mode::Run {
         let _ = reloads.send(to_reload);
     }
@@ -346,18 +362,34 @@ async fn on_reload_outcome(
     }
 }
 
-/// Logs each file whose status changed: once per cause, not once per event.
-fn log_transitions(core: &Core, before: &[Status]) {
-    for (t, old) in core.targets().iter().zip(before) {
+/// Logs each file whose status changed: once per cause, not once per event (a retry that
+/// fails the same way logs nothing). `attempts` are the failed attempts before the cycle;
+/// `telemetry` still knows since when a recovered file was stale.
+fn log_transitions(core: &Core, before: &[Status], attempts: &[u32], telemetry: &Telemetry) {
+    for (id, (t, old)) in core.targets().iter().zip(before).enumerate() {
         if &t.status == old {
             continue;
         }
         let dest = t.spec.dest.display();
         match (&t.status, old) {
+            (Status::Failed(f), _) if f.kind.is_io() => {
+                error!(dest = %dest, cause = f.kind.as_str(), error = %f.message, "file not updated; it keeps its last good contents and is retried")
+            }
             (Status::Failed(f), _) => {
                 error!(dest = %dest, cause = f.kind.as_str(), error = %f.message, "file not updated; it keeps its last good contents")
             }
-            (Status::Ok, Status::Failed(_)) => info!(dest = %dest, "file recovered"),
+            (Status::Ok, Status::Failed(_)) => {
+                // This cycle's attempt succeeded after the failed ones.
+                let attempts = attempts[id] + 1;
+                match telemetry.stale_for(id, SystemTime::now()) {
+                    Some(stale) => {
+                        let stale =
+                            humantime::format_duration(Duration::from_millis(stale.as_millis() as u64));
+                        info!(dest = %dest, attempts, stale_for = %stale, "file recovered after {attempts} attempts, stale for {stale}")
+                    }
+                    None => info!(dest = %dest, attempts, "file recovered after {attempts} attempts"),
+                }
+            }
             (Status::Pending, _) => {
                 debug!(dest = %dest, "waiting for znodes to be read")
             }

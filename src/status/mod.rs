@@ -111,6 +111,17 @@ impl FailureKind {
         }
     }
 
+    /// True for a fault of the machine (permission, read-only or full file system, any other
+    /// I/O error): installing the same bytes again may succeed, so the pipeline retries it.
+    /// The others are verdicts on the contents (render, check, empty, reload) or wait for
+    /// ZooKeeper, and trying the same bytes again would only fail the same way.
+    pub fn is_io(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Permission | FailureKind::NoSpace | FailureKind::Io | FailureKind::BindMount
+        )
+    }
+
     /// The kind a write error's label names ([`crate::sink::WriteError::kind`]); `io` for a
     /// label this enum does not know.
     pub fn from_write_label(label: &str) -> FailureKind {
@@ -184,7 +195,8 @@ pub fn unix_seconds(t: SystemTime) -> f64 {
 pub struct StatusReport {
     /// Every file has been written (or found correct) at least once.
     pub ready: bool,
-    /// Ready, but ZooKeeper is not connected now: files are the last good ones and may be stale.
+    /// Ready, but ZooKeeper is not connected now or some file is stale (its last attempt
+    /// failed, see [`StatusReport::stale`]): files are the last good ones and may be stale.
     pub degraded: bool,
     pub zookeeper: ZkStatus,
     pub files: Vec<FileStatus>,
@@ -255,6 +267,12 @@ impl StatusReport {
     pub fn pending(&self) -> impl Iterator<Item = &FileStatus> {
         self.files.iter().filter(|f| !f.settled)
     }
+
+    /// Files that do not match ZooKeeper now because their last attempt failed (install,
+    /// render, check, missing znode), with why: what makes a ready agent `degraded`.
+    pub fn stale(&self) -> impl Iterator<Item = &FileStatus> {
+        self.files.iter().filter(|f| f.stale_since.is_some())
+    }
 }
 
 #[cfg(test)]
@@ -292,6 +310,15 @@ mod tests {
             let failure = Failure { kind, message: String::new() };
             assert_eq!(failure.is_waiting(), kind == FailureKind::ZnodeMissing, "{kind}");
         }
+    }
+
+    #[test]
+    fn only_faults_of_the_machine_are_retried() {
+        let retried: Vec<FailureKind> = FailureKind::ALL.into_iter().filter(|k| k.is_io()).collect();
+        assert_eq!(
+            retried,
+            [FailureKind::BindMount, FailureKind::Permission, FailureKind::NoSpace, FailureKind::Io]
+        );
     }
 
     #[test]

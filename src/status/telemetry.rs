@@ -115,18 +115,34 @@ impl Telemetry {
     }
 
     /// Records the result of installing file `id`: `changed` when its bytes on disk changed.
+    /// Staleness is not recorded here but by [`Telemetry::track_staleness`], from the status,
+    /// so that a render or check failure makes a file stale just as a failed write does.
     pub fn on_result(&mut self, id: TargetId, changed: bool, ok: bool, now: SystemTime) {
-        if ok {
-            self.changed_at[id] = None;
-            self.stale_since[id] = None;
-            if changed {
-                self.last_write[id] = Some(now);
-            }
-        } else {
-            self.stale_since[id].get_or_insert(now);
-            // The change was not installed; a later good one is timed from its own arrival.
-            self.changed_at[id] = None;
+        // Either way the change is dealt with; a later one is timed from its own arrival.
+        self.changed_at[id] = None;
+        if ok && changed {
+            self.last_write[id] = Some(now);
         }
+    }
+
+    /// Records since when each file is stale: from the first moment (`now`) its status is
+    /// failed, whatever the cause, until it is up to date again. The report and the
+    /// `zkrender_file_stale_seconds` gauge compute the age from this at read time, so it
+    /// grows with no task ticking.
+    pub fn track_staleness<'a>(&mut self, files: impl Iterator<Item = FileView<'a>>, now: SystemTime) {
+        for (id, file) in files.enumerate() {
+            match file.status {
+                Status::Failed(_) => {
+                    self.stale_since[id].get_or_insert(now);
+                }
+                Status::Ok | Status::Pending => self.stale_since[id] = None,
+            }
+        }
+    }
+
+    /// How long file `id` has been stale at `now`, if it is.
+    pub fn stale_for(&self, id: TargetId, now: SystemTime) -> Option<Duration> {
+        self.stale_since[id].map(|since| now.duration_since(since).unwrap_or_default())
     }
 
     /// Records a reload of `targets` at `at`, failed with `error` if any.
@@ -256,9 +272,12 @@ pub fn report<'a>(
         })
         .collect();
     let ready = files.iter().all(|f| f.settled);
+    // Readiness is sticky (the files on disk are the last good ones); what is wrong since
+    // shows as `degraded`: no ZooKeeper, or a file that does not match it.
+    let stale = files.iter().any(|f| f.stale_since.is_some());
     StatusReport {
         ready,
-        degraded: ready && telemetry.connection != ConnectionState::Connected,
+        degraded: ready && (telemetry.connection != ConnectionState::Connected || stale),
         zookeeper: ZkStatus {
             hosts: telemetry.hosts.clone(),
             state: telemetry.connection.as_str().to_owned(),
@@ -337,6 +356,39 @@ mod tests {
         assert_eq!(r.files[1].last_error.as_deref(), Some("gone"));
         assert_eq!(r.files[1].deps[0].exists, Some(false));
         assert_eq!(r.files[1].deps[1].exists, None);
+    }
+
+    /// `/x` up to date and `/y` in `status`, both written once.
+    fn two<'a>(status: &'a Status, deps: &'a BTreeSet<Dep>) -> [FileView<'a>; 2] {
+        [
+            FileView { dest: Path::new("/x"), status: &Status::Ok, settled: true, deps },
+            FileView { dest: Path::new("/y"), status, settled: true, deps },
+        ]
+    }
+
+    #[test]
+    fn a_failed_file_is_stale_from_its_first_failure_and_degrades_a_ready_report() {
+        let mut t = Telemetry::new(2, "h:2181");
+        t.on_connection(Connection::Connected);
+        let (deps, values) = (BTreeSet::new(), Values(HashMap::new()));
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let failed = |kind| Status::Failed(Failure { kind, message: "writing /y: denied".into() });
+        let (denied, render) = (failed(FailureKind::Permission), failed(FailureKind::Render));
+        t.track_staleness(two(&denied, &deps).into_iter(), at(10));
+        // Another failure later (a retry, or now a render error): still stale since the first.
+        t.track_staleness(two(&render, &deps).into_iter(), at(15));
+        assert_eq!(t.stale_for(1, at(25)), Some(Duration::from_secs(15)));
+        assert_eq!(t.stale_for(0, at(25)), None);
+        let r = report(two(&render, &deps).into_iter(), &values, &t);
+        assert!(r.ready && r.degraded, "ready, connected, one file stale: degraded");
+        let stale: Vec<_> =
+            r.stale().map(|f| (f.dest.as_str(), f.reason.as_deref(), f.stale_since)).collect();
+        assert_eq!(stale, [("/y", Some("render"), Some(10.0))]);
+
+        t.track_staleness(two(&Status::Ok, &deps).into_iter(), at(30));
+        assert_eq!(t.stale_for(1, at(31)), None);
+        let r = report(two(&Status::Ok, &deps).into_iter(), &values, &t);
+        assert!(r.ready && !r.degraded && r.stale().next().is_none());
     }
 
     #[tokio::test(start_paused = true)]

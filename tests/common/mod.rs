@@ -10,6 +10,8 @@
 //!   child process, its stderr in a log file.
 //! * [`Env`] and [`ConfigBuilder`] (in `env.rs`): the fixture most tests start from, a
 //!   chroot, client and temporary directory of the test's own and a config for them.
+//! * [`disk`]: a destination directory made unwritable, a file system filled (root only).
+//! * [`http`]: the agent's HTTP endpoint (`/readyz`, `/status`, `/metrics`) from a test.
 //! * Polling and file helpers: [`wait_for_file`], [`wait_for_bytes`], [`wait_until`],
 //!   [`write_config`], [`temp_files`], [`show`], [`free_port`].
 //!
@@ -48,7 +50,9 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError};
 
+pub mod disk;
 mod env;
+pub mod http;
 pub use env::*;
 
 /// Environment variable naming an already running ZooKeeper (a connect string)
