@@ -13,7 +13,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,20 +27,6 @@ const QUIET: Duration = Duration::from_millis(600);
 /// A `[file.reload]` table whose command appends a line to `counter`.
 fn counting_reload(counter: &Path) -> String {
     format!("[file.reload]\ncommand = [\"sh\", \"-c\", 'echo x >> \"{}\"']\n", counter.display())
-}
-
-/// Runs the binary to completion (stdin from /dev/null) in `cwd`.
-fn zkrender_in(cwd: &Path, args: &[&OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zkrender"))
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run zkrender")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn mode_of(path: &Path) -> u32 {

@@ -9,28 +9,13 @@ mod common;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 
 /// Deadline for anything that should happen in about one ZooKeeper round trip.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Runs `zkrender ARGS` to completion in `cwd` (so that no `./zkrender.toml` is found
-/// unless the test put one there).
-fn zkrender_in(cwd: &Path, args: &[&OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zkrender"))
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run zkrender")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Writes `contents` to `dir/name` the way a deploy tool should: a temporary name first, then
 /// a rename, so that a watcher never reads half a file.

@@ -1033,3 +1033,19 @@ pub fn wait_for_no_file(path: impl AsRef<Path>, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Runs `zkrender ARGS` to completion (stdin from /dev/null) in `cwd`, so that no
+/// `./zkrender.toml` is found unless the test put one there.
+pub fn zkrender_in(cwd: &Path, args: &[&OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zkrender"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run zkrender")
+}
+
+/// Bytes as text, for messages and `contains` checks.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
