@@ -5,13 +5,14 @@
 //! `runtime`) carries out batches one after another, merging those queued meanwhile, and
 //! sends one [`ReloadOutcome`] per reload back on the loop's outcome channel.
 
+use std::collections::HashSet;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
-use crate::config::{ReloadSpec, TargetId};
+use crate::config::{ReloadAction, ReloadSpec, TargetId};
 use crate::error::report;
 use crate::exec::ChildHandle;
 use crate::ops::{ReloadKind, metrics};
@@ -111,6 +112,8 @@ pub async fn run(
     outcomes: mpsc::UnboundedSender<ReloadOutcome>,
     child: ChildHandle,
 ) {
+    // Actions run at least once since zkrender started (see `reload` for why it matters).
+    let mut tried: HashSet<ReloadAction> = HashSet::new();
     while let Some(mut batch) = batches.recv().await {
         while let Ok(more) = batches.try_recv() {
             batch.merge(more);
@@ -126,19 +129,34 @@ pub async fn run(
                 debug!(reload = %job.spec.action, "the child started after this change; no reload needed");
                 continue;
             }
-            running.spawn(reload(job, outcomes.clone(), child.clone()));
+            let first = tried.insert(job.spec.action.clone());
+            running.spawn(reload(job, first, outcomes.clone(), child.clone()));
         }
         while running.join_next().await.is_some() {}
     }
 }
 
-/// Runs one job (after its splay) and reports how it went.
-async fn reload(job: ReloadJob, outcomes: mpsc::UnboundedSender<ReloadOutcome>, child: ChildHandle) {
+/// Runs one job (after its splay) and reports how it went. `first`: the first run of this
+/// action since zkrender started.
+async fn reload(
+    job: ReloadJob,
+    first: bool,
+    outcomes: mpsc::UnboundedSender<ReloadOutcome>,
+    child: ChildHandle,
+) {
     if !job.spec.splay.is_zero() {
         // A random delay so that a fleet watching the same znode does not reload at once.
         let delay = job.spec.splay.mul_f64(rand::random::<f64>());
         debug!(reload = %job.spec.action, delay = ?delay, "splay: waiting before the reload");
         tokio::time::sleep(delay).await;
+    }
+    if first && let Some(reason) = super::not_started(&job.spec.action) {
+        // At boot the application often starts after zkrender: it reads the files when it
+        // starts, so there is nothing to reload and nothing to retry or report as failed.
+        // Only the first reload gets this benefit of the doubt: later, a missing application
+        // is an error an operator should see.
+        warn!(reload = %job.spec.action, reason = %reason, "the application is not running yet; no reload sent, it reads the files when it starts");
+        return;
     }
     let started = tokio::time::Instant::now();
     let result = super::reload(&job.spec, &child).await;
@@ -212,6 +230,37 @@ mod tests {
         let ReloadOutcome::Failed { targets, error, .. } = &got[1] else { panic!("{got:?}") };
         assert_eq!(targets, &[1]);
         assert!(error.ends_with("exited with status 3: no"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn only_the_first_reload_forgives_an_application_not_started_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ReloadSpec {
+            action: ReloadAction::Signal {
+                signal: nix::sys::signal::Signal::SIGHUP,
+                target: crate::config::SignalTarget::PidFile(dir.path().join("app.pid")),
+            },
+            ..command("true")
+        };
+        let (batch_tx, batch_rx) = mpsc::unbounded_channel();
+        let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(batch_rx, outcome_tx, ChildHandle::none()));
+        for id in [0, 1] {
+            let mut batch = ReloadBatch::default();
+            batch.add(&spec, id, None);
+            batch_tx.send(batch).unwrap();
+            // Let the queue take each batch alone (batches waiting together are merged).
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        drop(batch_tx);
+        task.await.unwrap();
+        // The first found no application and reported nothing; the second is a failure.
+        let Some(ReloadOutcome::Failed { targets, error, .. }) = outcomes.recv().await else {
+            panic!("the second reload should fail")
+        };
+        assert_eq!(targets, vec![1]);
+        assert!(error.contains("app.pid"), "{error}");
+        assert!(outcomes.recv().await.is_none(), "one outcome only");
     }
 
     #[tokio::test]
