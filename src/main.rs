@@ -194,11 +194,20 @@ mod tests {
 
     #[test]
     fn status_reads_listen_from_the_config() {
-        assert_eq!(listen_of("[agent]\nlisten = \"127.0.0.1:9200\"\n").unwrap().as_deref(), Some("127.0.0.1:9200"));
+        assert_eq!(
+            listen_of("[agent]\nlisten = \"127.0.0.1:9200\"\n").unwrap().as_deref(),
+            Some("127.0.0.1:9200")
+        );
         assert_eq!(listen_of("[agent]\nlisten = \"\"\n").unwrap(), None);
-        assert_eq!(listen_of("[zookeeper]\nhosts = \"x:1\"\n").unwrap().as_deref(), Some(config::DEFAULT_LISTEN));
+        assert_eq!(
+            listen_of("[zookeeper]\nhosts = \"x:1\"\n").unwrap().as_deref(),
+            Some(config::DEFAULT_LISTEN)
+        );
         // Keys status does not need may be wrong: the agent may run an older, valid version.
-        assert_eq!(listen_of("[agent]\nlisten = \"[::1]:1\"\nbogus = 3\n").unwrap().as_deref(), Some("[::1]:1"));
+        assert_eq!(
+            listen_of("[agent]\nlisten = \"[::1]:1\"\nbogus = 3\n").unwrap().as_deref(),
+            Some("[::1]:1")
+        );
     }
 
     #[test]

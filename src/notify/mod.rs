@@ -113,10 +113,10 @@ pub async fn attempt(
     }
 }
 
-/// Why the application `action` reloads looks not started yet (its pid file does not exist,
-/// is empty or names a dead pid; no process has its name), or `None`. The reload queue asks
-/// before the first reload of each action: an application that starts after zkrender reads
-/// the files when it starts, so that is no failure.
+/// Why the application `action` reloads looks not started yet (its pid file does not exist
+/// or is empty), or `None`. The reload queue asks until it has found the application
+/// once: an application that starts after zkrender reads the files when it starts, so a
+/// reload before that is no failure.
 pub fn not_started(action: &ReloadAction) -> Option<String> {
     match action {
         ReloadAction::Signal { target, .. } => signal::not_started(target),

@@ -112,8 +112,13 @@ pub async fn run(
     outcomes: mpsc::UnboundedSender<ReloadOutcome>,
     child: ChildHandle,
 ) {
-    // Actions run at least once since zkrender started (see `reload` for why it matters).
-    let mut tried: HashSet<ReloadAction> = HashSet::new();
+    // Until its application has been found running once, a reload through a pid file that
+    // does not exist yet is skipped: at boot the application often starts after zkrender,
+    // and reads the files when it does, so there is nothing to reload and nothing to retry
+    // or report as failed. Logged once per action at warn. Once the application has been
+    // seen, a missing pid file is an error again (it ran and is gone).
+    let mut seen: HashSet<ReloadAction> = HashSet::new();
+    let mut warned: HashSet<ReloadAction> = HashSet::new();
     while let Some(mut batch) = batches.recv().await {
         while let Ok(more) = batches.try_recv() {
             batch.merge(more);
@@ -129,34 +134,35 @@ pub async fn run(
                 debug!(reload = %job.spec.action, "the child started after this change; no reload needed");
                 continue;
             }
-            let first = tried.insert(job.spec.action.clone());
-            running.spawn(reload(job, first, outcomes.clone(), child.clone()));
+            if !seen.contains(&job.spec.action) {
+                match super::not_started(&job.spec.action) {
+                    Some(reason) => {
+                        let action = &job.spec.action;
+                        if warned.insert(action.clone()) {
+                            warn!(reload = %action, reason = %reason, "the application is not running yet; no reload sent, it reads the files when it starts");
+                        } else {
+                            debug!(reload = %action, reason = %reason, "the application is still not running; no reload sent");
+                        }
+                        continue;
+                    }
+                    None => {
+                        seen.insert(job.spec.action.clone());
+                    }
+                }
+            }
+            running.spawn(reload(job, outcomes.clone(), child.clone()));
         }
         while running.join_next().await.is_some() {}
     }
 }
 
-/// Runs one job (after its splay) and reports how it went. `first`: the first run of this
-/// action since zkrender started.
-async fn reload(
-    job: ReloadJob,
-    first: bool,
-    outcomes: mpsc::UnboundedSender<ReloadOutcome>,
-    child: ChildHandle,
-) {
+/// Runs one job (after its splay) and reports how it went.
+async fn reload(job: ReloadJob, outcomes: mpsc::UnboundedSender<ReloadOutcome>, child: ChildHandle) {
     if !job.spec.splay.is_zero() {
         // A random delay so that a fleet watching the same znode does not reload at once.
         let delay = job.spec.splay.mul_f64(rand::random::<f64>());
         debug!(reload = %job.spec.action, delay = ?delay, "splay: waiting before the reload");
         tokio::time::sleep(delay).await;
-    }
-    if first && let Some(reason) = super::not_started(&job.spec.action) {
-        // At boot the application often starts after zkrender: it reads the files when it
-        // starts, so there is nothing to reload and nothing to retry or report as failed.
-        // Only the first reload gets this benefit of the doubt: later, a missing application
-        // is an error an operator should see.
-        warn!(reload = %job.spec.action, reason = %reason, "the application is not running yet; no reload sent, it reads the files when it starts");
-        return;
     }
     let started = tokio::time::Instant::now();
     let result = super::reload(&job.spec, &child).await;
@@ -233,34 +239,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_first_reload_forgives_an_application_not_started_yet() {
+    async fn a_pid_file_is_forgiven_until_its_application_was_seen() {
         let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("app.pid");
         let spec = ReloadSpec {
             action: ReloadAction::Signal {
-                signal: nix::sys::signal::Signal::SIGHUP,
-                target: crate::config::SignalTarget::PidFile(dir.path().join("app.pid")),
+                // SIGCONT: harmless to this test process, which stands in for the application.
+                signal: nix::sys::signal::Signal::SIGCONT,
+                target: crate::config::SignalTarget::PidFile(pid_file.clone()),
             },
             ..command("true")
         };
         let (batch_tx, batch_rx) = mpsc::unbounded_channel();
         let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(batch_rx, outcome_tx, ChildHandle::none()));
-        for id in [0, 1] {
+        let send = |id| {
             let mut batch = ReloadBatch::default();
             batch.add(&spec, id, None);
             batch_tx.send(batch).unwrap();
-            // Let the queue take each batch alone (batches waiting together are merged).
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        };
+        // Not started yet: no reload, no outcome (twice).
+        send(0);
+        send(1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(outcomes.try_recv().is_err(), "no outcome while the application was never seen");
+        // It starts: reloaded.
+        std::fs::write(&pid_file, std::process::id().to_string()).unwrap();
+        send(2);
+        let Some(ReloadOutcome::Reloaded { targets, .. }) = outcomes.recv().await else { panic!("reloaded") };
+        assert_eq!(targets, vec![2]);
+        // Gone again: now a failure.
+        std::fs::remove_file(&pid_file).unwrap();
+        send(3);
+        let Some(ReloadOutcome::Failed { targets, error, .. }) = outcomes.recv().await else {
+            panic!("a reload after the application was seen should fail")
+        };
+        assert_eq!(targets, vec![3]);
+        assert!(error.contains("app.pid"), "{error}");
         drop(batch_tx);
         task.await.unwrap();
-        // The first found no application and reported nothing; the second is a failure.
-        let Some(ReloadOutcome::Failed { targets, error, .. }) = outcomes.recv().await else {
-            panic!("the second reload should fail")
-        };
-        assert_eq!(targets, vec![1]);
-        assert!(error.contains("app.pid"), "{error}");
-        assert!(outcomes.recv().await.is_none(), "one outcome only");
+        assert!(outcomes.recv().await.is_none(), "no other outcome");
     }
 
     #[tokio::test]

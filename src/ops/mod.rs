@@ -131,7 +131,8 @@ impl Serving {
     ) -> Serving {
         let stop = parent.child_token();
         let alive = Arc::clone(alive);
-        let future = Box::pin(serve(listener, status.clone(), move || alive.load(Ordering::SeqCst), stop.clone()));
+        let future =
+            Box::pin(serve(listener, status.clone(), move || alive.load(Ordering::SeqCst), stop.clone()));
         Serving { addr, stop, future }
     }
 
