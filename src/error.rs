@@ -30,12 +30,31 @@ pub enum AgentError {
     /// `diff`: what kept a file from being rendered (exit 3).
     #[error(transparent)]
     Unrendered(Box<AgentError>),
-    #[error("--dest {}: no [[file]] in {} has this dest", .dest.display(), .config.display())]
-    UnknownDest { config: std::path::PathBuf, dest: std::path::PathBuf },
     #[error(transparent)]
     Init(#[from] crate::init::InitError),
-    #[error("writing rendered output to stdout")]
+    /// Writing to stdout failed. A reader that stopped early (`| head`) is not an error:
+    /// see [`AgentError::is_closed_stdout`].
+    #[error("writing to stdout")]
     Stdout(#[source] std::io::Error),
+    /// `render --dest` names no `[[file]]`: refused before connecting.
+    #[error(
+        "{}: --dest {} matches no [[file]] dest (they are: {})",
+        .config.display(), .dest.display(), list_paths(.known)
+    )]
+    UnknownDest { config: std::path::PathBuf, dest: std::path::PathBuf, known: Vec<std::path::PathBuf> },
+    /// `zkrender status` could not read `[agent] listen` from the config file.
+    #[error("{}: reading [agent] listen for `zkrender status` (or pass --listen)", .config.display())]
+    StatusConfig {
+        config: std::path::PathBuf,
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    /// `zkrender status` against a config whose `listen = ""`.
+    #[error(
+        "the HTTP endpoint is disabled in {} ([agent] listen = \"\"); set listen to an address such as \"{}\" and reload zkrender, or pass --listen",
+        .config.display(), crate::config::DEFAULT_LISTEN
+    )]
+    EndpointDisabled { config: std::path::PathBuf },
     #[error(
         "{}: [[file]] dest = {}: a reload that signals or restarts the child (signal without pid, pid_file or process; restart = true) needs `zkrender exec`",
         .config.display(), .dest.display()
@@ -50,6 +69,13 @@ pub enum AgentError {
     Runtime(#[source] std::io::Error),
     #[error("bug: a task panicked")]
     TaskPanicked(#[source] tokio::task::JoinError),
+}
+
+fn list_paths(paths: &[std::path::PathBuf]) -> String {
+    if paths.is_empty() {
+        return "none".to_owned();
+    }
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn templates_message(errors: &[RenderError]) -> String {
@@ -70,10 +96,17 @@ impl AgentError {
             AgentError::Config(_)
             | AgentError::Templates(_)
             | AgentError::ExecOnly { .. }
-            | AgentError::UnknownDest { .. } => EXIT_CONFIG,
+            | AgentError::UnknownDest { .. }
+            | AgentError::StatusConfig { .. } => EXIT_CONFIG,
             AgentError::Unrendered(_) => EXIT_UNRENDERED,
             _ => EXIT_FAILURE,
         }
+    }
+
+    /// True when stdout's reader went away (`zkrender render | head`): the command ends
+    /// quietly with exit 0 then, as other command-line tools do.
+    pub fn is_closed_stdout(&self) -> bool {
+        matches!(self, AgentError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }
 
@@ -98,6 +131,16 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("writing /x")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn only_a_broken_pipe_on_stdout_is_a_closed_stdout() {
+        let closed = AgentError::Stdout(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(closed.is_closed_stdout());
+        let full = AgentError::Stdout(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(!full.is_closed_stdout());
+        let child = AgentError::Child(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(!child.is_closed_stdout());
+    }
 
     #[test]
     fn report_joins_the_chain() {

@@ -32,13 +32,15 @@ enum Trigger {
 }
 
 /// Watches for SIGHUP and config/template changes until `stop`; sends each valid new
-/// configuration to the pipeline. Each attempt is counted in the `config_reloads` metric
+/// configuration to the pipeline, and its `[agent] listen` to the HTTP endpoint on `listen`.
+/// Each attempt is counted in the `config_reloads` metric
 /// (applied or not) and, once the agent was ready, framed by systemd RELOADING=1/READY=1.
 pub async fn run(
     mut current: Config,
     pipeline: mpsc::UnboundedSender<Reconfigure>,
     exec_mode: bool,
     status: watch::Receiver<Arc<StatusReport>>,
+    listen: watch::Sender<Option<String>>,
     stop: CancellationToken,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -89,6 +91,12 @@ pub async fn run(
                 if pipeline.send(reconf).is_err() {
                     return;
                 }
+                if config.agent.listen != current.agent.listen {
+                    info!(from = ?current.agent.listen, to = ?config.agent.listen, "[agent] listen changed");
+                }
+                // Sent at every reload, changed or not: the endpoint ignores the address it
+                // already serves, and retries one it could not bind last time.
+                listen.send_replace(config.agent.listen.clone());
                 watcher.watch(&watched_files(&config), &config.origin.dirs);
                 current = config;
                 true

@@ -1,6 +1,7 @@
 //! `zkrender`: parse the command line, set up logging, run the command, map errors to exit codes.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -13,13 +14,43 @@ use zkrender::{config, runtime};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    let log_format = cli.log_format;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader stopped early (`zkrender man | head`): done, as for any CLI tool.
+        Err(e) if e.is_closed_stdout() => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            print_error(&e, log_format);
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }
+}
+
+/// The final error summary on stderr: `error: <report>`, or with `--log-format json` one JSON
+/// object shaped like the log lines (timestamp, level, message, target) plus the exit code,
+/// so that a log pipeline parsing every line does not trip over the last one.
+fn print_error(e: &AgentError, format: LogFormat) {
+    let message = report(e);
+    match format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => {
+            let line = serde_json::json!({
+                "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                "level": "ERROR",
+                "message": message,
+                "exit_code": e.exit_code(),
+                "target": "zkrender",
+            });
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Writes `bytes` to stdout. A closed stdout comes back as [`AgentError::Stdout`] with
+/// `BrokenPipe`, which `main` turns into a quiet exit 0.
+fn write_stdout(bytes: &[u8]) -> Result<(), AgentError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).and_then(|()| out.flush()).map_err(AgentError::Stdout)
 }
 
 fn init_logging(cli: &Cli) {
@@ -45,8 +76,10 @@ fn init_logging(cli: &Cli) {
 fn run(cli: Cli) -> Result<(), AgentError> {
     match &cli.command {
         CommandKind::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "zkrender", &mut std::io::stdout());
-            return Ok(());
+            // Into a buffer first: clap_complete panics when its writer fails (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "zkrender", &mut script);
+            return write_stdout(&script);
         }
         CommandKind::Man => {
             return zkrender::reference::man_page(Cli::command(), &mut std::io::stdout().lock())
@@ -121,18 +154,112 @@ fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
 fn status(sources: &config::Sources, listen: Option<&str>, json: bool) -> Result<(), AgentError> {
     let listen = match listen {
         Some(l) => l.to_owned(),
-        None => config::load_sources(sources)
-            .ok()
-            .and_then(|c| c.agent.listen)
-            .unwrap_or_else(|| config::DEFAULT_LISTEN.to_owned()),
+        None => {
+            let (config_path, listen) = status_listen_of(sources)?;
+            listen.ok_or(AgentError::EndpointDisabled { config: config_path })?
+        }
     };
     let report = runtime()?
         .block_on(zkrender::ops::fetch_status(&listen, std::time::Duration::from_secs(5)))
         .map_err(AgentError::Listen)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    let text = if json {
+        let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        text.push('\n');
+        text
     } else {
-        print!("{}", zkrender::ops::render_table(&report, zkrender::ops::unix_now()));
+        zkrender::ops::render_table(&report, zkrender::ops::unix_now())
+    };
+    write_stdout(text.as_bytes())
+}
+
+/// The `[agent] listen` of the `-c` files (each directory's `*.toml`; the first file that
+/// has `[agent] listen` decides), with the file it came from, for `zkrender status`.
+fn status_listen_of(sources: &config::Sources) -> Result<(std::path::PathBuf, Option<String>), AgentError> {
+    let files = if sources.paths.is_empty() {
+        vec![std::path::PathBuf::from(config::DEFAULT_PATH)]
+    } else {
+        config::source_files(sources)?
+    };
+    let mut first = None;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let has_listen =
+            text.parse::<toml::Table>().is_ok_and(|t| t.get("agent").and_then(|a| a.get("listen")).is_some());
+        if has_listen {
+            let listen = status_listen(&file)?;
+            return Ok((file, listen));
+        }
+        first.get_or_insert(file);
     }
-    Ok(())
+    let file = first.unwrap_or_else(|| std::path::PathBuf::from(config::DEFAULT_PATH));
+    let listen = status_listen(&file)?;
+    Ok((file, listen))
+}
+
+/// The `[agent] listen` of the config at `path`, for `zkrender status`: `None` when the endpoint
+/// is disabled (`listen = ""`), the default address when the key is absent, or when `path` is
+/// the default `./zkrender.toml` and there is no such file.
+///
+/// Only this key is read (not the whole config through `config::load`): `status` must work
+/// while the file holds an edit the running agent refused, and needs none of the rest.
+fn status_listen(path: &Path) -> Result<Option<String>, AgentError> {
+    let error = |source: Box<dyn std::error::Error + Send + Sync>| AgentError::StatusConfig {
+        config: path.to_owned(),
+        source,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(config::DEFAULT_PATH) => {
+            return Ok(Some(config::DEFAULT_LISTEN.to_owned()));
+        }
+        Err(e) => return Err(error(Box::new(e))),
+    };
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| error(Box::new(e)))?;
+    match table.get("agent").and_then(|agent| agent.get("listen")) {
+        None => Ok(Some(config::DEFAULT_LISTEN.to_owned())),
+        Some(toml::Value::String(listen)) if listen.is_empty() => Ok(None),
+        Some(toml::Value::String(listen)) => Ok(Some(listen.clone())),
+        Some(other) => Err(error(format!("listen must be a string, not {}", other.type_str()).into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen_of(toml: &str) -> Result<Option<String>, AgentError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zkrender.toml");
+        std::fs::write(&path, toml).unwrap();
+        status_listen(&path)
+    }
+
+    #[test]
+    fn status_reads_listen_from_the_config() {
+        assert_eq!(
+            listen_of("[agent]\nlisten = \"127.0.0.1:9200\"\n").unwrap().as_deref(),
+            Some("127.0.0.1:9200")
+        );
+        assert_eq!(listen_of("[agent]\nlisten = \"\"\n").unwrap(), None);
+        assert_eq!(
+            listen_of("[zookeeper]\nhosts = \"x:1\"\n").unwrap().as_deref(),
+            Some(config::DEFAULT_LISTEN)
+        );
+        // Keys status does not need may be wrong: the agent may run an older, valid version.
+        assert_eq!(
+            listen_of("[agent]\nlisten = \"[::1]:1\"\nbogus = 3\n").unwrap().as_deref(),
+            Some("[::1]:1")
+        );
+    }
+
+    #[test]
+    fn status_names_the_config_it_cannot_read() {
+        let err = listen_of("[agent]\nlisten = 9102\n").unwrap_err();
+        assert!(report(&err).contains("listen must be a string, not integer"), "{}", report(&err));
+        let err = listen_of("[agent\n").unwrap_err();
+        assert!(report(&err).contains("zkrender.toml: reading [agent] listen"), "{}", report(&err));
+        assert_eq!(err.exit_code(), 2);
+        let missing = status_listen(Path::new("/nonexistent/zkrender.toml")).unwrap_err();
+        assert!(report(&missing).starts_with("/nonexistent/zkrender.toml: "), "{}", report(&missing));
+    }
 }

@@ -298,7 +298,10 @@ pub const EXIT_CODES: Table = Table {
             "1",
             "`once`/`render`: a file could not be written (each is named with its error and cause; I/O failures are retried until `--timeout` first); a fatal ZooKeeper error; `diff`: some file would change; `init --output`: the file exists",
         ],
-        &["2", "a config or template error (file, line and key are named)"],
+        &[
+            "2",
+            "a config or template error (file, line and key are named); `render`/`diff --dest` naming no `[[file]]` (refused before connecting)",
+        ],
         &[
             "3",
             "`diff`: a file cannot be rendered, or ZooKeeper cannot be reached within `--timeout` (each file is named with its reason)",

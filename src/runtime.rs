@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::AgentError;
@@ -41,15 +41,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let core = compile(&config)?;
     info!(config = %config.describe(), files = config.files.len(), watch = ?config.zookeeper.watch, "zkrender starting");
     let (status_tx, status_rx) = watch::channel(Arc::new(StatusReport::default()));
-    let alive = start_ops(&config, status_rx, shutdown.clone()).await?;
-    let result = drive(&config, core, Mode::Run, None, shutdown, status_tx, None).await.map(|_| ());
+    let OpsHandles { alive, listen } = start_ops(&config, status_rx, shutdown.clone()).await?;
+    let result =
+        drive(&config, core, Mode::Run, None, shutdown, status_tx, None, Some(listen)).await.map(|_| ());
     alive.store(false, Ordering::SeqCst);
     ops::systemd::notify_stopping();
     result
 }
 
-/// Starts the HTTP endpoint (when `listen` is set) and the systemd readiness notification.
-/// Returns the flag `/healthz` reports; set it false when the agent stops.
+/// What [`start_ops`] started: the flag `/healthz` reports (set it false when the agent stops)
+/// and where config reloads send the new `[agent] listen`.
+struct OpsHandles {
+    alive: Arc<AtomicBool>,
+    listen: watch::Sender<Option<String>>,
+}
+
+/// Starts the HTTP endpoint (bound now when `listen` is set; it follows later config reloads)
+/// and the systemd readiness notification.
 ///
 /// # Errors
 /// The `listen` address cannot be bound.
@@ -57,21 +65,19 @@ async fn start_ops(
     config: &Config,
     status: watch::Receiver<Arc<StatusReport>>,
     shutdown: CancellationToken,
-) -> Result<Arc<AtomicBool>, AgentError> {
+) -> Result<OpsHandles, AgentError> {
     let alive = Arc::new(AtomicBool::new(true));
-    if let Some(listen) = &config.agent.listen {
-        let listener = ops::bind(listen).await.map_err(AgentError::Listen)?;
-        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| listen.clone());
-        info!(listen = %addr, "serving /healthz /readyz /metrics /status");
-        let flag = alive.clone();
-        let status = status.clone();
-        tokio::spawn(async move {
-            if let Err(e) = ops::serve(listener, status, move || flag.load(Ordering::SeqCst), shutdown).await
-            {
-                error!(error = %e, "the HTTP endpoint stopped");
-            }
-        });
-    }
+    let first = match &config.agent.listen {
+        Some(listen) => {
+            let listener = ops::bind(listen).await.map_err(AgentError::Listen)?;
+            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| listen.clone());
+            info!(listen = %addr, "serving /healthz /readyz /metrics /status");
+            Some(listener)
+        }
+        None => None,
+    };
+    let (listen, listen_rx) = watch::channel(config.agent.listen.clone());
+    tokio::spawn(ops::endpoint(first, listen_rx, status.clone(), alive.clone(), shutdown));
     // systemd Type=notify: READY=1 once every file has been written (or found correct).
     let mut status = status;
     tokio::spawn(async move {
@@ -80,7 +86,7 @@ async fn start_ops(
             ops::systemd::notify_ready();
         }
     });
-    Ok(alive)
+    Ok(OpsHandles { alive, listen })
 }
 
 /// `exec`: renders every file, starts `argv` as a child, and keeps the files up to date while
@@ -95,15 +101,15 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
     // In exec mode SIGTERM and friends go to the child; zkrender stops when the child exits.
     let shutdown = CancellationToken::new();
     let (status_tx, mut status_rx) = watch::channel(Arc::new(StatusReport::default()));
-    let alive = start_ops(&config, status_rx.clone(), shutdown.clone()).await?;
+    let OpsHandles { alive, listen } = start_ops(&config, status_rx.clone(), shutdown.clone()).await?;
     let (child, restarts) = ChildHandle::supervised();
     let agent = {
         let config = config.clone();
         let shutdown = shutdown.clone();
         let child = child.clone();
-        tokio::spawn(
-            async move { drive(&config, core, Mode::Run, None, shutdown, status_tx, Some(child)).await },
-        )
+        tokio::spawn(async move {
+            drive(&config, core, Mode::Run, None, shutdown, status_tx, Some(child), Some(listen)).await
+        })
     };
     let ready = matches!(tokio::time::timeout(timeout, status_rx.wait_for(|r| r.ready)).await, Ok(Ok(_)));
     if !ready {
@@ -150,7 +156,7 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
 pub async fn once(config: Config, timeout: Duration, shutdown: CancellationToken) -> Result<(), AgentError> {
     let core = compile(&config)?;
     let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
-    let summary = drive(&config, core, Mode::Once, Some(timeout), shutdown, status_tx, None).await?;
+    let summary = drive(&config, core, Mode::Once, Some(timeout), shutdown, status_tx, None, None).await?;
     settled_or_error(&summary)
 }
 
@@ -165,20 +171,10 @@ pub async fn render(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let mut config = config;
-    if let Some(dest) = &dest {
-        let wanted = resolve_dest(config.base_dir(), dest);
-        config.files.retain(|f| f.dest == wanted);
-        if config.files.is_empty() {
-            return Err(AgentError::NotAllWritten {
-                count: 1,
-                total: 1,
-                details: format!("  {}: no [[file]] has this dest", wanted.display()),
-            });
-        }
-    }
+    keep_only(&mut config, dest.as_deref())?;
     let core = compile(&config)?;
     let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
-    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx, None).await?;
+    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx, None, None).await?;
     print_rendered(&summary.rendered, dest.is_none()).map_err(AgentError::Stdout)?;
     settled_or_error(&summary)
 }
@@ -209,16 +205,10 @@ pub async fn diff(
     shutdown: CancellationToken,
 ) -> Result<DiffOutcome, AgentError> {
     let mut config = config;
-    if let Some(dest) = &dest {
-        let wanted = resolve_dest(&config.path, dest);
-        config.files.retain(|f| f.dest == wanted);
-        if config.files.is_empty() {
-            return Err(AgentError::UnknownDest { config: config.path.clone(), dest: wanted });
-        }
-    }
+    keep_only(&mut config, dest.as_deref())?;
     let core = compile(&config)?;
     let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
-    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx, None)
+    let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx, None, None)
         .await
         .map_err(|e| AgentError::Unrendered(Box::new(e)))?;
     let rendered = summary.rendered.clone();
@@ -288,6 +278,19 @@ fn print_rendered(rendered: &[(PathBuf, Vec<u8>)], headers: bool) -> std::io::Re
 
 /// A `--dest` as given, or resolved against the config's directory like `dest` keys are
 /// (the first config file's, or the working directory for flags alone).
+/// `--dest`: keeps only the `[[file]]` with that dest. A dest no file has is a typo, not a
+/// ZooKeeper problem: refused before connecting (exit 2), naming the dests there are.
+fn keep_only(config: &mut Config, dest: Option<&Path>) -> Result<(), AgentError> {
+    let Some(dest) = dest else { return Ok(()) };
+    let wanted = resolve_dest(config.base_dir(), dest);
+    let known: Vec<PathBuf> = config.files.iter().map(|f| f.dest.clone()).collect();
+    config.files.retain(|f| f.dest == wanted);
+    if config.files.is_empty() {
+        return Err(AgentError::UnknownDest { config: config.path.clone(), dest: wanted, known });
+    }
+    Ok(())
+}
+
 fn resolve_dest(base: &Path, dest: &Path) -> PathBuf {
     if dest.is_absolute() {
         return dest.to_owned();
@@ -325,7 +328,9 @@ fn settled_or_error(summary: &Summary) -> Result<(), AgentError> {
 }
 
 /// Runs source and pipeline (and, for `run`, the reload queue and the config reloader) until
-/// the pipeline returns. `child` is the `exec` child's handle (`None` for other commands).
+/// the pipeline returns. `child` is the `exec` child's handle (`None` for other commands);
+/// `listen` is where config reloads send `[agent] listen` (`None` without an endpoint).
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     config: &Config,
     core: Core,
@@ -334,6 +339,7 @@ async fn drive(
     shutdown: CancellationToken,
     status_tx: watch::Sender<Arc<StatusReport>>,
     child: Option<ChildHandle>,
+    listen: Option<watch::Sender<Option<String>>>,
 ) -> Result<Summary, AgentError> {
     if mode != Mode::Render {
         sweep_stale_temps(config).await;
@@ -366,6 +372,7 @@ async fn drive(
             reconfigure_tx,
             exec_mode,
             status_tx.subscribe(),
+            listen.unwrap_or_else(|| watch::channel(config.agent.listen.clone()).0),
             shutdown.child_token(),
         ));
     } else {

@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use crate::formats::Format;
 use crate::model::ZnodePath;
 
-pub use sources::{Origin, Sources};
+pub use sources::{Origin, Sources, files as source_files};
 pub use validate::{ConfigError, Problem};
 
 /// Default config path when `-c` is not given.

@@ -153,6 +153,15 @@ fn claim<T>(
     }
 }
 
+/// The config files `sources` names, as they are now (each directory's `*.toml` in name
+/// order), absolute.
+///
+/// # Errors
+/// A path cannot be made absolute, or a directory cannot be listed.
+pub fn files(sources: &Sources) -> Result<Vec<PathBuf>, ConfigError> {
+    expand(sources).map(|(files, _)| files)
+}
+
 /// The config files of `sources` as they are now (each directory listed), and the
 /// directories, all absolute.
 fn expand(sources: &Sources) -> Result<(Vec<PathBuf>, Vec<PathBuf>), ConfigError> {

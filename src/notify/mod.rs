@@ -113,6 +113,17 @@ pub async fn attempt(
     }
 }
 
+/// Why the application `action` reloads looks not started yet (its pid file does not exist
+/// or is empty), or `None`. The reload queue asks until it has found the application
+/// once: an application that starts after zkrender reads the files when it starts, so a
+/// reload before that is no failure.
+pub fn not_started(action: &ReloadAction) -> Option<String> {
+    match action {
+        ReloadAction::Signal { target, .. } => signal::not_started(target),
+        ReloadAction::Http { .. } | ReloadAction::Command { .. } | ReloadAction::Restart => None,
+    }
+}
+
 /// For logs: `signal SIGHUP to pid file /run/app.pid`, `http POST http://127.0.0.1/-/reload`,
 /// `command systemctl reload app`.
 impl fmt::Display for ReloadAction {

@@ -5,13 +5,14 @@
 //! `runtime`) carries out batches one after another, merging those queued meanwhile, and
 //! sends one [`ReloadOutcome`] per reload back on the loop's outcome channel.
 
+use std::collections::HashSet;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
-use crate::config::{ReloadSpec, TargetId};
+use crate::config::{ReloadAction, ReloadSpec, TargetId};
 use crate::error::report;
 use crate::exec::ChildHandle;
 use crate::ops::{ReloadKind, metrics};
@@ -111,6 +112,13 @@ pub async fn run(
     outcomes: mpsc::UnboundedSender<ReloadOutcome>,
     child: ChildHandle,
 ) {
+    // Until its application has been found running once, a reload through a pid file that
+    // does not exist yet is skipped: at boot the application often starts after zkrender,
+    // and reads the files when it does, so there is nothing to reload and nothing to retry
+    // or report as failed. Logged once per action at warn. Once the application has been
+    // seen, a missing pid file is an error again (it ran and is gone).
+    let mut seen: HashSet<ReloadAction> = HashSet::new();
+    let mut warned: HashSet<ReloadAction> = HashSet::new();
     while let Some(mut batch) = batches.recv().await {
         while let Ok(more) = batches.try_recv() {
             batch.merge(more);
@@ -125,6 +133,22 @@ pub async fn run(
                 // process that may not have set up its handlers yet.
                 debug!(reload = %job.spec.action, "the child started after this change; no reload needed");
                 continue;
+            }
+            if !seen.contains(&job.spec.action) {
+                match super::not_started(&job.spec.action) {
+                    Some(reason) => {
+                        let action = &job.spec.action;
+                        if warned.insert(action.clone()) {
+                            warn!(reload = %action, reason = %reason, "the application is not running yet; no reload sent, it reads the files when it starts");
+                        } else {
+                            debug!(reload = %action, reason = %reason, "the application is still not running; no reload sent");
+                        }
+                        continue;
+                    }
+                    None => {
+                        seen.insert(job.spec.action.clone());
+                    }
+                }
             }
             running.spawn(reload(job, outcomes.clone(), child.clone()));
         }
@@ -212,6 +236,49 @@ mod tests {
         let ReloadOutcome::Failed { targets, error, .. } = &got[1] else { panic!("{got:?}") };
         assert_eq!(targets, &[1]);
         assert!(error.ends_with("exited with status 3: no"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_pid_file_is_forgiven_until_its_application_was_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("app.pid");
+        let spec = ReloadSpec {
+            action: ReloadAction::Signal {
+                // SIGCONT: harmless to this test process, which stands in for the application.
+                signal: nix::sys::signal::Signal::SIGCONT,
+                target: crate::config::SignalTarget::PidFile(pid_file.clone()),
+            },
+            ..command("true")
+        };
+        let (batch_tx, batch_rx) = mpsc::unbounded_channel();
+        let (outcome_tx, mut outcomes) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(batch_rx, outcome_tx, ChildHandle::none()));
+        let send = |id| {
+            let mut batch = ReloadBatch::default();
+            batch.add(&spec, id, None);
+            batch_tx.send(batch).unwrap();
+        };
+        // Not started yet: no reload, no outcome (twice).
+        send(0);
+        send(1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(outcomes.try_recv().is_err(), "no outcome while the application was never seen");
+        // It starts: reloaded.
+        std::fs::write(&pid_file, std::process::id().to_string()).unwrap();
+        send(2);
+        let Some(ReloadOutcome::Reloaded { targets, .. }) = outcomes.recv().await else { panic!("reloaded") };
+        assert_eq!(targets, vec![2]);
+        // Gone again: now a failure.
+        std::fs::remove_file(&pid_file).unwrap();
+        send(3);
+        let Some(ReloadOutcome::Failed { targets, error, .. }) = outcomes.recv().await else {
+            panic!("a reload after the application was seen should fail")
+        };
+        assert_eq!(targets, vec![3]);
+        assert!(error.contains("app.pid"), "{error}");
+        drop(batch_tx);
+        task.await.unwrap();
+        assert!(outcomes.recv().await.is_none(), "no other outcome");
     }
 
     #[tokio::test]

@@ -34,6 +34,23 @@ pub(super) fn send(signal: Signal, target: &SignalTarget, child: &ChildHandle) -
     }
 }
 
+/// Why the application behind `target` looks not started yet, or `None`: only a pid file
+/// can say, by not existing yet or being empty (the application writes it when it starts).
+/// A pid file naming a dead pid is not "not started": the application ran and is gone, an
+/// error the reload reports. Nothing is signalled.
+pub(super) fn not_started(target: &SignalTarget) -> Option<String> {
+    let SignalTarget::PidFile(path) = target else { return None };
+    match read_pid_file(path) {
+        Err(NotifyError::PidFileRead { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Some(format!("pid file {} does not exist", path.display()))
+        }
+        Err(NotifyError::PidFileInvalid { contents, .. }) if contents.is_empty() => {
+            Some(format!("pid file {} is empty", path.display()))
+        }
+        Ok(_) | Err(_) => None,
+    }
+}
+
 /// Signals one pid; `target` is where the pid came from, for messages.
 fn kill_one(signal: Signal, pid: i32, target: &SignalTarget) -> Result<(), NotifyError> {
     // kill(0) and kill(-n) signal whole process groups, -1 every process we may signal.
@@ -353,6 +370,29 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, NotifyError::NoProcess { .. }), "{err:?}");
         assert_eq!(err.to_string(), format!("no process named {name}"));
+    }
+
+    #[test]
+    fn only_a_missing_or_empty_pid_file_means_not_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("app.pid");
+        let target = SignalTarget::PidFile(pid_file.clone());
+        let why = not_started(&target).unwrap();
+        assert_eq!(why, format!("pid file {} does not exist", pid_file.display()));
+
+        fs::write(&pid_file, "\n").unwrap();
+        assert_eq!(not_started(&target).unwrap(), format!("pid file {} is empty", pid_file.display()));
+
+        let mut gone = Command::new("true").spawn().unwrap();
+        let pid = gone.id();
+        gone.wait().unwrap(); // reaped: the pid is free
+        fs::write(&pid_file, pid.to_string()).unwrap();
+        assert_eq!(not_started(&target), None, "a dead pid: the application ran and is gone");
+        fs::write(&pid_file, "garbage").unwrap();
+        assert_eq!(not_started(&target), None, "a broken pid file is a real error, reported by the reload");
+        let name = format!("zkr-n-{:08x}", rand::random::<u32>());
+        assert_eq!(not_started(&SignalTarget::Process(name)), None, "only pid files are forgiven");
+        assert_eq!(not_started(&SignalTarget::Pid(i32::MAX)), None);
     }
 
     #[test]

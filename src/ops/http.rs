@@ -62,7 +62,21 @@ type Alive = Arc<dyn Fn() -> bool + Send + Sync>;
 /// # Errors
 /// [`OpsError::Bind`] naming `addr`: address in use, permission denied, not an address.
 pub async fn bind(addr: &str) -> Result<TcpListener, OpsError> {
-    TcpListener::bind(addr).await.map_err(|source| OpsError::Bind { addr: addr.to_owned(), source })
+    TcpListener::bind(addr).await.map_err(|source| {
+        // Typically a second agent on the host with the default address: name the key and
+        // the fix, since the agent cannot choose another port by itself.
+        let source = if source.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "address already in use (by another process, perhaps a second zkrender on this \
+                 host): set [agent] listen = \"\" to turn the HTTP endpoint off, or give \
+                 [agent] listen another port",
+            )
+        } else {
+            source
+        };
+        OpsError::Bind { addr: addr.to_owned(), source }
+    })
 }
 
 /// Serves the endpoint on `listener` until `stop` is cancelled.
