@@ -25,11 +25,6 @@ pub enum AgentError {
     NotAllWritten { count: usize, total: usize, details: String },
     #[error("writing rendered output to stdout")]
     Stdout(#[source] std::io::Error),
-    #[error(
-        "{}: [[file]] dest = {}: a reload that signals or restarts the child (signal without pid, pid_file or process; restart = true) needs `zkrender exec`",
-        .config.display(), .dest.display()
-    )]
-    ExecOnly { config: std::path::PathBuf, dest: std::path::PathBuf },
     #[error(transparent)]
     Listen(crate::ops::OpsError),
     #[error("running the child")]
@@ -56,7 +51,7 @@ impl AgentError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AgentError::Config(_) | AgentError::Templates(_) | AgentError::ExecOnly { .. } => EXIT_CONFIG,
+            AgentError::Config(_) | AgentError::Templates(_) => EXIT_CONFIG,
             _ => EXIT_FAILURE,
         }
     }

@@ -68,7 +68,10 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         std::process::exit(code);
     }
     let config = config::load(&cli.config)?;
-    if let CommandKind::Check = cli.command {
+    if let CommandKind::Check { exec } = cli.command {
+        if !exec {
+            config.refuse_exec_only()?;
+        }
         runtime::compile(&config)?;
         let n = config.files.len();
         eprintln!("{}: ok ({n} file{})", config.path.display(), if n == 1 { "" } else { "s" });
@@ -81,7 +84,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
             CommandKind::Run => runtime::run(config, shutdown).await,
             CommandKind::Once { timeout } => runtime::once(config, timeout, shutdown).await,
             CommandKind::Render { dest, timeout } => runtime::render(config, dest, timeout, shutdown).await,
-            CommandKind::Check
+            CommandKind::Check { .. }
             | CommandKind::Exec { .. }
             | CommandKind::Status { .. }
             | CommandKind::Completions { .. }

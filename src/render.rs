@@ -1167,8 +1167,12 @@ mod tests {
     // --- lint ---
 
     fn lint_of(text: &str, prefix: Option<&str>, allow_env: &[&str]) -> Vec<String> {
-        let spec =
-            TemplateSpec { name: "t.j2".to_owned(), path: None, text: text.to_owned(), prefix: prefix.map(zp) };
+        let spec = TemplateSpec {
+            name: "t.j2".to_owned(),
+            path: None,
+            text: text.to_owned(),
+            prefix: prefix.map(zp),
+        };
         let allow: Vec<String> = allow_env.iter().map(|s| (*s).to_owned()).collect();
         lint(&spec, &allow).iter().map(ToString::to_string).collect()
     }
@@ -1198,19 +1202,27 @@ mod tests {
 
     #[test]
     fn lint_checks_literal_znode_paths_against_the_prefix() {
-        let text = "{{ znode('db/url') }}\n{{ children('x', default=[]) }}\n{{ exists('/ok') }}{{ znode('/a//b') }}";
+        let text =
+            "{{ znode('db/url') }}\n{{ children('x', default=[]) }}\n{{ exists('/ok') }}{{ znode('/a//b') }}";
         let lints = lint_of(text, None, &[]);
         assert_eq!(lints.len(), 3, "{lints:?}");
         assert!(lints[0].starts_with("line 1: relative znode path \"db/url\" needs a `prefix`"), "{lints:?}");
         assert!(lints[1].starts_with("line 2: relative znode path \"x\""), "{lints:?}");
         assert!(lints[2].starts_with("line 3: "), "{lints:?}");
-        assert_eq!(lint_of("{{ znode('db/url') }}{{ children('x', default=[]) }}", Some("/app"), &[]), Vec::<String>::new());
+        assert_eq!(
+            lint_of("{{ znode('db/url') }}{{ children('x', default=[]) }}", Some("/app"), &[]),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
     fn lint_checks_env_names_against_allow_env() {
         assert_eq!(
-            lint_of("{{ env('HOME') }}\n{{ env('PATH', default='x') }}\n{{ env('USER', default=znode('/u')) }}", None, &["PATH"]),
+            lint_of(
+                "{{ env('HOME') }}\n{{ env('PATH', default='x') }}\n{{ env('USER', default=znode('/u')) }}",
+                None,
+                &["PATH"]
+            ),
             [
                 "line 1: environment variable HOME is not readable: list it in this file's allow_env",
                 "line 3: environment variable USER is not readable: list it in this file's allow_env"

@@ -147,7 +147,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text)
         .map_err(|err| ConfigError::Syntax { problem: syntax_problem(text, &err), path: path.clone() })?;
     let base_dir = path.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
-    let mut checker = Checker { lines: LineIndex::new(text), base_dir, problems: Vec::new() };
+    let mut checker =
+        Checker { lines: LineIndex::new(text), base_dir, problems: Vec::new(), exec_only: Vec::new() };
     let config = checker.config(path.clone(), raw);
     if checker.problems.is_empty() {
         Ok(config)
@@ -176,6 +177,8 @@ struct Checker<'t> {
     /// The config file's directory, for relative paths.
     base_dir: PathBuf,
     problems: Vec<Problem>,
+    /// What only `zkrender exec` accepts; not a problem for the config itself.
+    exec_only: Vec<Problem>,
 }
 
 /// Where a key lives, for messages.
@@ -188,41 +191,61 @@ struct At<'a> {
 
 impl Checker<'_> {
     fn problem(&mut self, at: At<'_>, key: &str, span: Range<usize>, message: impl Into<String>) {
+        let problem = self.locate(at, key, span, message.into());
+        self.problems.push(problem);
+    }
+
+    /// Records that the key at `span` needs `zkrender exec` (see [`Config::exec_only`]).
+    fn exec_only(&mut self, at: At<'_>, key: &str, span: Range<usize>, what: &str) {
+        let message = format!(
+            "{what}: valid only under `zkrender exec` (`zkrender check --exec` checks a config for it)"
+        );
+        let problem = self.locate(at, key, span, message);
+        self.exec_only.push(problem);
+    }
+
+    fn locate(&self, at: At<'_>, key: &str, span: Range<usize>, message: String) -> Problem {
         let (line, column) = self.lines.position(span.start);
         let key = if key.is_empty() {
             at.key_prefix.trim_end_matches('.').to_owned()
         } else {
             format!("{}{key}", at.key_prefix)
         };
-        self.problems.push(Problem {
-            line,
-            column,
-            section: at.section.to_owned(),
-            key,
-            message: message.into(),
-        });
+        Problem { line, column, section: at.section.to_owned(), key, message }
     }
 
     fn config(&mut self, path: PathBuf, raw: RawConfig) -> Config {
         let zookeeper = self.zookeeper(&raw.zookeeper);
         let agent = raw.agent.as_ref().map(|agent| self.agent(agent)).unwrap_or_default();
         let mut files = Vec::with_capacity(raw.files.len());
-        let mut dests: HashMap<PathBuf, usize> = HashMap::new();
+        // Keyed by the file the dest names on this host, so that `a/../b`, and a path through
+        // a symlinked directory, meet the dest they alias.
+        let mut dests: HashMap<PathBuf, (usize, PathBuf)> = HashMap::new();
         for (index, file) in raw.files.iter().enumerate() {
             let section = file_section(index, Some(file.get_ref().dest.get_ref()));
             let at = At { section: &section, key_prefix: "" };
             if let Some(spec) = self.file(at, file) {
-                if let Some(first) = dests.get(&spec.dest) {
-                    let message =
-                        format!("{} is also the dest of [[file]] #{}", spec.dest.display(), first + 1);
+                let same_file = same_file_key(&spec.dest);
+                if let Some((first, first_dest)) = dests.get(&same_file) {
+                    let message = if *first_dest == spec.dest {
+                        format!("{} is also the dest of [[file]] #{}", spec.dest.display(), first + 1)
+                    } else {
+                        format!(
+                            "{} is the same file as {}, the dest of [[file]] #{}",
+                            spec.dest.display(),
+                            first_dest.display(),
+                            first + 1
+                        )
+                    };
                     self.problem(at, "dest", file.get_ref().dest.span(), message);
                 } else {
-                    dests.insert(spec.dest.clone(), index);
+                    dests.insert(same_file, (index, spec.dest.clone()));
                 }
                 files.push(spec);
             }
         }
-        Config { path, zookeeper, agent, files }
+        let exec_only = std::mem::take(&mut self.exec_only);
+        Config { path, zookeeper, agent, files, exec_only }
     }
 
     // --- value checks shared by the sections --------------------------------------------
@@ -303,9 +326,91 @@ impl Checker<'_> {
                 self.problem(at, key, raw.span(), format!("{key}: program name is empty"));
                 None
             }
-            Some(_) => Some(raw.get_ref()),
+            Some(program) => {
+                if let Err(reason) = check_program(program) {
+                    self.problem(at, key, raw.span(), reason);
+                }
+                Some(raw.get_ref())
+            }
         }
     }
+}
+
+impl Config {
+    /// Refuses a config that only `zkrender exec` can carry out (see [`Config::exec_only`]),
+    /// naming each place with its line and column.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every exec-only key.
+    pub fn refuse_exec_only(&self) -> Result<(), ConfigError> {
+        if self.exec_only.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { path: self.path.clone(), problems: self.exec_only.clone() })
+        }
+    }
+}
+
+/// The file `dest` names on this host: its longest existing ancestor canonicalized (symlinks,
+/// `..` resolved by the kernel), then the rest with `..` applied by hand (a directory that
+/// does not exist yet cannot be a symlink). `dest` is absolute, without `.` or `//`.
+fn same_file_key(dest: &Path) -> PathBuf {
+    let Some(name) = dest.file_name() else { return dest.to_path_buf() };
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    let (mut key, rest) = parent
+        .ancestors()
+        .find_map(|existing| {
+            let canonical = std::fs::canonicalize(existing).ok()?;
+            let rest = parent.strip_prefix(existing).ok()?.to_path_buf();
+            Some((canonical, rest))
+        })
+        .unwrap_or_else(|| (PathBuf::from("/"), parent.to_path_buf()));
+    for component in rest.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                key.pop();
+            }
+            std::path::Component::Normal(part) => key.push(part),
+            _ => {}
+        }
+    }
+    key.join(name)
+}
+
+/// Whether `program` (a reload `command`'s or a `check`'s first word) can be started the way
+/// the agent starts it (`execvp`): a name without `/` is looked up on `PATH`, a path is taken
+/// as is (relative to the working directory). A `{file}` in it is only known at run time.
+fn check_program(program: &str) -> Result<(), String> {
+    if program.contains("{file}") {
+        return Ok(());
+    }
+    if program.contains('/') {
+        return check_executable(Path::new(program)).map_err(|reason| format!("program {program}: {reason}"));
+    }
+    // execvp's search path when PATH is not set.
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+    let found = std::env::split_paths(&path).any(|dir| {
+        // An empty entry is the working directory.
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        check_executable(&dir.join(program)).is_ok()
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(format!("program {program:?} is not an executable file in any directory of PATH"))
+    }
+}
+
+/// Whether `path` is a regular file (after symlinks) this process may execute.
+fn check_executable(path: &Path) -> Result<(), String> {
+    let metadata = std::fs::metadata(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        _ => err.to_string(),
+    })?;
+    if !metadata.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).map_err(|_| "not executable".to_owned())
 }
 /// Whether `path` is a regular file this process can open for reading, without reading it.
 fn check_readable(path: &Path) -> Result<(), String> {
@@ -403,7 +508,7 @@ dest = "/etc/app/app.conf"
 template = "templates/app.conf.j2"
 prefix = "/app"
 mode = "0640"
-check = ["app", "--check-config", "{file}"]
+check = ["true", "--check-config", "{file}"]
 check_timeout = "5s"
 backup = true
 install = "in-place"
@@ -418,7 +523,7 @@ splay = "1m 30s"
 
 [[file]]
 dest = "/etc/app/inline.conf"
-inline = "x = {{ znode(\"x\") }}"
+inline = "x = {{ znode(\"/x\") }}"
 [file.reload]
 http = "http://127.0.0.1:8080/-/reload"
 method = "put"
@@ -428,7 +533,7 @@ timeout = "3s"
 dest = "/etc/app/cmd.conf"
 znode = "/app/cmd"
 [file.reload]
-command = ["/usr/local/bin/reload-app", "--graceful"]
+command = ["/bin/sh", "--graceful"]
 retries = 0
 
 [[file]]
@@ -516,7 +621,7 @@ restart = true
                 owner: None,
                 group: None,
                 on_delete: OnDelete::Keep,
-                check: Some(vec!["app".into(), "--check-config".into(), "{file}".into()]),
+                check: Some(vec!["true".into(), "--check-config".into(), "{file}".into()]),
                 check_timeout: Duration::from_secs(5),
                 backup: true,
                 install: InstallMode::InPlace,
@@ -539,7 +644,7 @@ restart = true
             FileSource::Template(TemplateSpec {
                 name: "inline template of /etc/app/inline.conf".into(),
                 path: None,
-                text: "x = {{ znode(\"x\") }}".into(),
+                text: "x = {{ znode(\"/x\") }}".into(),
                 prefix: None,
             })
         );
@@ -558,9 +663,7 @@ restart = true
         assert_eq!(
             config.files[3].reload,
             Some(ReloadSpec {
-                action: ReloadAction::Command {
-                    argv: vec!["/usr/local/bin/reload-app".into(), "--graceful".into()]
-                },
+                action: ReloadAction::Command { argv: vec!["/bin/sh".into(), "--graceful".into()] },
                 retries: 0,
                 timeout: DEFAULT_RELOAD_TIMEOUT,
                 splay: Duration::ZERO,
@@ -1197,7 +1300,7 @@ pid_file = \"/run/b.pid\"
             "{shown}"
         );
         assert!(!ok(&format!("{file}rollback = false\n")).files[0].rollback);
-        let config = ok(&format!("{file}rollback = true\n[file.reload]\ncommand = [\"reload\"]\n"));
+        let config = ok(&format!("{file}rollback = true\n[file.reload]\ncommand = [\"true\"]\n"));
         assert!(config.files[0].rollback);
         // A reload with problems of its own is not also reported as missing.
         let (err, shown) = invalid(&format!("{file}rollback = true\n[file.reload]\nretries = 1\n"));
@@ -1207,7 +1310,7 @@ pid_file = \"/run/b.pid\"
 
     #[test]
     fn allow_env_names() {
-        let file = format!("{ZK}[[file]]\ndest = \"/a\"\ninline = \"{{{{ env(\\\"A\\\") }}}}\"\n");
+        let file = format!("{ZK}[[file]]\ndest = \"/a\"\ninline = \"a\"\n");
         assert_eq!(ok(&format!("{file}allow_env = [\"A\", \"_b1\"]\n")).files[0].allow_env, ["A", "_b1"]);
         assert!(ok(&format!("{file}allow_env = []\n")).files[0].allow_env.is_empty());
         let (err, shown) = invalid(&format!("{file}allow_env = [\"OK\", \"1X\", \"\", \"A-B\", \"É\"]\n"));
@@ -1250,7 +1353,7 @@ pid_file = \"/run/b.pid\"
     #[test]
     fn splay() {
         let reload =
-            format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n[file.reload]\ncommand = [\"r\"]\n");
+            format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n[file.reload]\ncommand = [\"true\"]\n");
         let splay = |config: Config| config.files[0].reload.as_ref().unwrap().splay;
         assert_eq!(splay(ok(&reload)), Duration::ZERO);
         assert_eq!(splay(ok(&format!("{reload}splay = \"5s\"\n"))), Duration::from_secs(5));
@@ -1294,5 +1397,97 @@ pid_file = \"/run/b.pid\"
                  mutually exclusive"
             ),
         );
+    }
+
+    // --- what `run` would refuse or never render (issue 9 section 2) ---
+
+    #[test]
+    fn exec_only_reloads_are_located_but_not_problems() {
+        let file = format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n[file.reload]\n");
+        for (reload, key, column) in
+            [("signal = \"HUP\"\n", "reload.signal", 10), ("restart = true\n", "reload.restart", 11)]
+        {
+            let config = ok(&format!("{file}{reload}"));
+            let problems: Vec<(usize, usize, &str)> =
+                config.exec_only.iter().map(|p| (p.line, p.column, p.key.as_str())).collect();
+            assert_eq!(problems, [(7, column, key)], "{reload}");
+            let shown = config.refuse_exec_only().unwrap_err().to_string();
+            assert!(
+                shown.contains(&format!("{CONFIG}:7:{column}: [[file]] #1 (dest = /a): key `{key}`")),
+                "{shown}"
+            );
+            assert!(shown.contains("valid only under `zkrender exec`"), "{shown}");
+        }
+        let config = ok(&format!("{file}signal = \"HUP\"\npid = 1\n"));
+        assert!(config.exec_only.is_empty());
+        assert!(config.refuse_exec_only().is_ok());
+    }
+
+    #[test]
+    fn template_mistakes_are_located_at_the_template_key() {
+        let file = format!(
+            "{ZK}[[file]]\ndest = \"/a\"\ninline = \"\"\"\n{{{{ frobnicate() }}}}\n{{{{ x | nope }}}}\"\"\"\n"
+        );
+        let (err, shown) = invalid(&file);
+        let found: Vec<(usize, usize, &str, &str)> =
+            err.problems().iter().map(|p| (p.line, p.column, p.key.as_str(), p.message.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (5, 10, "inline", "template inline template of /a line 1: unknown function `frobnicate`"),
+                (5, 10, "inline", "template inline template of /a line 2: unknown filter `nope`"),
+            ],
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn check_and_reload_programs_must_be_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        let file = format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n");
+        for (argv, expected) in [
+            (
+                "[\"no-such-program-zkr\"]",
+                "program \"no-such-program-zkr\" is not an executable file in any directory of PATH",
+            ),
+            ("[\"/no/such/program\"]", "program /no/such/program: does not exist"),
+            (&*format!("[{:?}]", plain.display().to_string()), "not executable"),
+            (&*format!("[{:?}]", dir.path().display().to_string()), "not a regular file"),
+        ] {
+            let (err, shown) = invalid(&format!("{file}check = {argv}\n"));
+            assert_eq!((err.problems()[0].line, err.problems()[0].key.as_str()), (6, "check"), "{shown}");
+            assert!(shown.contains(expected), "{shown}");
+            let (err, shown) = invalid(&format!("{file}[file.reload]\ncommand = {argv}\n"));
+            assert_eq!(err.problems()[0].key, "reload.command", "{shown}");
+            assert!(shown.contains(expected), "{shown}");
+        }
+        ok(&format!("{file}check = [\"sh\", \"{{file}}\"]\n[file.reload]\ncommand = [\"/bin/sh\"]\n"));
+        ok(&format!("{file}check = [\"{{file}}\"]\n"));
+    }
+
+    #[test]
+    fn dests_naming_the_same_file_are_one_dest() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let d = dir.path().display();
+        for alias in [format!("{d}/real/x/../a"), format!("{d}/link/a"), format!("{d}/link/../real/a")] {
+            let text = format!(
+                "{ZK}[[file]]\ndest = \"{d}/real/a\"\nznode = \"/a\"\n[[file]]\ndest = \"{alias}\"\nznode = \"/b\"\n"
+            );
+            let (err, shown) = invalid(&text);
+            assert_eq!((err.problems()[0].line, err.problems()[0].key.as_str()), (7, "dest"), "{shown}");
+            assert!(
+                shown.contains(&format!("is the same file as {d}/real/a, the dest of [[file]] #1")),
+                "{shown}"
+            );
+        }
+        let text = format!(
+            "{ZK}[[file]]\ndest = \"{d}/real/a\"\nznode = \"/a\"\n[[file]]\ndest = \"{d}/link/b\"\nznode = \"/b\"\n"
+        );
+        ok(&text);
     }
 }
