@@ -82,8 +82,16 @@ pub enum CommandKind {
     },
     /// Validate the configuration and compile every template, without touching ZooKeeper.
     ///
-    /// Exits 2 on any error.
-    Check,
+    /// Passes exactly the configs `run` accepts: besides the config's own keys it finds
+    /// templates calling an unknown function, filter or test, literal znode paths and `env()`
+    /// names that can never be read, `check` and reload programs that cannot be started, and
+    /// two files with the same destination. Exits 2 on any error, naming file, line, column
+    /// and key.
+    Check {
+        /// Check the config for `zkrender exec`: accept reloads that signal or restart its child.
+        #[arg(long)]
+        exec: bool,
+    },
     /// Render against ZooKeeper and print to stdout instead of writing files.
     Render {
         /// Print only this file's exact bytes (its `dest` as in the config, or the resolved path).

@@ -55,11 +55,6 @@ pub enum AgentError {
         .config.display(), crate::config::DEFAULT_LISTEN
     )]
     EndpointDisabled { config: std::path::PathBuf },
-    #[error(
-        "{}: [[file]] dest = {}: a reload that signals or restarts the child (signal without pid, pid_file or process; restart = true) needs `zkrender exec`",
-        .config.display(), .dest.display()
-    )]
-    ExecOnly { config: std::path::PathBuf, dest: std::path::PathBuf },
     #[error(transparent)]
     Listen(crate::ops::OpsError),
     #[error("running the child")]
@@ -95,7 +90,6 @@ impl AgentError {
         match self {
             AgentError::Config(_)
             | AgentError::Templates(_)
-            | AgentError::ExecOnly { .. }
             | AgentError::UnknownDest { .. }
             | AgentError::StatusConfig { .. } => EXIT_CONFIG,
             AgentError::Unrendered(_) => EXIT_UNRENDERED,

@@ -83,14 +83,10 @@ impl ChildHandle {
 /// for every other command (at start, and on a config reload).
 ///
 /// # Errors
-/// [`AgentError::ExecOnly`] naming the first such file.
+/// [`AgentError::Config`] naming each such reload with its line and column (what
+/// [`Config::exec_only`] holds).
 pub fn refuse_exec_only(config: &Config) -> Result<(), AgentError> {
-    for f in &config.files {
-        if f.reload.as_ref().is_some_and(|r| r.action.targets_child()) {
-            return Err(AgentError::ExecOnly { config: config.path.clone(), dest: f.dest.clone() });
-        }
-    }
-    Ok(())
+    Ok(config.refuse_exec_only()?)
 }
 
 /// Signals forwarded to the child. SIGHUP is not among them: it reloads zkrender's own

@@ -110,7 +110,10 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         std::process::exit(code);
     }
     let config = config::load_sources(&sources)?;
-    if let CommandKind::Check = cli.command {
+    if let CommandKind::Check { exec } = cli.command {
+        if !exec {
+            config.refuse_exec_only()?;
+        }
         runtime::compile(&config)?;
         let n = config.files.len();
         eprintln!("{}: ok ({n} file{})", config.describe(), if n == 1 { "" } else { "s" });
@@ -129,7 +132,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
                     runtime::DiffOutcome::Changed => std::process::exit(EXIT_DIFFERENT),
                 }
             }
-            CommandKind::Check
+            CommandKind::Check { .. }
             | CommandKind::Exec { .. }
             | CommandKind::Status { .. }
             | CommandKind::Completions { .. }

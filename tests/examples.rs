@@ -361,7 +361,16 @@ fn every_example_passes_zkrender_check() {
         if !config.is_file() {
             continue;
         }
-        run_ok(Command::new(env!("CARGO_BIN_EXE_zkrender")).arg("check").arg("-c").arg(&config));
+        // `check` looks up each `check` program on PATH; haproxy and nginx live in sbin
+        // directories a non-root user's PATH often lacks.
+        let path = format!("{}:/usr/local/sbin:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default());
+        run_ok(
+            Command::new(env!("CARGO_BIN_EXE_zkrender"))
+                .arg("check")
+                .arg("-c")
+                .arg(&config)
+                .env("PATH", path),
+        );
         names.push(dir.file_name().unwrap().to_string_lossy().into_owned());
     }
     for name in EXAMPLES.iter().chain(&["demo"]) {

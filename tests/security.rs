@@ -84,9 +84,11 @@ inline = "{{ env('ZKR_TEST_REGION') }}"
 allow_env = ["ZKR_TEST_REGION"]
 [[file]]
 dest = "denied.txt"
-inline = "{{ env('ZKR_TEST_SECRET') }}"
+inline = "{{ env(['ZKR_TEST_SECRET'] | first) }}"
 "#,
     );
+    // A name computed at render time is refused when rendered (a literal one is refused at
+    // load, below).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_zkrender"))
         .args(["once", "-c", cfg.to_str().unwrap(), "--timeout", "10s"])
         .env("ZKR_TEST_REGION", "eu-west-1")
@@ -99,4 +101,20 @@ inline = "{{ env('ZKR_TEST_SECRET') }}"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ZKR_TEST_SECRET is not readable"), "stderr:\n{stderr}");
     assert!(!stderr.contains("top-secret"));
+
+    // A literal name not in allow_env is a config error: nothing is rendered.
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace("['ZKR_TEST_SECRET'] | first", "'ZKR_TEST_SECRET'");
+    std::fs::write(&cfg, text).unwrap();
+    std::fs::remove_file(env.path("allowed.txt")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zkrender"))
+        .args(["once", "-c", cfg.to_str().unwrap(), "--timeout", "10s"])
+        .env("ZKR_TEST_SECRET", "top-secret")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ZKR_TEST_SECRET is not readable"), "stderr:\n{stderr}");
+    assert!(!stderr.contains("top-secret"));
+    assert!(!env.path("allowed.txt").exists() && !env.path("denied.txt").exists());
 }

@@ -45,6 +45,10 @@ pub struct Config {
     pub agent: AgentConfig,
     /// In config order; a file's index here is its [`TargetId`].
     pub files: Vec<FileSpec>,
+    /// Where the config needs `zkrender exec` (a reload that signals or restarts its child),
+    /// located like any problem, with the file that holds it. Every other command refuses a
+    /// config that has any ([`Config::refuse_exec_only`]); `exec` and `check --exec` accept it.
+    pub exec_only: Vec<(PathBuf, Problem)>,
     /// Where it came from: what a config reload reads again and watches.
     pub origin: Origin,
 }

@@ -69,6 +69,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let mut zookeeper: Option<(ZkConfig, PathBuf)> = None;
     let mut agent: Option<(AgentConfig, PathBuf)> = None;
     let mut specs = Vec::new();
+    let mut exec_only = Vec::new();
     for (doc, path) in files.iter().enumerate() {
         let part = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.clone(), source })
@@ -76,7 +77,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
                 let raw = validate::raw_document(path, &text)?;
                 validate::file_part(path, &text, raw, doc, &mut dests)
             });
-        let Part { zookeeper: zk, agent: ag, files } = match part {
+        let Part { zookeeper: zk, agent: ag, files, exec_only: needs_exec } = match part {
             Ok(part) => part,
             Err(err) => {
                 errors.push(err);
@@ -86,6 +87,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         claim(&mut zookeeper, zk, "[zookeeper]", path, &mut errors);
         claim(&mut agent, ag, "[agent]", path, &mut errors);
         specs.extend(files);
+        exec_only.extend(needs_exec.into_iter().map(|problem| (path.clone(), problem)));
     }
 
     let cwd = std::path::absolute(".").map_err(|source| ConfigError::Path { path: ".".into(), source })?;
@@ -129,6 +131,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             zookeeper,
             agent: agent.map(|(agent, _)| agent).unwrap_or_default(),
             files: specs,
+            exec_only,
             origin: Origin { sources: sources.clone(), files, dirs },
         }),
         (_, 1) => Err(errors.pop().expect("one error")),

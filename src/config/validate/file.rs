@@ -103,6 +103,9 @@ impl Checker<'_> {
             *rollback.get_ref()
         });
         let allow_env = raw.allow_env.as_ref().map(|names| self.env_names(at, names)).unwrap_or_default();
+        if let Some(FileSource::Template(template)) = &source {
+            self.template(at, raw, template, &allow_env);
+        }
         Some(FileSpec {
             dest: dest?,
             source: source?,
@@ -119,6 +122,21 @@ impl Checker<'_> {
             allow_env,
             reload,
         })
+    }
+
+    /// What [`crate::render::lint`] finds in a template (every render would fail), reported at
+    /// its `template` or `inline` key.
+    fn template(&mut self, at: At<'_>, raw: &RawFile, template: &TemplateSpec, allow_env: &[String]) {
+        let Some((key, value)) = [("template", &raw.template), ("inline", &raw.inline)]
+            .into_iter()
+            .find_map(|(key, value)| value.as_ref().map(|value| (key, value)))
+        else {
+            return;
+        };
+        for lint in crate::render::lint(template, allow_env) {
+            let message = format!("template {} line {}: {}", template.name, lint.line, lint.message);
+            self.problem(at, key, value.span(), message);
+        }
     }
 
     /// `allow_env`: the valid names, in config order; each bad one is reported.

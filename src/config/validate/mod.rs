@@ -193,7 +193,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let part = file_part(&path, text, raw, 0, &mut Dests::default())?;
     let origin =
         super::Origin { sources: super::Sources::file(&path), files: vec![path.clone()], dirs: Vec::new() };
+    let exec_only = part.exec_only.into_iter().map(|p| (path.clone(), p)).collect();
     Ok(Config {
+        exec_only,
         path,
         zookeeper: part.zookeeper.expect("checked above"),
         agent: part.agent.unwrap_or_default(),
@@ -218,6 +220,8 @@ pub(crate) struct Part {
     pub zookeeper: Option<super::ZkConfig>,
     pub agent: Option<super::AgentConfig>,
     pub files: Vec<super::FileSpec>,
+    /// What only `zkrender exec` accepts (see [`Config::exec_only`]).
+    pub exec_only: Vec<Problem>,
 }
 
 /// Which `[[file]]` (or flag) claimed each dest, across every document of a set, so that a
@@ -233,6 +237,8 @@ struct DestOwner {
     short: String,
     /// How it is named from another document (`[[file]] #1 in /etc/zkrender/conf.d/a.toml`).
     long: String,
+    /// The dest as written (resolved), for "the same file as" messages.
+    dest: PathBuf,
 }
 
 /// Validates a config file's document (`path` absolute, its `raw` shape already read);
@@ -248,11 +254,12 @@ pub(crate) fn file_part(
     dests: &mut Dests,
 ) -> Result<Part, ConfigError> {
     let base_dir = path.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
-    let mut checker = Checker { lines: LineIndex::new(text), base_dir, problems: Vec::new() };
+    let mut checker =
+        Checker { lines: LineIndex::new(text), base_dir, problems: Vec::new(), exec_only: Vec::new() };
     let name = |index: usize, dest: Option<&str>| file_section(index, dest);
-    let owner = |index: usize| {
+    let owner = |index: usize, dest: &Path| {
         let short = format!("[[file]] #{}", index + 1);
-        DestOwner { doc, long: format!("{short} in {}", path.display()), short }
+        DestOwner { doc, long: format!("{short} in {}", path.display()), short, dest: dest.to_path_buf() }
     };
     let part = checker.part(raw, doc, &name, &owner, dests);
     if checker.problems.is_empty() {
@@ -278,9 +285,15 @@ pub(crate) fn flag_part(
     let as_flag = |messages: Vec<String>| ConfigError::Flag { flag: flag.to_owned(), messages };
     let raw: RawConfig = toml::from_str(text)
         .map_err(|err| as_flag(vec![format!("bug: flag document: {}", err.message())]))?;
-    let mut checker = Checker { lines: LineIndex::new(text), base_dir, problems: Vec::new() };
+    let mut checker =
+        Checker { lines: LineIndex::new(text), base_dir, problems: Vec::new(), exec_only: Vec::new() };
     let name = |_: usize, _: Option<&str>| flag.to_owned();
-    let owner = |_: usize| DestOwner { doc, short: flag.to_owned(), long: flag.to_owned() };
+    let owner = |_: usize, dest: &Path| DestOwner {
+        doc,
+        short: flag.to_owned(),
+        long: flag.to_owned(),
+        dest: dest.to_path_buf(),
+    };
     let part = checker.part(raw, doc, &name, &owner, dests);
     if checker.problems.is_empty() {
         Ok(part)
@@ -309,6 +322,8 @@ struct Checker<'t> {
     /// The config file's directory, for relative paths.
     base_dir: PathBuf,
     problems: Vec<Problem>,
+    /// What only `zkrender exec` accepts; not a problem for the config itself.
+    exec_only: Vec<Problem>,
 }
 
 /// Where a key lives, for messages.
@@ -321,19 +336,27 @@ struct At<'a> {
 
 impl Checker<'_> {
     fn problem(&mut self, at: At<'_>, key: &str, span: Range<usize>, message: impl Into<String>) {
+        let problem = self.locate(at, key, span, message.into());
+        self.problems.push(problem);
+    }
+
+    /// Records that the key at `span` needs `zkrender exec` (see [`Config::exec_only`]).
+    fn exec_only(&mut self, at: At<'_>, key: &str, span: Range<usize>, what: &str) {
+        let message = format!(
+            "{what}: valid only under `zkrender exec` (`zkrender check --exec` checks a config for it)"
+        );
+        let problem = self.locate(at, key, span, message);
+        self.exec_only.push(problem);
+    }
+
+    fn locate(&self, at: At<'_>, key: &str, span: Range<usize>, message: String) -> Problem {
         let (line, column) = self.lines.position(span.start);
         let key = if key.is_empty() {
             at.key_prefix.trim_end_matches('.').to_owned()
         } else {
             format!("{}{key}", at.key_prefix)
         };
-        self.problems.push(Problem {
-            line,
-            column,
-            section: at.section.to_owned(),
-            key,
-            message: message.into(),
-        });
+        Problem { line, column, section: at.section.to_owned(), key, message }
     }
 
     /// One document's sections. `name` names a `[[file]]` in messages, `owner` in other
@@ -343,7 +366,7 @@ impl Checker<'_> {
         raw: RawConfig,
         doc: usize,
         name: &dyn Fn(usize, Option<&str>) -> String,
-        owner: &dyn Fn(usize) -> DestOwner,
+        owner: &dyn Fn(usize, &Path) -> DestOwner,
         dests: &mut Dests,
     ) -> Part {
         let zookeeper = raw.zookeeper.as_ref().map(|zookeeper| self.zookeeper(zookeeper));
@@ -353,17 +376,29 @@ impl Checker<'_> {
             let section = name(index, Some(file.get_ref().dest.get_ref()));
             let at = At { section: &section, key_prefix: "" };
             if let Some(spec) = self.file(at, file) {
-                if let Some(first) = dests.0.get(&spec.dest) {
-                    let first = if first.doc == doc { &first.short } else { &first.long };
-                    let message = format!("{} is also the dest of {first}", spec.dest.display());
+                // Keyed by the file the dest names on this host, so that `a/../b`, and a path
+                // through a symlinked directory, meet the dest they alias.
+                let same_file = same_file_key(&spec.dest);
+                if let Some(first) = dests.0.get(&same_file) {
+                    let name = if first.doc == doc { &first.short } else { &first.long };
+                    let message = if first.dest == spec.dest {
+                        format!("{} is also the dest of {name}", spec.dest.display())
+                    } else {
+                        format!(
+                            "{} is the same file as {}, the dest of {name}",
+                            spec.dest.display(),
+                            first.dest.display()
+                        )
+                    };
                     self.problem(at, "dest", file.get_ref().dest.span(), message);
                 } else {
-                    dests.0.insert(spec.dest.clone(), owner(index));
+                    dests.0.insert(same_file, owner(index, &spec.dest));
                 }
                 files.push(spec);
             }
         }
-        Part { zookeeper, agent, files }
+        let exec_only = std::mem::take(&mut self.exec_only);
+        Part { zookeeper, agent, files, exec_only }
     }
 
     // --- value checks shared by the sections --------------------------------------------
@@ -444,9 +479,103 @@ impl Checker<'_> {
                 self.problem(at, key, raw.span(), format!("{key}: program name is empty"));
                 None
             }
-            Some(_) => Some(raw.get_ref()),
+            Some(program) => {
+                if let Err(reason) = check_program(program) {
+                    self.problem(at, key, raw.span(), reason);
+                }
+                Some(raw.get_ref())
+            }
         }
     }
+}
+
+impl Config {
+    /// Refuses a config that only `zkrender exec` can carry out (see [`Config::exec_only`]),
+    /// naming each place with its line and column.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every exec-only key.
+    pub fn refuse_exec_only(&self) -> Result<(), ConfigError> {
+        // One `Invalid` per file, in the order the problems were found.
+        let mut errors: Vec<ConfigError> = Vec::new();
+        for (path, problem) in &self.exec_only {
+            match errors.last_mut() {
+                Some(ConfigError::Invalid { path: last, problems }) if last == path => {
+                    problems.push(problem.clone());
+                }
+                _ => {
+                    errors.push(ConfigError::Invalid { path: path.clone(), problems: vec![problem.clone()] })
+                }
+            }
+        }
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.pop().expect("one error")),
+            _ => Err(ConfigError::Several(errors)),
+        }
+    }
+}
+
+/// The file `dest` names on this host: its longest existing ancestor canonicalized (symlinks,
+/// `..` resolved by the kernel), then the rest with `..` applied by hand (a directory that
+/// does not exist yet cannot be a symlink). `dest` is absolute, without `.` or `//`.
+fn same_file_key(dest: &Path) -> PathBuf {
+    let Some(name) = dest.file_name() else { return dest.to_path_buf() };
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    let (mut key, rest) = parent
+        .ancestors()
+        .find_map(|existing| {
+            let canonical = std::fs::canonicalize(existing).ok()?;
+            let rest = parent.strip_prefix(existing).ok()?.to_path_buf();
+            Some((canonical, rest))
+        })
+        .unwrap_or_else(|| (PathBuf::from("/"), parent.to_path_buf()));
+    for component in rest.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                key.pop();
+            }
+            std::path::Component::Normal(part) => key.push(part),
+            _ => {}
+        }
+    }
+    key.join(name)
+}
+
+/// Whether `program` (a reload `command`'s or a `check`'s first word) can be started the way
+/// the agent starts it (`execvp`): a name without `/` is looked up on `PATH`, a path is taken
+/// as is (relative to the working directory). A `{file}` in it is only known at run time.
+fn check_program(program: &str) -> Result<(), String> {
+    if program.contains("{file}") {
+        return Ok(());
+    }
+    if program.contains('/') {
+        return check_executable(Path::new(program)).map_err(|reason| format!("program {program}: {reason}"));
+    }
+    // execvp's search path when PATH is not set.
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+    let found = std::env::split_paths(&path).any(|dir| {
+        // An empty entry is the working directory.
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        check_executable(&dir.join(program)).is_ok()
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(format!("program {program:?} is not an executable file in any directory of PATH"))
+    }
+}
+
+/// Whether `path` is a regular file (after symlinks) this process may execute.
+fn check_executable(path: &Path) -> Result<(), String> {
+    let metadata = std::fs::metadata(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        _ => err.to_string(),
+    })?;
+    if !metadata.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).map_err(|_| "not executable".to_owned())
 }
 /// Whether `path` is a regular file this process can open for reading, without reading it.
 fn check_readable(path: &Path) -> Result<(), String> {
@@ -544,7 +673,7 @@ dest = "/etc/app/app.conf"
 template = "templates/app.conf.j2"
 prefix = "/app"
 mode = "0640"
-check = ["app", "--check-config", "{file}"]
+check = ["true", "--check-config", "{file}"]
 check_timeout = "5s"
 backup = true
 install = "in-place"
@@ -559,7 +688,7 @@ splay = "1m 30s"
 
 [[file]]
 dest = "/etc/app/inline.conf"
-inline = "x = {{ znode(\"x\") }}"
+inline = "x = {{ znode(\"/x\") }}"
 [file.reload]
 http = "http://127.0.0.1:8080/-/reload"
 method = "put"
@@ -569,7 +698,7 @@ timeout = "3s"
 dest = "/etc/app/cmd.conf"
 znode = "/app/cmd"
 [file.reload]
-command = ["/usr/local/bin/reload-app", "--graceful"]
+command = ["/bin/sh", "--graceful"]
 retries = 0
 
 [[file]]
@@ -657,7 +786,7 @@ restart = true
                 owner: None,
                 group: None,
                 on_delete: OnDelete::Keep,
-                check: Some(vec!["app".into(), "--check-config".into(), "{file}".into()]),
+                check: Some(vec!["true".into(), "--check-config".into(), "{file}".into()]),
                 check_timeout: Duration::from_secs(5),
                 backup: true,
                 install: InstallMode::InPlace,
@@ -680,7 +809,7 @@ restart = true
             FileSource::Template(TemplateSpec {
                 name: "inline template of /etc/app/inline.conf".into(),
                 path: None,
-                text: "x = {{ znode(\"x\") }}".into(),
+                text: "x = {{ znode(\"/x\") }}".into(),
                 prefix: None,
             })
         );
@@ -699,9 +828,7 @@ restart = true
         assert_eq!(
             config.files[3].reload,
             Some(ReloadSpec {
-                action: ReloadAction::Command {
-                    argv: vec!["/usr/local/bin/reload-app".into(), "--graceful".into()]
-                },
+                action: ReloadAction::Command { argv: vec!["/bin/sh".into(), "--graceful".into()] },
                 retries: 0,
                 timeout: DEFAULT_RELOAD_TIMEOUT,
                 splay: Duration::ZERO,
@@ -1338,7 +1465,7 @@ pid_file = \"/run/b.pid\"
             "{shown}"
         );
         assert!(!ok(&format!("{file}rollback = false\n")).files[0].rollback);
-        let config = ok(&format!("{file}rollback = true\n[file.reload]\ncommand = [\"reload\"]\n"));
+        let config = ok(&format!("{file}rollback = true\n[file.reload]\ncommand = [\"true\"]\n"));
         assert!(config.files[0].rollback);
         // A reload with problems of its own is not also reported as missing.
         let (err, shown) = invalid(&format!("{file}rollback = true\n[file.reload]\nretries = 1\n"));
@@ -1348,7 +1475,7 @@ pid_file = \"/run/b.pid\"
 
     #[test]
     fn allow_env_names() {
-        let file = format!("{ZK}[[file]]\ndest = \"/a\"\ninline = \"{{{{ env(\\\"A\\\") }}}}\"\n");
+        let file = format!("{ZK}[[file]]\ndest = \"/a\"\ninline = \"a\"\n");
         assert_eq!(ok(&format!("{file}allow_env = [\"A\", \"_b1\"]\n")).files[0].allow_env, ["A", "_b1"]);
         assert!(ok(&format!("{file}allow_env = []\n")).files[0].allow_env.is_empty());
         let (err, shown) = invalid(&format!("{file}allow_env = [\"OK\", \"1X\", \"\", \"A-B\", \"É\"]\n"));
@@ -1391,7 +1518,7 @@ pid_file = \"/run/b.pid\"
     #[test]
     fn splay() {
         let reload =
-            format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n[file.reload]\ncommand = [\"r\"]\n");
+            format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n[file.reload]\ncommand = [\"true\"]\n");
         let splay = |config: Config| config.files[0].reload.as_ref().unwrap().splay;
         assert_eq!(splay(ok(&reload)), Duration::ZERO);
         assert_eq!(splay(ok(&format!("{reload}splay = \"5s\"\n"))), Duration::from_secs(5));
@@ -1435,5 +1562,97 @@ pid_file = \"/run/b.pid\"
                  mutually exclusive"
             ),
         );
+    }
+
+    // --- what `run` would refuse or never render (issue 9 section 2) ---
+
+    #[test]
+    fn exec_only_reloads_are_located_but_not_problems() {
+        let file = format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n[file.reload]\n");
+        for (reload, key, column) in
+            [("signal = \"HUP\"\n", "reload.signal", 10), ("restart = true\n", "reload.restart", 11)]
+        {
+            let config = ok(&format!("{file}{reload}"));
+            let problems: Vec<(usize, usize, &str)> =
+                config.exec_only.iter().map(|(_, p)| (p.line, p.column, p.key.as_str())).collect();
+            assert_eq!(problems, [(7, column, key)], "{reload}");
+            let shown = config.refuse_exec_only().unwrap_err().to_string();
+            assert!(
+                shown.contains(&format!("{CONFIG}:7:{column}: [[file]] #1 (dest = /a): key `{key}`")),
+                "{shown}"
+            );
+            assert!(shown.contains("valid only under `zkrender exec`"), "{shown}");
+        }
+        let config = ok(&format!("{file}signal = \"HUP\"\npid = 1\n"));
+        assert!(config.exec_only.is_empty());
+        assert!(config.refuse_exec_only().is_ok());
+    }
+
+    #[test]
+    fn template_mistakes_are_located_at_the_template_key() {
+        let file = format!(
+            "{ZK}[[file]]\ndest = \"/a\"\ninline = \"\"\"\n{{{{ frobnicate() }}}}\n{{{{ x | nope }}}}\"\"\"\n"
+        );
+        let (err, shown) = invalid(&file);
+        let found: Vec<(usize, usize, &str, &str)> =
+            err.problems().iter().map(|p| (p.line, p.column, p.key.as_str(), p.message.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (5, 10, "inline", "template inline template of /a line 1: unknown function `frobnicate`"),
+                (5, 10, "inline", "template inline template of /a line 2: unknown filter `nope`"),
+            ],
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn check_and_reload_programs_must_be_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        let file = format!("{ZK}[[file]]\ndest = \"/a\"\nznode = \"/a\"\n");
+        for (argv, expected) in [
+            (
+                "[\"no-such-program-zkr\"]",
+                "program \"no-such-program-zkr\" is not an executable file in any directory of PATH",
+            ),
+            ("[\"/no/such/program\"]", "program /no/such/program: does not exist"),
+            (&*format!("[{:?}]", plain.display().to_string()), "not executable"),
+            (&*format!("[{:?}]", dir.path().display().to_string()), "not a regular file"),
+        ] {
+            let (err, shown) = invalid(&format!("{file}check = {argv}\n"));
+            assert_eq!((err.problems()[0].line, err.problems()[0].key.as_str()), (6, "check"), "{shown}");
+            assert!(shown.contains(expected), "{shown}");
+            let (err, shown) = invalid(&format!("{file}[file.reload]\ncommand = {argv}\n"));
+            assert_eq!(err.problems()[0].key, "reload.command", "{shown}");
+            assert!(shown.contains(expected), "{shown}");
+        }
+        ok(&format!("{file}check = [\"sh\", \"{{file}}\"]\n[file.reload]\ncommand = [\"/bin/sh\"]\n"));
+        ok(&format!("{file}check = [\"{{file}}\"]\n"));
+    }
+
+    #[test]
+    fn dests_naming_the_same_file_are_one_dest() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let d = dir.path().display();
+        for alias in [format!("{d}/real/x/../a"), format!("{d}/link/a"), format!("{d}/link/../real/a")] {
+            let text = format!(
+                "{ZK}[[file]]\ndest = \"{d}/real/a\"\nznode = \"/a\"\n[[file]]\ndest = \"{alias}\"\nznode = \"/b\"\n"
+            );
+            let (err, shown) = invalid(&text);
+            assert_eq!((err.problems()[0].line, err.problems()[0].key.as_str()), (7, "dest"), "{shown}");
+            assert!(
+                shown.contains(&format!("is the same file as {d}/real/a, the dest of [[file]] #1")),
+                "{shown}"
+            );
+        }
+        let text = format!(
+            "{ZK}[[file]]\ndest = \"{d}/real/a\"\nznode = \"/a\"\n[[file]]\ndest = \"{d}/link/b\"\nznode = \"/b\"\n"
+        );
+        ok(&text);
     }
 }

@@ -75,7 +75,13 @@ impl Checker<'_> {
             self.http(at, url, raw.method.as_ref())?
         } else if let Some(command) = &raw.command {
             ReloadAction::Command { argv: self.argv(at, "command", command)?.to_vec() }
-        } else if restart.is_some() {
+        } else if let Some(restart) = restart {
+            self.exec_only(
+                at,
+                "restart",
+                restart.span(),
+                "`restart = true` restarts the child of `zkrender exec`",
+            );
             ReloadAction::Restart
         } else {
             panic!("bug: reload kind checked above");
@@ -136,7 +142,12 @@ impl Checker<'_> {
         }
         let target = match targets.as_slice() {
             // No target: the child of `zkrender exec`.
-            [] => SignalTarget::Child,
+            [] => {
+                let what =
+                    "a `signal` without `pid`, `pid_file` or `process` goes to the child of `zkrender exec`";
+                self.exec_only(at, "signal", signal.span(), what);
+                SignalTarget::Child
+            }
             [(_, _, target)] => target.clone()?,
             [(first, _, _), rest @ ..] => {
                 for (key, span, _) in rest {
