@@ -7,6 +7,8 @@ use crate::config::ConfigError;
 use crate::render::RenderError;
 use crate::source::SourceError;
 
+pub use crate::model::report;
+
 /// Exit code for a config or template error (`check`, and every command at start-up).
 pub const EXIT_CONFIG: i32 = 2;
 /// Exit code for any other failure (`once` with files not written, a fatal source error).
@@ -102,20 +104,6 @@ impl AgentError {
     pub fn is_closed_stdout(&self) -> bool {
         matches!(self, AgentError::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
-}
-
-/// `err` and its causes, one `: `-joined line (causes already in the message are skipped).
-pub fn report(err: &dyn StdError) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            let _ = write!(out, ": {text}");
-        }
-        source = cause.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -148,6 +148,36 @@ pub struct Update {
     pub value: Value,
 }
 
+/// A template's text and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// Name used in messages: the template path as written in the config, or
+    /// `inline template of DEST` for `inline`.
+    pub name: String,
+    /// The resolved template file (None for `inline`); watched by hot reload.
+    pub path: Option<std::path::PathBuf>,
+    /// The template source, read at load time.
+    pub text: String,
+    /// Relative znode paths in the template resolve under this.
+    pub prefix: Option<ZnodePath>,
+}
+
+/// `err` and its causes, one `: `-joined line (causes already in the message are skipped).
+/// Every stage logs errors through it (`error::report` is the same function).
+pub fn report(err: &dyn std::error::Error) -> String {
+    use std::fmt::Write as _;
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            let _ = write!(out, ": {text}");
+        }
+        source = cause.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ use nix::sys::signal::Signal;
 use crate::formats::Format;
 use crate::model::ZnodePath;
 
+pub use crate::model::TemplateSpec;
 pub use sources::{Origin, Sources, files as source_files};
 pub use validate::{ConfigError, Problem};
 
@@ -203,20 +204,6 @@ pub enum FileSource {
     /// `tree = "..."` with `format = "..."`: every descendant of `root` that holds data, in
     /// `format` (see [`crate::formats`]).
     Tree { root: ZnodePath, format: Format },
-}
-
-/// A template's text and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateSpec {
-    /// Name used in messages: the template path as written in the config, or
-    /// `inline template of DEST` for `inline`.
-    pub name: String,
-    /// The resolved template file (None for `inline`); watched by hot reload.
-    pub path: Option<PathBuf>,
-    /// The template source, read at load time.
-    pub text: String,
-    /// Relative znode paths in the template resolve under this.
-    pub prefix: Option<ZnodePath>,
 }
 
 /// `on_delete`

@@ -229,7 +229,7 @@ async fn follow(
             match bind(&old_addr).await {
                 Ok(listener) => current = Some(Serving::new(listener, old_addr, status, alive, stop)),
                 Err(e) => {
-                    error!(listen = %old_addr, error = %crate::error::report(&e), "the HTTP endpoint is closed");
+                    error!(listen = %old_addr, error = %crate::model::report(&e), "the HTTP endpoint is closed");
                 }
             }
         }
@@ -246,7 +246,7 @@ async fn follow(
             warn!(
                 key = "[agent] listen",
                 listen = %addr,
-                error = %crate::error::report(&e),
+                error = %crate::model::report(&e),
                 "[agent] listen changed but the new address cannot be bound; the HTTP endpoint stays at {}",
                 current.as_ref().map_or("(disabled)", |s| s.addr.as_str())
             );

@@ -56,8 +56,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use minijinja::value::{Kwargs, Object, Value as JValue};
 use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 
-use crate::config::TemplateSpec;
 use crate::formats::{self, Subtree};
+use crate::model::TemplateSpec;
 use crate::model::{Dep, Value, ZnodePath};
 
 /// The values known so far. `None` means "not read yet" (not "missing": that is `Value::Missing`).
