@@ -70,10 +70,7 @@ async fn contents_seen_during_multi_updates(mode: &str, agent_lines: &str) -> BT
 }
 
 fn assert_no_mixed_pair(mode: &str, seen: &BTreeSet<String>) {
-    let mixed: Vec<&String> = seen
-        .iter()
-        .filter(|s| s.split_once('-').is_none_or(|(a, b)| a != b))
-        .collect();
+    let mixed: Vec<&String> = seen.iter().filter(|s| s.split_once('-').is_none_or(|(a, b)| a != b)).collect();
     assert!(
         mixed.is_empty(),
         "{mode}: {} of {} contents mix two transactions, e.g. {:?}",

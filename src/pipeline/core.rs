@@ -554,6 +554,60 @@ pub(super) mod tests {
         assert!(!core.has_dirty());
     }
 
+    /// A file of `/a` and `/b`, both read once ("0"), installed.
+    fn pair() -> Core {
+        let mut core = Core::new(&[template(0, "{{ znode('/a') }}-{{ znode('/b') }}")]).unwrap();
+        core.plan();
+        core.on_update(data("/a", "0", 1));
+        core.on_update(data("/b", "0", 1));
+        assert_eq!(core.plan().actions, vec![install(0, "0-0")]);
+        core.on_result(0, &Ok(()));
+        core
+    }
+
+    #[test]
+    fn a_file_waits_while_a_read_of_any_of_its_dependencies_is_in_flight() {
+        let mut core = pair();
+        // One transaction set both: both watches fired, /a's answer came first.
+        core.on_reading(Dep::data(zp("/a")));
+        core.on_reading(Dep::data(zp("/b")));
+        core.on_update(data("/a", "1", 2));
+        assert!(core.blocked(0));
+        assert!(core.plan().actions.is_empty(), "never 1-0: /b's read is in flight");
+        assert!(core.has_dirty(), "the file stays marked");
+        assert_eq!(core.blocked_deps(), BTreeSet::from([Dep::data(zp("/a")), Dep::data(zp("/b"))]));
+        core.on_update(data("/b", "1", 2));
+        assert_eq!(core.plan().actions, vec![install(0, "1-1")]);
+    }
+
+    #[test]
+    fn a_read_error_or_an_ended_session_releases_the_wait() {
+        let mut core = pair();
+        core.on_reading(Dep::data(zp("/b")));
+        core.on_update(data("/a", "1", 2));
+        core.on_read_error(&Dep::data(zp("/b")), "permission denied reading znode /b".to_owned());
+        assert_eq!(core.plan().actions, vec![install(0, "1-0")]);
+        core.on_reading(Dep::data(zp("/a")));
+        core.forget_in_flight(None);
+        assert!(!core.blocked(0));
+    }
+
+    #[test]
+    fn a_held_file_renders_from_a_snapshot_that_covers_its_dependencies() {
+        let mut core = pair();
+        core.on_reading(Dep::data(zp("/a")));
+        core.on_reading(Dep::data(zp("/b")));
+        core.on_update(data("/a", "5", 6));
+        // A snapshot without /b does not do.
+        assert!(core.plan_snapshot(vec![data("/a", "7", 8)]).actions.is_empty());
+        // One with both: rendered from it alone, not from the store's newer /a.
+        let plan = core.plan_snapshot(vec![data("/a", "4", 5), data("/b", "4", 5)]);
+        assert_eq!(plan.actions, vec![install(0, "4-4")]);
+        // The reads in flight still hold the file for the next changes.
+        core.on_update(data("/a", "6", 7));
+        assert!(core.plan().actions.is_empty());
+    }
+
     #[test]
     fn renders_share_the_store_without_copying_it() {
         let mut core = Core::new(&[template(0, "{{ znode('/a') }}{{ znode('/b') }}")]).unwrap();

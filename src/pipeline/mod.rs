@@ -275,7 +275,13 @@ impl Held {
     }
 
     /// After a cycle: starts, ends or acts on a hold (asking again each `after` while it lasts).
-    fn after_cycle(&mut self, core: &Core, source: &mpsc::UnboundedSender<Command>, now: Instant, rendered_snapshot: bool) {
+    fn after_cycle(
+        &mut self,
+        core: &Core,
+        source: &mpsc::UnboundedSender<Command>,
+        now: Instant,
+        rendered_snapshot: bool,
+    ) {
         let blocked = core.blocked_deps();
         if blocked.is_empty() {
             self.since = None;
@@ -286,7 +292,10 @@ impl Held {
         }
         let since = *self.since.get_or_insert(now);
         if now.duration_since(since) >= self.after {
-            debug!(deps = blocked.len(), "reads in flight for max_wait: reading the files' znodes in one multi-read");
+            debug!(
+                deps = blocked.len(),
+                "reads in flight for max_wait: reading the files' znodes in one multi-read"
+            );
             let _ = source.send(Command::ReadSnapshot(blocked.into_iter().collect()));
             self.since = Some(now);
         }
@@ -532,6 +541,60 @@ mod tests {
         let (summary, ended) = task.await.unwrap();
         assert_eq!(ended - t0, Duration::from_millis(250));
         assert_eq!(rendered(&summary), "6", "the value sent at 240 ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_held_by_reads_in_flight_renders_from_one_multi_read_after_max_wait() {
+        let core = Core::new(&[raw(0, "/a")]).unwrap();
+        let (events_tx, events) = mpsc::channel(64);
+        let (source, mut source_rx) = mpsc::unbounded_channel();
+        let (_reconfigure_tx, reconfigure) = mpsc::unbounded_channel();
+        let (reloads, _reloads_rx) = mpsc::unbounded_channel();
+        let (_, outcomes) = mpsc::unbounded_channel();
+        let opts = Options {
+            mode: Mode::Render,
+            wait: Duration::ZERO,
+            max_wait: Duration::from_millis(300),
+            resync: Duration::ZERO,
+            deadline: None,
+            write_parallelism: 1,
+            status: None,
+            hosts: "h".to_owned(),
+        };
+        let channels = Channels { events, source, reconfigure, reloads, outcomes };
+        let t0 = Instant::now();
+        let task = tokio::spawn(async move {
+            let _keep = (_reconfigure_tx, _reloads_rx);
+            run(core, channels, opts).await
+        });
+        let a = || data("/a", "0", 0).dep;
+        // Unbroken churn: every 50 ms a value arrives, and a new read is already in flight.
+        let mut asked = None;
+        for i in 1..40 {
+            let batch = [
+                SourceEvent::Reading(a()),
+                SourceEvent::Update(data("/a", &i.to_string(), i)),
+                SourceEvent::Reading(a()),
+            ];
+            for ev in batch {
+                events_tx.send(ev).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while let Ok(cmd) = source_rx.try_recv() {
+                if let Command::ReadSnapshot(deps) = cmd {
+                    asked = Some((deps, Instant::now() - t0));
+                }
+            }
+            if asked.is_some() {
+                break;
+            }
+        }
+        let (deps, at) = asked.expect("no multi-read was asked for under unbroken churn");
+        assert_eq!(deps, vec![a()]);
+        assert!(at >= Duration::from_millis(300) && at <= Duration::from_millis(400), "asked at {at:?}");
+        events_tx.send(SourceEvent::Snapshot(vec![data("/a", "snap", 99)])).await.unwrap();
+        let summary = task.await.unwrap();
+        assert_eq!(rendered(&summary), "snap", "rendered from the multi-read alone");
     }
 
     #[tokio::test(start_paused = true)]

@@ -131,10 +131,12 @@ async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
         };
         let (value, watcher) = match read {
             Ok(v) => v,
-            Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff, &mut announced)).await {
-                Some(ended) => return ended,
-                None => continue,
-            },
+            Err(failure) => {
+                match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff, &mut announced)).await {
+                    Some(ended) => return ended,
+                    None => continue,
+                }
+            }
         };
         backoff.reset();
         announced = false;
@@ -198,12 +200,14 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
                             return Ended::Stopped;
                         }
                     }
-                    Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff, &mut announced)).await {
-                        Some(ended) => return ended,
-                        // The watch outlives a lost connection (the library re-sends it), so
-                        // only the read is retried.
-                        None => continue,
-                    },
+                    Err(failure) => {
+                        match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff, &mut announced)).await {
+                            Some(ended) => return ended,
+                            // The watch outlives a lost connection (the library re-sends it), so
+                            // only the read is retried.
+                            None => continue,
+                        }
+                    }
                 }
             }
             let event = tokio::select! {
