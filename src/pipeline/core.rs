@@ -401,6 +401,8 @@ impl Core {
             t.settled_once = old.targets.iter().any(|o| o.spec.dest == t.spec.dest && o.settled_once);
         }
         let watched = old.store.deps().cloned().collect();
+        // The source keeps its reads going across a config reload: their answers still come.
+        self.in_flight = old.in_flight;
         self.store_mut().adopt_values(Arc::unwrap_or_clone(old.store));
         watched
     }
