@@ -89,6 +89,9 @@ pub struct Core {
     /// renders this is the only reference, so [`Core::store_mut`] never copies.
     store: Arc<Store>,
     dirty: BTreeSet<TargetId>,
+    /// Dependencies with a read in flight ([`Core::on_reading`]): files that read one of them
+    /// do not render until its answer arrives. See [`Core::blocked`] for why.
+    in_flight: BTreeSet<Dep>,
 }
 
 impl Core {
@@ -132,7 +135,7 @@ impl Core {
             return Err(errors);
         }
         let dirty = (0..targets.len()).collect();
-        Ok(Core { targets, store: Arc::default(), dirty })
+        Ok(Core { targets, store: Arc::default(), dirty, in_flight: BTreeSet::new() })
     }
 
     /// The store, to change it. Renders release their share before [`Core::plan`] returns,
@@ -160,8 +163,52 @@ impl Core {
         &self.targets
     }
 
+    /// A read of `dep` is in flight: files that read it wait for its answer.
+    pub fn on_reading(&mut self, dep: Dep) {
+        self.in_flight.insert(dep);
+    }
+
+    /// The source stopped reading these dependencies (unwatched; or, with `None`, the session
+    /// ended and every watch task with it): no answer will come for their reads in flight.
+    pub fn forget_in_flight(&mut self, deps: Option<&[Dep]>) {
+        match deps {
+            Some(deps) => deps.iter().for_each(|d| {
+                self.in_flight.remove(d);
+            }),
+            None => self.in_flight.clear(),
+        }
+    }
+
+    /// True when file `id` may not render now: a read of one of its dependencies is in flight.
+    ///
+    /// This is what makes every file a snapshot, values of one moment and never a mix of two
+    /// ZooKeeper transactions. The source announces each read before sending it
+    /// ([`crate::source::SourceEvent::Reading`]) and every read re-arms the dependency's watch
+    /// (or it is persistent). ZooKeeper delivers a session's watch notifications in order, and
+    /// every notification caused by a transaction before the answer to any read sent after
+    /// that transaction. So when a transaction changes /a and /b and the read of /a answered
+    /// with the new value, the notification for /b reached the client before that answer,
+    /// and /b's read is announced: the file waits for it. Once no read of its dependencies is
+    /// in flight, each value held is the latest as of the last answer, i.e. all of them are
+    /// the state after one and the same transaction. Under unbroken churn the loop ends the
+    /// wait at `max_wait` with one atomic multi-read ([`Core::plan_snapshot`]).
+    pub fn blocked(&self, id: TargetId) -> bool {
+        let deps = &self.targets[id].deps;
+        !self.in_flight.is_empty() && deps.iter().any(|d| self.in_flight.contains(d))
+    }
+
+    /// Dirty files held back by a read in flight, and the dependencies they last read.
+    pub fn blocked_deps(&self) -> BTreeSet<Dep> {
+        self.dirty
+            .iter()
+            .filter(|&&id| self.blocked(id))
+            .flat_map(|&id| self.targets[id].deps.iter().cloned())
+            .collect()
+    }
+
     /// Records a value read from ZooKeeper and marks the files that depend on it.
     pub fn on_update(&mut self, update: Update) -> Vec<TargetId> {
+        self.in_flight.remove(&update.dep);
         let touched = self.store_mut().apply(update);
         self.dirty.extend(touched.iter().copied());
         touched
@@ -170,6 +217,8 @@ impl Core {
     /// Reading `dep` fails (e.g. no permission): files that depend on it and were never
     /// written say why, instead of "pending".
     pub fn on_read_error(&mut self, dep: &Dep, message: String) {
+        // The read answered (with an error): it no longer holds back the files that read it.
+        self.in_flight.remove(dep);
         for t in self.targets.iter_mut().filter(|t| t.deps.contains(dep) && !t.settled_once) {
             t.status = Status::Failed(Failure { kind: FailureKind::Zookeeper, message: message.clone() });
         }
@@ -184,22 +233,49 @@ impl Core {
         !self.dirty.is_empty()
     }
 
-    /// Renders every marked file whose dependencies are all known, and says what to do.
+    /// Renders every marked file whose dependencies are all known and none awaits a read
+    /// ([`Core::blocked`]: those stay marked), and says what to do.
     pub fn plan(&mut self) -> Plan {
+        self.plan_from(None)
+    }
+
+    /// Like [`Core::plan`], but the files held back by a read in flight whose dependencies
+    /// are all in `snapshot` (values of one moment: one multi-read) render from it.
+    pub fn plan_snapshot(&mut self, snapshot: Vec<Update>) -> Plan {
+        let mut store = Store::new();
+        for u in snapshot {
+            store.set_deps(0, &BTreeSet::new(), &BTreeSet::from([u.dep.clone()]));
+            store.apply(u);
+        }
+        self.plan_from(Some(&Arc::new(store)))
+    }
+
+    fn plan_from(&mut self, snapshot: Option<&Arc<Store>>) -> Plan {
         let mut plan = Plan::default();
         for id in std::mem::take(&mut self.dirty) {
+            let store: &Arc<Store> = if self.blocked(id) {
+                match snapshot {
+                    Some(s) if s.all_known(&self.targets[id].deps) => s,
+                    _ => {
+                        self.dirty.insert(id);
+                        continue;
+                    }
+                }
+            } else {
+                &self.store
+            };
             let target = &mut self.targets[id];
             // A file renders only once everything it read last time has been read again:
             // rendering with half the values would only produce a file we throw away.
-            if !self.store.all_known(&target.deps) {
+            if !store.all_known(&target.deps) {
                 continue;
             }
             // Whatever this render leads to supersedes a retry that was waiting.
             target.retry_at = None;
             let (deps, outcome) = match &target.producer {
-                Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(&self.store, dep)),
+                Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(store, dep)),
                 Producer::Template(t) => {
-                    let r = t.render(&self.store);
+                    let r = t.render(store);
                     plan.renders += 1;
                     plan.render_errors += u64::from(matches!(r.outcome, RenderOutcome::Failed(_)));
                     let outcome = match r.outcome {
@@ -217,7 +293,7 @@ impl Core {
                     (r.deps, outcome)
                 }
                 Producer::Tree { root, format } => {
-                    let (deps, outcome) = tree_outcome(&self.store, root, *format);
+                    let (deps, outcome) = tree_outcome(store, root, *format);
                     plan.renders += 1;
                     plan.render_errors += u64::from(matches!(outcome, Outcome::Failed(_)));
                     (deps, outcome)
@@ -325,6 +401,8 @@ impl Core {
             t.settled_once = old.targets.iter().any(|o| o.spec.dest == t.spec.dest && o.settled_once);
         }
         let watched = old.store.deps().cloned().collect();
+        // The source keeps its reads going across a config reload: their answers still come.
+        self.in_flight = old.in_flight;
         self.store_mut().adopt_values(Arc::unwrap_or_clone(old.store));
         watched
     }
@@ -476,6 +554,60 @@ pub(super) mod tests {
         assert!(core.all_settled());
         assert!(core.on_update(data("/a", "x", 1)).is_empty(), "the same value again marks nothing");
         assert!(!core.has_dirty());
+    }
+
+    /// A file of `/a` and `/b`, both read once ("0"), installed.
+    fn pair() -> Core {
+        let mut core = Core::new(&[template(0, "{{ znode('/a') }}-{{ znode('/b') }}")]).unwrap();
+        core.plan();
+        core.on_update(data("/a", "0", 1));
+        core.on_update(data("/b", "0", 1));
+        assert_eq!(core.plan().actions, vec![install(0, "0-0")]);
+        core.on_result(0, &Ok(()));
+        core
+    }
+
+    #[test]
+    fn a_file_waits_while_a_read_of_any_of_its_dependencies_is_in_flight() {
+        let mut core = pair();
+        // One transaction set both: both watches fired, /a's answer came first.
+        core.on_reading(Dep::data(zp("/a")));
+        core.on_reading(Dep::data(zp("/b")));
+        core.on_update(data("/a", "1", 2));
+        assert!(core.blocked(0));
+        assert!(core.plan().actions.is_empty(), "never 1-0: /b's read is in flight");
+        assert!(core.has_dirty(), "the file stays marked");
+        assert_eq!(core.blocked_deps(), BTreeSet::from([Dep::data(zp("/a")), Dep::data(zp("/b"))]));
+        core.on_update(data("/b", "1", 2));
+        assert_eq!(core.plan().actions, vec![install(0, "1-1")]);
+    }
+
+    #[test]
+    fn a_read_error_or_an_ended_session_releases_the_wait() {
+        let mut core = pair();
+        core.on_reading(Dep::data(zp("/b")));
+        core.on_update(data("/a", "1", 2));
+        core.on_read_error(&Dep::data(zp("/b")), "permission denied reading znode /b".to_owned());
+        assert_eq!(core.plan().actions, vec![install(0, "1-0")]);
+        core.on_reading(Dep::data(zp("/a")));
+        core.forget_in_flight(None);
+        assert!(!core.blocked(0));
+    }
+
+    #[test]
+    fn a_held_file_renders_from_a_snapshot_that_covers_its_dependencies() {
+        let mut core = pair();
+        core.on_reading(Dep::data(zp("/a")));
+        core.on_reading(Dep::data(zp("/b")));
+        core.on_update(data("/a", "5", 6));
+        // A snapshot without /b does not do.
+        assert!(core.plan_snapshot(vec![data("/a", "7", 8)]).actions.is_empty());
+        // One with both: rendered from it alone, not from the store's newer /a.
+        let plan = core.plan_snapshot(vec![data("/a", "4", 5), data("/b", "4", 5)]);
+        assert_eq!(plan.actions, vec![install(0, "4-4")]);
+        // The reads in flight still hold the file for the next changes.
+        core.on_update(data("/a", "6", 7));
+        assert!(core.plan().actions.is_empty());
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use self::core::{Action, Core, Plan, Target};
 use self::install::Installed;
 use crate::config::TargetId;
 use crate::error::report;
-use crate::model::Dep;
+use crate::model::{Dep, Update};
 use crate::notify::queue::{ReloadBatch, ReloadOutcome};
 use crate::ops::metrics;
 use crate::source::{Command, Connection, SourceEvent};
@@ -121,19 +121,27 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
     let mut resync_at = next_resync(opts.resync);
     let mut input_open = true;
     let mut adopted: Option<BTreeSet<Dep>> = None;
+    // Files held back by reads in flight (see `Core::blocked`): since when, and the values of
+    // one multi-read to render them from once that lasted `max_wait`.
+    let mut held = Held { since: None, after: Held::after(opts.max_wait) };
+    let mut snapshot: Option<Vec<Update>> = None;
     // The first cycle runs at once: every file starts marked, to discover what it reads.
     let mut due = true;
     loop {
-        if due {
+        if due || snapshot.is_some() {
             due = false;
             debounce.reset();
-            run_cycle(&mut core, &source, &opts, &reloads, &mut rendered, &mut telemetry).await;
+            let from_snapshot = snapshot.is_some();
+            run_cycle(&mut core, &source, &opts, &reloads, &mut rendered, &mut telemetry, snapshot.take())
+                .await;
             if let Some(old_deps) = adopted.take() {
                 let unused = core.finish_adoption(old_deps);
                 if !unused.is_empty() {
+                    core.forget_in_flight(Some(&unused));
                     let _ = source.send(Command::Unwatch(unused));
                 }
             }
+            held.after_cycle(&core, &source, Instant::now(), from_snapshot);
             publish(&mut publisher, &core, &mut telemetry, false);
             if opts.mode != Mode::Run && core.all_settled() {
                 break;
@@ -153,10 +161,11 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                     due = core.has_dirty() && opts.mode == Mode::Run;
                 }
                 Some(ev) => {
-                    let mut connection_changed = handle_event(&mut core, &mut telemetry, ev);
-                    // With wait = 0, everything already queued joins this cycle.
-                    while let Ok(ev) = events.try_recv() {
-                        connection_changed |= handle_event(&mut core, &mut telemetry, ev);
+                    let mut connection_changed = handle_event(&mut core, &mut telemetry, ev, &mut snapshot);
+                    // With wait = 0, everything already queued joins this cycle (a snapshot
+                    // read renders at once, from its own values only).
+                    while snapshot.is_none() && let Ok(ev) = events.try_recv() {
+                        connection_changed |= handle_event(&mut core, &mut telemetry, ev, &mut snapshot);
                     }
                     if connection_changed {
                         publish(&mut publisher, &core, &mut telemetry, false);
@@ -193,6 +202,7 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                 telemetry = telemetry.renew(&old_index);
                 rendered.clear();
                 debounce.set(new.wait, new.max_wait);
+                held.after = Held::after(new.max_wait);
                 if opts.resync != new.resync {
                     opts.resync = new.resync;
                     resync_at = next_resync(opts.resync);
@@ -251,9 +261,64 @@ fn next_resync(period: Duration) -> Option<Instant> {
     Some(Instant::now() + period + jitter)
 }
 
-/// Applies one event; true when the connection state changed (worth publishing at once).
-fn handle_event(core: &mut Core, telemetry: &mut Telemetry, ev: SourceEvent) -> bool {
+/// Files held back by reads in flight (see `Core::blocked`): under unbroken churn some read
+/// is always in flight, so once that lasts `max_wait` (1 s when `max_wait` is 0) the loop asks
+/// the source for one atomic multi-read of their dependencies and renders them from it.
+struct Held {
+    since: Option<Instant>,
+    after: Duration,
+}
+
+impl Held {
+    fn after(max_wait: Duration) -> Duration {
+        if max_wait.is_zero() { Duration::from_secs(1) } else { max_wait }
+    }
+
+    /// After a cycle: starts, ends or acts on a hold (asking again each `after` while it lasts).
+    fn after_cycle(
+        &mut self,
+        core: &Core,
+        source: &mpsc::UnboundedSender<Command>,
+        now: Instant,
+        rendered_snapshot: bool,
+    ) {
+        let blocked = core.blocked_deps();
+        if blocked.is_empty() {
+            self.since = None;
+            return;
+        }
+        if rendered_snapshot {
+            self.since = Some(now);
+        }
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= self.after {
+            debug!(
+                deps = blocked.len(),
+                "reads in flight for max_wait: reading the files' znodes in one multi-read"
+            );
+            let _ = source.send(Command::ReadSnapshot(blocked.into_iter().collect()));
+            self.since = Some(now);
+        }
+    }
+}
+
+/// Applies one event; true when the connection state changed (worth publishing at once). A
+/// snapshot read's answer is kept in `snapshot` for the next cycle.
+fn handle_event(
+    core: &mut Core,
+    telemetry: &mut Telemetry,
+    ev: SourceEvent,
+    snapshot: &mut Option<Vec<Update>>,
+) -> bool {
     match ev {
+        SourceEvent::Reading(dep) => {
+            core.on_reading(dep);
+            false
+        }
+        SourceEvent::Snapshot(values) => {
+            *snapshot = Some(values);
+            false
+        }
         SourceEvent::Update(u) => {
             metrics().watch_events_total.inc();
             let now = Instant::now();
@@ -271,6 +336,8 @@ fn handle_event(core: &mut Core, telemetry: &mut Telemetry, ev: SourceEvent) -> 
                 m.zk_reconnects_total.inc();
             }
             if c == Connection::Expired {
+                // Every watch task ended with the session: their reads will never answer.
+                core.forget_in_flight(None);
                 m.zk_session_expirations_total.inc();
             }
             m.zk_connected.set(i64::from(c == Connection::Connected));
@@ -291,13 +358,18 @@ async fn run_cycle(
     reloads: &mpsc::UnboundedSender<ReloadBatch>,
     rendered: &mut HashMap<TargetId, Vec<u8>>,
     telemetry: &mut Telemetry,
+    snapshot: Option<Vec<Update>>,
 ) {
     let before: Vec<Status> = core.targets().iter().map(|t| t.status.clone()).collect();
     let attempts_before: Vec<u32> = (0..before.len()).map(|id| core.failed_attempts(id)).collect();
-    let plan = core.plan();
+    let plan = match snapshot {
+        Some(values) => core.plan_snapshot(values),
+        None => core.plan(),
+    };
     metrics().renders_total.inc_by(plan.renders);
     metrics().render_errors_total.inc_by(plan.render_errors);
     if !plan.unwatch.is_empty() {
+        core.forget_in_flight(Some(&plan.unwatch));
         let _ = source.send(Command::Unwatch(plan.unwatch));
     }
     if !plan.watch.is_empty() {
@@ -469,6 +541,60 @@ mod tests {
         let (summary, ended) = task.await.unwrap();
         assert_eq!(ended - t0, Duration::from_millis(250));
         assert_eq!(rendered(&summary), "6", "the value sent at 240 ms");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_held_by_reads_in_flight_renders_from_one_multi_read_after_max_wait() {
+        let core = Core::new(&[raw(0, "/a")]).unwrap();
+        let (events_tx, events) = mpsc::channel(64);
+        let (source, mut source_rx) = mpsc::unbounded_channel();
+        let (_reconfigure_tx, reconfigure) = mpsc::unbounded_channel();
+        let (reloads, _reloads_rx) = mpsc::unbounded_channel();
+        let (_, outcomes) = mpsc::unbounded_channel();
+        let opts = Options {
+            mode: Mode::Render,
+            wait: Duration::ZERO,
+            max_wait: Duration::from_millis(300),
+            resync: Duration::ZERO,
+            deadline: None,
+            write_parallelism: 1,
+            status: None,
+            hosts: "h".to_owned(),
+        };
+        let channels = Channels { events, source, reconfigure, reloads, outcomes };
+        let t0 = Instant::now();
+        let task = tokio::spawn(async move {
+            let _keep = (_reconfigure_tx, _reloads_rx);
+            run(core, channels, opts).await
+        });
+        let a = || data("/a", "0", 0).dep;
+        // Unbroken churn: every 50 ms a value arrives, and a new read is already in flight.
+        let mut asked = None;
+        for i in 1..40 {
+            let batch = [
+                SourceEvent::Reading(a()),
+                SourceEvent::Update(data("/a", &i.to_string(), i)),
+                SourceEvent::Reading(a()),
+            ];
+            for ev in batch {
+                events_tx.send(ev).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while let Ok(cmd) = source_rx.try_recv() {
+                if let Command::ReadSnapshot(deps) = cmd {
+                    asked = Some((deps, Instant::now() - t0));
+                }
+            }
+            if asked.is_some() {
+                break;
+            }
+        }
+        let (deps, at) = asked.expect("no multi-read was asked for under unbroken churn");
+        assert_eq!(deps, vec![a()]);
+        assert!(at >= Duration::from_millis(300) && at <= Duration::from_millis(400), "asked at {at:?}");
+        events_tx.send(SourceEvent::Snapshot(vec![data("/a", "snap", 99)])).await.unwrap();
+        let summary = task.await.unwrap();
+        assert_eq!(rendered(&summary), "snap", "rendered from the multi-read alone");
     }
 
     #[tokio::test(start_paused = true)]

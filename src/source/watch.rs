@@ -1,4 +1,5 @@
-//! One task per dependency: read it, keep a watch on it, send every new value.
+//! One watch loop per dependency (all of a session's polled in one task, see `Session`): read it,
+//! keep a watch on it, send every new value.
 //!
 //! ZooKeeper rules encoded here, each where it applies:
 //! - A one-shot watch fires once. The task re-arms it with the same call that reads the new
@@ -12,6 +13,10 @@
 //!   re-read unless the server says it changed.
 //! - While disconnected, calls block until reconnect or expiry: every call is bounded by a
 //!   timeout and retried, so a task never hangs on a dead connection.
+//! - Before every read (the first one, one after a watch fired, a resync) the task sends
+//!   [`SourceEvent::Reading`], and the value or error after it: the pipeline renders no file
+//!   while a read of one of its dependencies is in flight, which is what makes each file a
+//!   snapshot (the reasoning is in `pipeline/core.rs`, `Core::in_flight`).
 //! - After a terminal session event (expired, closed, auth failed) a task returns: the session
 //!   task replaces the client and starts new watch tasks. A persistent watcher must not be
 //!   polled again after a terminal event (the library panics).
@@ -111,7 +116,11 @@ async fn bounded<T>(
 /// One-shot mode: read-and-watch, send, wait for the watch, repeat.
 async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
     let mut backoff = Backoff::new();
+    let mut announced = false;
     loop {
+        if !Box::pin(announce(&ctx, &dep, &mut announced)).await {
+            return Ended::Stopped;
+        }
         let read = tokio::select! {
             // Cancel safety: dropping an in-flight read also drops its watcher, which the
             // library unregisters; nothing is half-applied.
@@ -122,12 +131,15 @@ async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
         };
         let (value, watcher) = match read {
             Ok(v) => v,
-            Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff)).await {
-                Some(ended) => return ended,
-                None => continue,
-            },
+            Err(failure) => {
+                match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff, &mut announced)).await {
+                    Some(ended) => return ended,
+                    None => continue,
+                }
+            }
         };
         backoff.reset();
+        announced = false;
         if !Box::pin(send(&ctx, &dep, value)).await {
             return Ended::Stopped;
         }
@@ -160,7 +172,7 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
             Err(CallFailure::Error(zk::Error::Unimplemented)) => {
                 return Ended::Fatal(SourceError::PersistentUnsupported);
             }
-            Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff)).await {
+            Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff, &mut false)).await {
                 Some(ended) => return ended,
                 None => continue 'session,
             },
@@ -169,8 +181,12 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
         // Whether the last value sent was `Missing`: a NodeDeleted then changes nothing (after a
         // reconnect the library reports a still-missing node as deleted again).
         let mut missing = false;
+        let mut announced = false;
         loop {
             if reread {
+                if !Box::pin(announce(&ctx, &dep, &mut announced)).await {
+                    return Ended::Stopped;
+                }
                 let read = tokio::select! {
                     _ = ctx.stop.cancelled() => return Ended::Stopped,
                     read = Box::pin(read_plain(&ctx, &dep)) => read,
@@ -178,17 +194,20 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
                 match read {
                     Ok(value) => {
                         backoff.reset();
+                        announced = false;
                         missing = matches!(value, Value::Missing);
                         if !Box::pin(send(&ctx, &dep, value)).await {
                             return Ended::Stopped;
                         }
                     }
-                    Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff)).await {
-                        Some(ended) => return ended,
-                        // The watch outlives a lost connection (the library re-sends it), so
-                        // only the read is retried.
-                        None => continue,
-                    },
+                    Err(failure) => {
+                        match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff, &mut announced)).await {
+                            Some(ended) => return ended,
+                            // The watch outlives a lost connection (the library re-sends it), so
+                            // only the read is retried.
+                            None => continue,
+                        }
+                    }
                 }
             }
             let event = tokio::select! {
@@ -218,7 +237,16 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
 }
 
 /// Handles a failed call: `Some` ends the task, `None` means retry (after a pause).
-async fn on_failure(ctx: &WatchCtx, dep: &Dep, failure: CallFailure, backoff: &mut Backoff) -> Option<Ended> {
+///
+/// A read error reported to the pipeline answers the read in flight (`announced` is cleared),
+/// so an unreadable dependency does not hold back the files that read it for ever.
+async fn on_failure(
+    ctx: &WatchCtx,
+    dep: &Dep,
+    failure: CallFailure,
+    backoff: &mut Backoff,
+    announced: &mut bool,
+) -> Option<Ended> {
     match failure {
         CallFailure::SessionOver => return Some(Ended::SessionOver),
         CallFailure::Retry(why) => debug!(dep = %dep, reason = %why, "read failed; retrying"),
@@ -234,6 +262,7 @@ async fn on_failure(ctx: &WatchCtx, dep: &Dep, failure: CallFailure, backoff: &m
             if backoff.first_failure() {
                 error!(znode = %dep.znode, error = %message, "the file keeps its last good contents; retrying");
                 let _ = ctx.out.send(SourceEvent::ReadError { dep: dep.clone(), message }).await;
+                *announced = false;
             } else {
                 debug!(znode = %dep.znode, error = %message, "still failing; retrying");
             }
@@ -245,9 +274,76 @@ async fn on_failure(ctx: &WatchCtx, dep: &Dep, failure: CallFailure, backoff: &m
     }
 }
 
+/// Tells the pipeline a read of `dep` is about to be sent, unless it already knows (a retry of
+/// the same read); false when the pipeline is gone. Sent before the request, so it reaches
+/// the pipeline before the answer's [`SourceEvent::Update`] (one channel, one sender task).
+async fn announce(ctx: &WatchCtx, dep: &Dep, announced: &mut bool) -> bool {
+    if *announced {
+        return true;
+    }
+    *announced = true;
+    ctx.out.send(SourceEvent::Reading(dep.clone())).await.is_ok()
+}
+
 /// Sends a value to the pipeline; false when the pipeline is gone.
 async fn send(ctx: &WatchCtx, dep: &Dep, value: Value) -> bool {
     ctx.out.send(SourceEvent::Update(Update { dep: dep.clone(), value })).await.is_ok()
+}
+
+/// Reads `deps` in one read-only `multi` (ZooKeeper 3.6+; the server answers it atomically,
+/// so the values are of one moment) and sends them as [`SourceEvent::Snapshot`]. On failure
+/// nothing is sent: the reads in flight answer in time and the files render then.
+pub(super) async fn read_snapshot(shared: &Shared, deps: Vec<Dep>) {
+    let mut reader = shared.client.new_multi_reader();
+    for dep in &deps {
+        let added = match dep.kind {
+            DepKind::Data => reader.add_get_data(dep.znode.as_str()),
+            DepKind::Children => reader.add_get_children(dep.znode.as_str()),
+        };
+        if let Err(e) = added {
+            debug!(dep = %dep, error = %e, "snapshot read not possible");
+            return;
+        }
+    }
+    let results = match tokio::time::timeout(shared.call_timeout, reader.commit()).await {
+        Ok(Ok(results)) if results.len() == deps.len() => results,
+        Ok(Ok(results)) => {
+            debug!(asked = deps.len(), answered = results.len(), "snapshot read: wrong number of answers");
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "snapshot read failed; waiting for the reads in flight");
+            return;
+        }
+        Err(_) => {
+            debug!("snapshot read timed out; waiting for the reads in flight");
+            return;
+        }
+    };
+    let mut updates = Vec::with_capacity(deps.len());
+    for (dep, result) in deps.into_iter().zip(results) {
+        let value = match result {
+            zk::MultiReadResult::Data { data, stat } => data_value(data, &stat),
+            // A multi's children answer has no Stat: the zxids are unknown (0). The pipeline
+            // renders from these values only, and never keeps them.
+            zk::MultiReadResult::Children { children } => {
+                let mut names = children;
+                names.sort_unstable();
+                Value::Children { names, pzxid: 0, cversion: 0 }
+            }
+            zk::MultiReadResult::Error { err: zk::Error::NoNode } => Value::Missing,
+            zk::MultiReadResult::Error { err } => {
+                debug!(dep = %dep, error = %err, "snapshot read: one read failed; waiting for the reads in flight");
+                return;
+            }
+            other => {
+                debug!(dep = %dep, answer = ?other, "snapshot read: unexpected answer");
+                return;
+            }
+        };
+        updates.push(Update { dep, value });
+    }
+    let _ = shared.out.send(SourceEvent::Snapshot(updates)).await;
 }
 
 /// Reads `dep` and arms a one-shot watch in the same call.
