@@ -122,7 +122,7 @@ async fn unwritable_dest_dir_keeps_the_old_file_logs_once_and_recovers() {
 async fn full_disk_keeps_the_old_file_logs_no_space_once_and_recovers() {
     let env = Env::new("disk-full").await;
     let out = env.mkdir("out");
-    let Some(mounted) = small_fs_or_skip(&out, &env.path("fs.img")) else {
+    let Some((mounted, what)) = small_fs_or_skip(&out, &env.path("fs.img")) else {
         return;
     };
     let (dest, control, agent) = start_with_control(&env, &out, b"small-0").await;

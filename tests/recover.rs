@@ -141,7 +141,7 @@ async fn an_unwritable_directory_made_writable_again_converges_without_a_change(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_file_system_with_space_freed_converges_without_a_change() {
     let (env, out, dest) = env_with_dest("recover-full").await;
-    let Some(mounted) = small_fs_or_skip(&out, &env.path("fs.img")) else {
+    let Some((mounted, _)) = small_fs_or_skip(&out, &env.path("fs.img")) else {
         return;
     };
     let (agent, ops) = start(&env, &dest, b"small").await;

@@ -142,11 +142,11 @@ pub fn unwritable_or_skip(dir: &Path) -> Option<Unwritable> {
 
 /// [`small_fs`] on `dir` (`image` for the ext4 fallback), saying what it
 /// mounted; `None` after saying why the test skips.
-pub fn small_fs_or_skip(dir: &Path, image: &Path) -> Option<Mounted> {
+pub fn small_fs_or_skip(dir: &Path, image: &Path) -> Option<(Mounted, &'static str)> {
     match small_fs(dir, image) {
         Ok((mounted, what)) => {
             eprintln!("destination on a {what}");
-            Some(mounted)
+            Some((mounted, what))
         }
         Err(reason) => {
             eprintln!("SKIPPED: cannot mount a small file system: {reason}");
