@@ -12,7 +12,7 @@ mod common;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,14 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// How long to watch for something that must NOT happen.
 const QUIET: Duration = Duration::from_millis(600);
+
+/// The test's environment with `/app/x` set to `value`, and the destination `x` in it.
+async fn env_with_x(name: &str, value: &[u8]) -> (Env, PathBuf) {
+    let env = Env::new(name).await;
+    env.set("/app/x", value).await;
+    let dest = env.path("x");
+    (env, dest)
+}
 
 /// A `[file.reload]` table whose command appends a line to `counter`.
 fn counting_reload(counter: &Path) -> String {
@@ -429,7 +437,7 @@ async fn once_writes_every_file_and_runs_no_reload() {
             OsStr::new("10s"),
         ],
     );
-    assert!(out.status.success(), "once failed ({}): {}", out.status, text(&out.stderr));
+    assert_succeeded(&out, "once");
     assert_eq!(fs::read(&raw).unwrap(), [0xde, 0xad, 0x00, 0xbe, 0xef]);
     assert_eq!(fs::read(&tpl).unwrap(), b"hello world");
     std::thread::sleep(Duration::from_millis(200)); // a detached reload would show by now
@@ -496,7 +504,7 @@ async fn render_prints_headers_or_exact_bytes_and_writes_nothing() {
             OsStr::new("10s"),
         ],
     );
-    assert!(out.status.success(), "render failed ({}): {}", out.status, text(&out.stderr));
+    assert_succeeded(&out, "render");
     let mut expected = format!(
         "==> {} <==\nalpha\n\n==> {} <==\nname=beta\n\n==> {} <==\n",
         alpha.display(),
@@ -563,7 +571,7 @@ fn check_validates_offline_and_names_file_line_column_and_key() {
         ),
     );
     let out = check(&config);
-    assert!(out.status.success(), "check of a valid config failed ({}): {}", out.status, text(&out.stderr));
+    assert_succeeded(&out, "check of a valid config");
 
     // An unknown key: 2, naming file:line:column and the key.
     let config = write_config(
@@ -596,9 +604,7 @@ fn check_validates_offline_and_names_file_line_column_and_key() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_exits_zero() {
-    let env = Env::new("sigterm").await;
-    env.set("/app/x", b"x").await;
-    let dest = env.path("x");
+    let (env, dest) = env_with_x("sigterm", b"x").await;
     let config = env.write_config(&raw_file(&dest, "/app/x"));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"x", WAIT);
@@ -612,9 +618,7 @@ async fn sigterm_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resync_repairs_a_file_edited_by_hand() {
-    let env = Env::new("resync").await;
-    env.set("/app/x", b"from zookeeper\n").await;
-    let dest = env.path("x");
+    let (env, dest) = env_with_x("resync", b"from zookeeper\n").await;
     let config = env.config().agent("resync = \"1s\"").write(&raw_file(&dest, "/app/x"));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"from zookeeper\n", WAIT);
@@ -747,15 +751,14 @@ async fn once_waits_for_a_missing_znode_within_its_timeout() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     env.set("/app/late", b"arrived").await;
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "once failed ({}): {}", out.status, text(&out.stderr));
+    assert_succeeded(&out, "once");
     assert_eq!(fs::read(&dest).unwrap(), b"arrived");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn removed_file_reloads_and_on_delete_works_in_persistent_mode() {
-    let env = Env::new("remove-reload").await;
-    env.set("/app/x", b"x1").await;
-    let (dest, counter) = (env.path("x"), env.path("reloads"));
+    let (env, dest) = env_with_x("remove-reload", b"x1").await;
+    let counter = env.path("reloads");
     let config = env.config().zookeeper("watch = \"persistent\"").write(&format!(
         "[[file]]\ndest = {}\nznode = \"/app/x\"\non_delete = \"remove\"\n{}",
         toml_path(&dest),
@@ -828,9 +831,7 @@ async fn chroot_in_the_connect_string_and_hosts_array() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quiescence_batches_a_burst_into_one_write() {
-    let env = Env::new("wait").await;
-    env.set("/app/x", b"0").await;
-    let dest = env.path("x");
+    let (env, dest) = env_with_x("wait", b"0").await;
     let config = env.config().agent("wait = \"400ms\"\nmax_wait = \"5s\"").write(&raw_file(&dest, "/app/x"));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"0", WAIT);
@@ -847,9 +848,7 @@ async fn quiescence_batches_a_burst_into_one_write() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_file_placeholder_inside_an_argument() {
-    let env = Env::new("check-arg").await;
-    env.set("/app/x", b"hello").await;
-    let dest = env.path("x");
+    let (env, dest) = env_with_x("check-arg", b"hello").await;
     let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\ncheck = [\"sh\", \"-c\", '[ \"$2\" = \"--file=$1\" ] && [ \"$(cat \"$1\")\" = hello ]', \"sh\", \"{{file}}\", \"--file={{file}}\"]\n",
             toml_path(&dest)
@@ -862,9 +861,7 @@ async fn check_file_placeholder_inside_an_argument() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn template_rendering_empty_is_guarded() {
-    let env = Env::new("empty-tpl").await;
-    env.set("/app/x", b"text").await;
-    let dest = env.path("x");
+    let (env, dest) = env_with_x("empty-tpl", b"text").await;
     let config = env.write_config(&format!(
         "[[file]]\ndest = {}\ninline = '{{{{ znode(\"/app/x\") }}}}'\n",
         toml_path(&dest)
@@ -878,9 +875,7 @@ async fn template_rendering_empty_is_guarded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_exits_zero() {
-    let env = Env::new("sigint").await;
-    env.set("/app/x", b"x").await;
-    let dest = env.path("x");
+    let (env, dest) = env_with_x("sigint", b"x").await;
     let config = env.write_config(&raw_file(&dest, "/app/x"));
     let agent = Agent::run(&config);
     agent.wait_for_log("ready: every file is written", WAIT);
@@ -974,9 +969,7 @@ async fn bursts_converge_persistent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_timeout_kills_and_keeps_the_old_file() {
-    let env = Env::new("check-timeout").await;
-    env.set("/app/x", b"fast").await;
-    let dest = env.path("x");
+    let (env, dest) = env_with_x("check-timeout", b"fast").await;
     let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\ncheck_timeout = \"500ms\"\ncheck = [\"sh\", \"-c\", 'grep -q slow \"$1\" && sleep 30; exit 0', \"sh\", \"{{file}}\"]\n",
             toml_path(&dest)
@@ -1023,9 +1016,7 @@ async fn backup_and_in_place() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_leaves_correct_files_alone_and_fixes_mode() {
-    let env = Env::new("once-correct").await;
-    env.set("/app/x", b"same").await;
-    let dest = env.path("x");
+    let (env, dest) = env_with_x("once-correct", b"same").await;
     fs::write(&dest, b"same").unwrap();
     let before = identity(&dest);
     let config = env.write_config(&raw_file(&dest, "/app/x"));
@@ -1069,9 +1060,7 @@ async fn resync_of_correct_files_neither_rewrites_nor_reloads() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_znode_and_no_file_yet_writes_an_empty_file() {
-    let env = Env::new("empty-new").await;
-    env.set("/app/x", b"").await;
-    let dest = env.path("x");
+    let (env, dest) = env_with_x("empty-new", b"").await;
     let config = env.write_config(&raw_file(&dest, "/app/x"));
     let agent = Agent::run(&config);
     wait_for_file(&dest, b"", WAIT);
@@ -1108,9 +1097,7 @@ async fn only_files_depending_on_a_changed_znode_are_rewritten() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn template_reading_non_utf8_data_fails_naming_the_znode_until_fixed() {
-    let env = Env::new("nonutf8").await;
-    env.set("/app/x", &[0xff, 0xfe]).await;
-    let dest = env.path("x");
+    let (env, dest) = env_with_x("nonutf8", &[0xff, 0xfe]).await;
     let config = env.write_config(&format!(
         "[[file]]\ndest = {}\ninline = 'v={{{{ znode(\"/app/x\") }}}}'\n",
         toml_path(&dest)
@@ -1126,9 +1113,8 @@ async fn template_reading_non_utf8_data_fails_naming_the_znode_until_fixed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_install_in_progress_then_exits_zero() {
-    let env = Env::new("sigterm-install").await;
-    env.set("/app/x", b"old").await;
-    let (dest, marker) = (env.path("x"), env.path("check-started"));
+    let (env, dest) = env_with_x("sigterm-install", b"old").await;
+    let marker = env.path("check-started");
     // The check of "new" announces itself, then takes 1.5 s.
     let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\n\
@@ -1165,9 +1151,8 @@ fn alive(pid: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_sigterm_exits_at_once_leaving_no_check_process_or_temp_file() {
-    let env = Env::new("sigterm-twice").await;
-    env.set("/app/x", b"old").await;
-    let (dest, marker) = (env.path("x"), env.path("check-pid"));
+    let (env, dest) = env_with_x("sigterm-twice", b"old").await;
+    let marker = env.path("check-pid");
     // The check of "new" writes its pid (it leads its own process group), then hangs.
     let config = env.write_config(&format!(
             "[[file]]\ndest = {}\nznode = \"/app/x\"\ncheck_timeout = \"60s\"\n\

@@ -40,6 +40,19 @@ fn case(env: &Env, files: &str, entry: usize, dest: &Path, needle: &str, key: &s
 }
 
 /// Runs `zkrender ARGS -c CONFIG` to its end; its exit code and stderr.
+/// The test's environment with `/app/a` set to `A1`, and the destination `a.conf` in it.
+async fn env_with_a(name: &str) -> (Env, PathBuf) {
+    let env = Env::new(name).await;
+    env.set("/app/a", "A1").await;
+    let dest = env.path("a.conf");
+    (env, dest)
+}
+
+/// One `[[file]]` entry writing `dest`, its other keys in `rest`.
+fn file_entry(dest: &Path, rest: &str) -> String {
+    format!("[[file]]\ndest = {}\n{rest}", toml_path(dest))
+}
+
 fn zkrender(args: &[&str], config: &Path) -> (Option<i32>, String) {
     let mut argv: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
     argv.extend([std::ffi::OsStr::new("-c"), config.as_os_str()]);
@@ -71,13 +84,8 @@ fn assert_refused(case: &Case, dests: &[&Path]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signal_to_the_exec_child_is_refused_unless_check_exec() {
-    let env = Env::new("check-exec-only").await;
-    env.set("/app/a", "A1").await;
-    let dest = env.path("a.conf");
-    let files = format!(
-        "[[file]]\ndest = {}\nznode = \"/app/a\"\n[file.reload]\nsignal = \"HUP\"\n",
-        toml_path(&dest)
-    );
+    let (env, dest) = env_with_a("check-exec-only").await;
+    let files = file_entry(&dest, "znode = \"/app/a\"\n[file.reload]\nsignal = \"HUP\"\n");
     let case = case(&env, &files, 1, &dest, "signal = ", "reload.signal", "valid only under `zkrender exec`");
     assert_refused(&case, &[&dest]);
     let (code, log) = zkrender(&["check", "--exec"], &case.config);
@@ -116,9 +124,7 @@ async fn unknown_functions_filters_and_tests_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relative_znode_without_prefix_and_an_env_not_allowed_are_refused() {
-    let env = Env::new("check-paths-env").await;
-    env.set("/app/a", "A1").await;
-    let dest = env.path("a.conf");
+    let (env, dest) = env_with_a("check-paths-env").await;
     let files = format!("[[file]]\ndest = {}\ninline = \"{{{{ znode('app/a') }}}}\"\n", toml_path(&dest));
     let says = "relative znode path \"app/a\" needs a `prefix`";
     assert_refused(&case(&env, &files, 1, &dest, "inline = ", "inline", says), &[&dest]);
@@ -133,13 +139,9 @@ async fn a_relative_znode_without_prefix_and_an_env_not_allowed_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn check_and_reload_programs_that_cannot_start_are_refused() {
-    let env = Env::new("check-programs").await;
-    env.set("/app/a", "A1").await;
-    let dest = env.path("a.conf");
-    let files = format!(
-        "[[file]]\ndest = {}\nznode = \"/app/a\"\ncheck = [\"zkrender-no-such-validator\", \"{{file}}\"]\n",
-        toml_path(&dest)
-    );
+    let (env, dest) = env_with_a("check-programs").await;
+    let files =
+        file_entry(&dest, "znode = \"/app/a\"\ncheck = [\"zkrender-no-such-validator\", \"{file}\"]\n");
     let says = "program \"zkrender-no-such-validator\" is not an executable file in any directory of PATH";
     assert_refused(&case(&env, &files, 1, &dest, "check = ", "check", says), &[&dest]);
 
@@ -181,9 +183,7 @@ async fn two_dests_naming_one_file_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_config_reload_with_an_unknown_filter_is_refused_and_the_old_one_keeps_running() {
-    let env = Env::new("check-hot-reload").await;
-    env.set("/app/a", "A1").await;
-    let dest = env.path("a.conf");
+    let (env, dest) = env_with_a("check-hot-reload").await;
     let good = format!("[[file]]\ndest = {}\ninline = \"{{{{ znode('/app/a') }}}}\"\n", toml_path(&dest));
     let config = env.write_config(&good);
     let agent = Agent::run(&config);

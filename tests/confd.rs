@@ -8,7 +8,7 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -25,6 +25,13 @@ fn drop_in(dir: &Path, name: &str, contents: &str) {
     fs::rename(&temp, dir.join(name)).unwrap();
 }
 
+/// Writes `contents` to `dir/name`; the file's path.
+fn write_in(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, contents).unwrap();
+    path
+}
+
 /// `sh -c 'echo reloaded >> COUNTER'` as one COMMAND argument of a flag (shell quoting).
 fn appending_command(counter: &Path) -> String {
     format!("sh -c 'echo reloaded >> \"{}\"'", counter.display())
@@ -38,13 +45,12 @@ async fn conf_d_directory_files_add_up_and_a_file_dropped_in_during_run_is_picke
     let out = env.mkdir("out");
     // The base file: [zookeeper] and [agent] only (and `resync` off, so that only the
     // directory watch can pick up the new file).
-    fs::write(confd.join("00-base.toml"), env.config().agent("resync = \"0s\"").text("")).unwrap();
+    write_in(&confd, "00-base.toml", &env.config().agent("resync = \"0s\"").text(""));
     // Relative paths resolve against the directory of the file holding them.
-    fs::write(confd.join("10-team-a.toml"), "[[file]]\ndest = \"../out/a\"\nznode = \"/team-a/url\"\n")
-        .unwrap();
-    fs::write(confd.join("b.j2"), "name={{ znode(\"/team-b/name\") }}\n").unwrap();
-    fs::write(confd.join("20-team-b.toml"), "[[file]]\ndest = \"../out/b\"\ntemplate = \"b.j2\"\n").unwrap();
-    fs::write(confd.join("README"), "not a config file: ignored\n").unwrap();
+    write_in(&confd, "10-team-a.toml", "[[file]]\ndest = \"../out/a\"\nznode = \"/team-a/url\"\n");
+    write_in(&confd, "b.j2", "name={{ znode(\"/team-b/name\") }}\n");
+    write_in(&confd, "20-team-b.toml", "[[file]]\ndest = \"../out/b\"\ntemplate = \"b.j2\"\n");
+    write_in(&confd, "README", "not a config file: ignored\n");
 
     let check = zkrender_in(env.dir(), &[OsStr::new("check"), OsStr::new("-c"), confd.as_os_str()]);
     assert!(check.status.success(), "check failed ({}): {}", check.status, text(&check.stderr));
@@ -70,10 +76,8 @@ async fn conf_d_directory_files_add_up_and_a_file_dropped_in_during_run_is_picke
 async fn agent_section_in_two_files_is_an_error_naming_both() {
     let env = Env::new("confd-two-agents").await;
     let confd = env.mkdir("conf.d");
-    let base = confd.join("00-base.toml");
-    fs::write(&base, env.config().text("")).unwrap();
-    let second = confd.join("10-app.toml");
-    fs::write(&second, "[agent]\nwait = \"1s\"\n").unwrap();
+    let base = write_in(&confd, "00-base.toml", &env.config().text(""));
+    let second = write_in(&confd, "10-app.toml", "[agent]\nwait = \"1s\"\n");
     for command in ["check", "once"] {
         let out = zkrender_in(env.dir(), &[OsStr::new(command), OsStr::new("-c"), confd.as_os_str()]);
         assert_eq!(out.status.code(), Some(2), "{command}: {}", text(&out.stderr));
@@ -116,7 +120,7 @@ async fn one_liner_once_needs_no_config_file() {
             OsStr::new("hello.j2:hello.txt"),
         ],
     );
-    assert!(out.status.success(), "once failed ({}): {}", out.status, text(&out.stderr));
+    assert_succeeded(&out, "once");
     assert_eq!(fs::read(&flags).unwrap(), b"{\"beta\": true}");
     assert_eq!(fs::read(&hello).unwrap(), b"hello world");
 }
@@ -196,7 +200,7 @@ async fn zookeeper_flag_and_environment_override_the_hosts_of_the_config() {
     let mut args = once.to_vec();
     args.extend([OsStr::new("--zookeeper"), OsStr::new(env.hosts())]);
     let out = zkrender_in(env.dir(), &args);
-    assert!(out.status.success(), "once --zookeeper failed ({}): {}", out.status, text(&out.stderr));
+    assert_succeeded(&out, "once --zookeeper");
     assert_eq!(fs::read(&dest).unwrap(), b"from the real server");
 
     fs::remove_file(&dest).unwrap();

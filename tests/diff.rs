@@ -39,6 +39,13 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `zkrender diff`, asserting its exit code (see [`assert_exit`]).
+fn diff_exits(config: &Path, args: &[&str], code: i32, what: &str) -> Output {
+    let out = diff(config, args);
+    assert_exit(&out, code, what);
+    out
+}
+
 /// Asserts the exit code, showing stdout and stderr otherwise.
 fn assert_exit(out: &Output, code: i32, what: &str) {
     assert_eq!(
@@ -75,8 +82,7 @@ async fn diff_exits_1_on_a_change_0_when_equal_and_writes_nothing() {
     fs::write(&b, "bee\n").unwrap();
 
     // a.conf is missing: it diffs against empty. b.conf is equal: no output for it.
-    let out = diff(&config, &[]);
-    assert_exit(&out, 1, "a missing file");
+    let out = diff_exits(&config, &[], 1, "a missing file");
     let a_name = a.display();
     assert_eq!(
         stdout(&out),
@@ -86,8 +92,7 @@ async fn diff_exits_1_on_a_change_0_when_equal_and_writes_nothing() {
 
     // A changed line, in unified form.
     fs::write(&a, "one\n2\nthree\n").unwrap();
-    let out = diff(&config, &[]);
-    assert_exit(&out, 1, "a changed line");
+    let out = diff_exits(&config, &[], 1, "a changed line");
     assert_eq!(
         stdout(&out),
         format!("--- {a_name}\n+++ {a_name} (rendered)\n@@ -1,3 +1,3 @@\n one\n-2\n+two\n three\n")
@@ -95,14 +100,12 @@ async fn diff_exits_1_on_a_change_0_when_equal_and_writes_nothing() {
     assert_eq!(fs::read(&a).unwrap(), b"one\n2\nthree\n", "diff must not touch the file");
 
     // --dest limits it to one file: b.conf is up to date.
-    let out = diff(&config, &["--dest", "b.conf"]);
-    assert_exit(&out, 0, "--dest b.conf, which is up to date");
+    let out = diff_exits(&config, &["--dest", "b.conf"], 0, "--dest b.conf, which is up to date");
     assert_eq!(stdout(&out), "");
 
     // Everything equal: exit 0, no output.
     fs::write(&a, "one\ntwo\nthree\n").unwrap();
-    let out = diff(&config, &[]);
-    assert_exit(&out, 0, "every file up to date");
+    let out = diff_exits(&config, &[], 0, "every file up to date");
     assert_eq!(stdout(&out), "");
     assert!(!marker.exists(), "diff must not reload");
 }
@@ -112,13 +115,11 @@ async fn diff_exits_2_on_a_config_error() {
     let env = Env::new("diff-config").await;
     let dest = env.path("a.conf");
     let config = env.write_config(&format!("{}mode = \"0999\"\n", raw_file(&dest, "/app/a")));
-    let out = diff(&config, &[]);
-    assert_exit(&out, 2, "an invalid mode");
+    let out = diff_exits(&config, &[], 2, "an invalid mode");
     assert!(stderr(&out).contains("zkrender.toml"), "the error names the config file: {}", stderr(&out));
 
     let config = env.write_config(&raw_file(&dest, "/app/a"));
-    let out = diff(&config, &["--dest", "other.conf"]);
-    assert_exit(&out, 2, "a --dest no [[file]] has");
+    let out = diff_exits(&config, &["--dest", "other.conf"], 2, "a --dest no [[file]] has");
     assert!(stderr(&out).contains("other.conf"), "the error names the dest: {}", stderr(&out));
 }
 
@@ -150,8 +151,7 @@ async fn diff_exits_3_when_a_template_fails_and_still_shows_the_others() {
         toml_path(&bad),
         raw_file(&ok, "/app/ok")
     ));
-    let out = diff(&config, &["--timeout", "5s"]);
-    assert_exit(&out, 3, "a template that fails to render");
+    let out = diff_exits(&config, &["--timeout", "5s"], 3, "a template that fails to render");
     assert!(stderr(&out).contains(&bad.display().to_string()), "the error names the file: {}", stderr(&out));
     let ok_name = ok.display();
     assert_eq!(stdout(&out), format!("--- {ok_name}\n+++ {ok_name} (rendered)\n@@ -0,0 +1 @@\n+fine\n"));
@@ -166,8 +166,7 @@ async fn diff_reports_binary_contents_with_sizes_and_sha256() {
     let dest = env.path("keystore");
     let config = env.write_config(&raw_file(&dest, "/app/bin"));
     fs::write(&dest, "text\n").unwrap();
-    let out = diff(&config, &[]);
-    assert_exit(&out, 1, "binary contents that differ");
+    let out = diff_exits(&config, &[], 1, "binary contents that differ");
     let name = dest.display();
     assert_eq!(
         stdout(&out),
@@ -178,8 +177,7 @@ async fn diff_reports_binary_contents_with_sizes_and_sha256() {
         )
     );
     fs::write(&dest, data).unwrap();
-    let out = diff(&config, &[]);
-    assert_exit(&out, 0, "equal binary contents");
+    let out = diff_exits(&config, &[], 0, "equal binary contents");
     assert_eq!(stdout(&out), "");
 }
 

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::disk::{Unwritable, can_create_in, fill, small_fs};
+use common::disk::{can_create_in, fill, small_fs_or_skip, unwritable_or_skip};
 use common::{Agent, Env, assert_file, connect, raw_file, temp_files, wait_for_file, wait_until};
 
 /// How long any single expected effect may take.
@@ -81,12 +81,8 @@ async fn unwritable_dest_dir_keeps_the_old_file_logs_once_and_recovers() {
     let out = env.mkdir("out");
     let (dest, control, agent) = start_with_control(&env, &out, b"good-0").await;
 
-    let guard = match Unwritable::make(&out) {
-        Ok(guard) => guard,
-        Err(reason) => {
-            eprintln!("SKIPPED: cannot make a directory unwritable for root: {reason}");
-            return;
-        }
+    let Some(guard) = unwritable_or_skip(&out) else {
+        return;
     };
     let dest_str = dest.to_str().unwrap();
     for i in 1..=CHANGES {
@@ -126,14 +122,9 @@ async fn unwritable_dest_dir_keeps_the_old_file_logs_once_and_recovers() {
 async fn full_disk_keeps_the_old_file_logs_no_space_once_and_recovers() {
     let env = Env::new("disk-full").await;
     let out = env.mkdir("out");
-    let (mounted, what) = match small_fs(&out, &env.path("fs.img")) {
-        Ok(m) => m,
-        Err(reason) => {
-            eprintln!("SKIPPED: cannot mount a small file system: {reason}");
-            return;
-        }
+    let Some((mounted, what)) = small_fs_or_skip(&out, &env.path("fs.img")) else {
+        return;
     };
-    eprintln!("destination on a {what}");
     let (dest, control, agent) = start_with_control(&env, &out, b"small-0").await;
 
     let filler = out.join("filler");

@@ -815,8 +815,7 @@ async fn config_reload_keeps_what_status_and_metrics_know_about_written_files() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn taken_listen_address_stops_the_agent_naming_the_address() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
+    let (taken, addr) = taken_address();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let text = ops_config(d, "127.0.0.1:1")

@@ -13,10 +13,10 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::disk::{Unwritable, can_create_in, fill, small_fs};
+use common::disk::{Unwritable, can_create_in, fill, small_fs_or_skip, unwritable_or_skip};
 use common::http::Endpoint;
 use common::{Agent, Env, raw_file, toml_path, wait_for_file, wait_until};
 use serde_json::Value;
@@ -37,6 +37,24 @@ async fn start(env: &Env, dest: &Path, first: &[u8]) -> (Agent, Endpoint) {
     let ops = Endpoint::of(&agent);
     wait_until(|| ops.json("/readyz").1["degraded"] == false, T, "/readyz ready and not degraded");
     (agent, ops)
+}
+
+/// The test's environment, its destination directory `out` and the file `out/app.conf`.
+async fn env_with_dest(name: &str) -> (Env, PathBuf, PathBuf) {
+    let env = Env::new(name).await;
+    let out = env.mkdir("out");
+    let dest = out.join("app.conf");
+    (env, out, dest)
+}
+
+/// For `once`: `/app/conf` set to `v1`, a config copying it to `out/app.conf`, and `out` made
+/// unwritable. `None` when the test skips (see [`unwritable_or_skip`]).
+async fn once_into_unwritable(name: &str) -> Option<(Env, PathBuf, PathBuf, Unwritable)> {
+    let (env, out, dest) = env_with_dest(name).await;
+    env.set("/app/conf", b"v1").await;
+    let config = env.write_config(&raw_file(&dest, "/app/conf"));
+    let guard = unwritable_or_skip(&out)?;
+    Some((env, dest, config, guard))
 }
 
 /// The series of a per-file gauge.
@@ -105,16 +123,10 @@ fn assert_converges(agent: &Agent, ops: &Endpoint, dest: &Path, expected: &[u8])
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_directory_made_writable_again_converges_without_a_change() {
-    let env = Env::new("recover-unwritable").await;
-    let out = env.mkdir("out");
-    let dest = out.join("app.conf");
+    let (env, out, dest) = env_with_dest("recover-unwritable").await;
     let (agent, ops) = start(&env, &dest, b"v1").await;
-    let guard = match Unwritable::make(&out) {
-        Ok(guard) => guard,
-        Err(reason) => {
-            eprintln!("SKIPPED: cannot make a directory unwritable for root: {reason}");
-            return;
-        }
+    let Some(guard) = unwritable_or_skip(&out) else {
+        return;
     };
     env.set("/app/conf", b"v2").await;
     assert_stale(&agent, &ops, &dest, guard.cause());
@@ -128,17 +140,10 @@ async fn an_unwritable_directory_made_writable_again_converges_without_a_change(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_file_system_with_space_freed_converges_without_a_change() {
-    let env = Env::new("recover-full").await;
-    let out = env.mkdir("out");
-    let (mounted, what) = match small_fs(&out, &env.path("fs.img")) {
-        Ok(m) => m,
-        Err(reason) => {
-            eprintln!("SKIPPED: cannot mount a small file system: {reason}");
-            return;
-        }
+    let (env, out, dest) = env_with_dest("recover-full").await;
+    let Some((mounted, _)) = small_fs_or_skip(&out, &env.path("fs.img")) else {
+        return;
     };
-    eprintln!("destination on a {what}");
-    let dest = out.join("app.conf");
     let (agent, ops) = start(&env, &dest, b"small").await;
     let filler = out.join("filler");
     fill(&filler);
@@ -167,17 +172,8 @@ fn once(config: &Path, timeout: &str) -> Agent {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_retries_an_unwritable_directory_until_its_timeout_then_names_the_file_and_cause() {
-    let env = Env::new("recover-once-timeout").await;
-    let out = env.mkdir("out");
-    let dest = out.join("app.conf");
-    env.set("/app/conf", b"v1").await;
-    let config = env.write_config(&raw_file(&dest, "/app/conf"));
-    let guard = match Unwritable::make(&out) {
-        Ok(guard) => guard,
-        Err(reason) => {
-            eprintln!("SKIPPED: cannot make a directory unwritable for root: {reason}");
-            return;
-        }
+    let Some((_env, dest, config, guard)) = once_into_unwritable("recover-once-timeout").await else {
+        return;
     };
     let started = Instant::now();
     let run = once(&config, "2s");
@@ -201,17 +197,8 @@ async fn once_retries_an_unwritable_directory_until_its_timeout_then_names_the_f
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_installs_the_file_when_its_directory_becomes_writable_before_the_timeout() {
-    let env = Env::new("recover-once-late").await;
-    let out = env.mkdir("out");
-    let dest = out.join("app.conf");
-    env.set("/app/conf", b"v1").await;
-    let config = env.write_config(&raw_file(&dest, "/app/conf"));
-    let guard = match Unwritable::make(&out) {
-        Ok(guard) => guard,
-        Err(reason) => {
-            eprintln!("SKIPPED: cannot make a directory unwritable for root: {reason}");
-            return;
-        }
+    let Some((_env, dest, config, guard)) = once_into_unwritable("recover-once-late").await else {
+        return;
     };
     let run = once(&config, "20s");
     run.wait_for_log("is retried", T);

@@ -14,11 +14,13 @@ mod common;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, ConfigBuilder, Env, free_port, raw_file, toml_path, wait_for_file, wait_until};
+use common::{
+    Agent, ConfigBuilder, Env, free_port, raw_file, taken_address, toml_path, wait_for_file, wait_until,
+};
 use nix::sys::signal::Signal;
 
 /// How long any single expected effect may take.
@@ -148,8 +150,7 @@ async fn a_config_reload_moves_the_endpoint_to_the_new_listen_address() {
     assert_eq!(http_get(&second, "/readyz"), Some(200));
 
     // An address that is taken: refused with a warning naming the key; the endpoint stays.
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let taken_addr = taken.local_addr().unwrap().to_string();
+    let (taken, taken_addr) = taken_address();
     env.config().listen(&taken_addr).write(&files);
     agent.signal(Signal::SIGHUP);
     agent.wait_for_log("the new address cannot be bound", T);
@@ -173,8 +174,7 @@ async fn a_config_reload_moves_the_endpoint_to_the_new_listen_address() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_taken_listen_address_names_the_key_and_the_fix() {
-    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
+    let (taken, addr) = taken_address();
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on port 1: the agent must stop on the address before any ZooKeeper.
     let cfg = ConfigBuilder::new(dir.path(), "127.0.0.1:1")

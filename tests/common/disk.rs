@@ -129,6 +129,32 @@ pub fn small_fs(dir: &Path, image: &Path) -> Result<(Mounted, &'static str), Str
     }
 }
 
+/// [`Unwritable::make`], or `None` after saying why the test skips.
+pub fn unwritable_or_skip(dir: &Path) -> Option<Unwritable> {
+    match Unwritable::make(dir) {
+        Ok(guard) => Some(guard),
+        Err(reason) => {
+            eprintln!("SKIPPED: cannot make a directory unwritable for root: {reason}");
+            None
+        }
+    }
+}
+
+/// [`small_fs`] on `dir` (`image` for the ext4 fallback), saying what it
+/// mounted; `None` after saying why the test skips.
+pub fn small_fs_or_skip(dir: &Path, image: &Path) -> Option<(Mounted, &'static str)> {
+    match small_fs(dir, image) {
+        Ok((mounted, what)) => {
+            eprintln!("destination on a {what}");
+            Some((mounted, what))
+        }
+        Err(reason) => {
+            eprintln!("SKIPPED: cannot mount a small file system: {reason}");
+            None
+        }
+    }
+}
+
 /// Fills the file system of `path` with one file, until it refuses to take more.
 pub fn fill(path: &Path) -> u64 {
     let mut file = File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));

@@ -1015,6 +1015,13 @@ pub fn temp_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A loopback address held taken while the listener lives, and the address as `host:port`.
+pub fn taken_address() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    (listener, addr)
+}
+
 /// A loopback port that was free a moment ago (nothing listens on it just now).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -1046,6 +1053,11 @@ pub fn zkrender_in(cwd: &Path, args: &[&OsStr]) -> Output {
 }
 
 /// Bytes as text, for messages and `contains` checks.
+/// Asserts that a finished `zkrender` command succeeded, showing its stderr otherwise.
+pub fn assert_succeeded(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed ({}): {}", out.status, text(&out.stderr));
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
