@@ -115,7 +115,9 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
             .map(|f| match &report.zookeeper.error {
                 // Still connecting: the cause per host says more than "waiting for znodes".
                 Some(why) if f.state == "pending" => format!("  {}: no ZooKeeper session: {why}", f.dest),
-                _ => format!("  {}: {}", f.dest, f.last_error.clone().or(f.reason.clone()).unwrap_or_default()),
+                _ => {
+                    format!("  {}: {}", f.dest, f.last_error.clone().or(f.reason.clone()).unwrap_or_default())
+                }
             })
             .collect();
         return Err(AgentError::NotAllWritten {

@@ -144,7 +144,8 @@ pub async fn run(
     let mut first = true;
     let mut quiet = probe::Quiet::default();
     loop {
-        let Some(client) = connect(&cfg, &hosts, &stop, opts.connect_deadline, &out, &mut quiet).await? else {
+        let Some(client) = connect(&cfg, &hosts, &stop, opts.connect_deadline, &out, &mut quiet).await?
+        else {
             return Ok(());
         };
         let outage = quiet.on_connected(tokio::time::Instant::now());

@@ -62,8 +62,7 @@ fn split_host(host: &str) -> (&str, u16) {
 /// Why `host` cannot be reached, or `None` when it can (TCP, and TLS when on).
 async fn probe_host(host: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Option<String> {
     let (name, port) = split_host(host);
-    let addrs: Vec<std::net::SocketAddr> = match timeout(STEP, tokio::net::lookup_host((name, port))).await
-    {
+    let addrs: Vec<std::net::SocketAddr> = match timeout(STEP, tokio::net::lookup_host((name, port))).await {
         Err(_) => return Some(format!("name resolution timed out after {}", secs(STEP))),
         Ok(Err(_)) => return Some("name does not resolve".to_owned()),
         Ok(Ok(addrs)) => addrs.collect(),

@@ -202,6 +202,8 @@ pub struct Publisher {
     pending: bool,
     ready: bool,
     connection: ConnectionState,
+    /// Why connecting fails, as last published: a new cause goes out at once too.
+    unreachable: Option<String>,
 }
 
 impl Publisher {
@@ -221,7 +223,10 @@ impl Publisher {
     ) {
         let Some(tx) = &self.tx else { return };
         let ready = files.clone().all(|f| f.settled);
-        let urgent = force || ready != self.ready || telemetry.connection != self.connection;
+        let urgent = force
+            || ready != self.ready
+            || telemetry.connection != self.connection
+            || telemetry.unreachable != self.unreachable;
         let now = Instant::now();
         if !urgent && self.last.is_some_and(|last| now < last + Self::INTERVAL) {
             self.pending = true;
@@ -232,6 +237,7 @@ impl Publisher {
         self.pending = false;
         self.ready = ready;
         self.connection = telemetry.connection;
+        self.unreachable.clone_from(&telemetry.unreachable);
     }
 
     /// When a held-back report is due.
