@@ -36,8 +36,11 @@ pub(super) async fn probe(
     let mut causes = vec![String::new(); hosts.len()];
     while let Some(joined) = set.join_next().await {
         if let Ok((i, host, cause)) = joined {
-            let cause = cause.unwrap_or_else(|| {
-                format!("accepts connections but gave no ZooKeeper session ({connect_error})")
+            let cause = cause.unwrap_or_else(|| match (&tls, connect_error) {
+                (None, "no available hosts") => "accepts TCP connections but gives no ZooKeeper session \
+                     (a TLS-only port? then set [zookeeper] tls; or the server is not serving)"
+                    .to_owned(),
+                _ => format!("accepts connections but gives no ZooKeeper session ({connect_error})"),
             });
             causes[i] = format!("{host}: {cause}");
         }
