@@ -150,7 +150,7 @@ pub async fn run(
         };
         let outage = quiet.on_connected(tokio::time::Instant::now());
         let attempts = outage.map_or(0, |(attempts, _)| attempts);
-        let after = outage.map(|(_, lasted)| probe::secs(lasted)).unwrap_or_default();
+        let after = probe::secs(outage.map_or(Duration::ZERO, |(_, lasted)| lasted));
         if first {
             info!(hosts = %hosts, session = %client.session_id(), timeout = ?client.session_timeout(), failed_attempts = attempts, unreachable_for = %after, "connected to zookeeper");
         } else {
