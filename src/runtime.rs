@@ -214,7 +214,7 @@ pub async fn diff(
 ) -> Result<DiffOutcome, AgentError> {
     let mut config = config;
     if let Some(dest) = &dest {
-        let wanted = resolve_dest(&config.path, dest);
+        let wanted = resolve_dest(config.base_dir(), dest);
         config.files.retain(|f| f.dest == wanted);
         if config.files.is_empty() {
             return Err(AgentError::UnknownDest { config: config.path.clone(), dest: wanted });
