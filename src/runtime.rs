@@ -399,6 +399,14 @@ async fn drive(
                 if mode == Mode::Run || summary.files.iter().any(|(_, s)| *s == Status::Pending) {
                     return Err(e.into());
                 }
+            } else if let (Some(timeout), ConnectionState::Connecting, Some(cause)) =
+                (timeout, summary.connection, &summary.unreachable)
+                && summary.files.iter().any(|(_, s)| *s == Status::Pending)
+            {
+                // The pipeline's deadline (the same instant) came first: the same error as
+                // the source's own, whichever of the two noticed the timeout.
+                let hosts = summary.hosts.clone();
+                return Err(source::SourceError::ConnectTimeout { hosts, timeout, cause: cause.clone() }.into());
             }
             return Ok(summary);
         }
