@@ -118,8 +118,12 @@ pub async fn exec(config: Config, argv: Vec<String>, timeout: Duration) -> Resul
         let _ = agent.await;
         let details: Vec<String> = report
             .pending()
-            .map(|f| {
-                format!("  {}: {}", f.dest, f.last_error.clone().or(f.reason.clone()).unwrap_or_default())
+            .map(|f| match &report.zookeeper.error {
+                // Still connecting: the cause per host says more than "waiting for znodes".
+                Some(why) if f.state == "pending" => format!("  {}: no ZooKeeper session: {why}", f.dest),
+                _ => {
+                    format!("  {}: {}", f.dest, f.last_error.clone().or(f.reason.clone()).unwrap_or_default())
+                }
             })
             .collect();
         return Err(AgentError::NotAllWritten {
@@ -305,10 +309,11 @@ fn settled_or_error(summary: &Summary) -> Result<(), AgentError> {
         .filter_map(|(dest, status)| match status {
             Status::Ok => None,
             Status::Pending if summary.connection != ConnectionState::Connected => Some(format!(
-                "  {}: no ZooKeeper session ({} to {})",
+                "  {}: no ZooKeeper session ({} to {}){}",
                 dest.display(),
                 summary.connection,
-                summary.hosts
+                summary.hosts,
+                summary.unreachable.as_ref().map(|why| format!(": {why}")).unwrap_or_default(),
             )),
             Status::Pending => {
                 Some(format!("  {}: its znodes could not all be read in time", dest.display()))
@@ -350,7 +355,9 @@ async fn drive(
     let (reloads, reloads_rx) = mpsc::unbounded_channel();
     let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
     let source_stop = shutdown.child_token();
-    let opts = source::Options { connect_deadline: timeout };
+    // One deadline for both: the source tries to connect for the whole of it.
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let opts = source::Options { connect_deadline: deadline.zip(timeout) };
     let mut source =
         tokio::spawn(source::run(config.zookeeper.clone(), opts, source_rx, events_tx, source_stop.clone()));
     let popts = pipeline::Options {
@@ -358,7 +365,7 @@ async fn drive(
         wait: config.agent.wait,
         max_wait: config.agent.max_wait,
         resync: if mode == Mode::Run { config.agent.resync } else { Duration::ZERO },
-        deadline: timeout.map(|t| Instant::now() + t),
+        deadline,
         write_parallelism: 8,
         status: Some(status_tx.clone()),
         hosts: config.zookeeper.connect_string(),
@@ -399,6 +406,14 @@ async fn drive(
                 if mode == Mode::Run || summary.files.iter().any(|(_, s)| *s == Status::Pending) {
                     return Err(e.into());
                 }
+            } else if let (Some(timeout), ConnectionState::Connecting, Some(cause)) =
+                (timeout, summary.connection, &summary.unreachable)
+                && summary.files.iter().any(|(_, s)| *s == Status::Pending)
+            {
+                // The pipeline's deadline (the same instant) came first: the same error as
+                // the source's own, whichever of the two noticed the timeout.
+                let hosts = summary.hosts.clone();
+                return Err(source::SourceError::ConnectTimeout { hosts, timeout, cause: cause.clone() }.into());
             }
             return Ok(summary);
         }
@@ -414,6 +429,7 @@ async fn drive(
                 rendered: Vec::new(),
                 connection: ConnectionState::Connecting,
                 hosts: String::new(),
+                unreachable: None,
             }
         }
     };

@@ -237,7 +237,9 @@ fn respond(
 }
 
 /// `/readyz`: 200 once ready (then possibly degraded, naming each stale file with its cause
-/// under `stale`), 503 with what is pending before.
+/// under `stale`), 503 with what is pending before. Pending while no ZooKeeper session is up:
+/// `"reason": "zookeeper"` with why connecting fails per host as `error`, for the agent and
+/// for each file still waiting for its znodes.
 fn readyz(report: &StatusReport) -> Response<Full<Bytes>> {
     let (status, body) = if report.ready {
         let mut body = json!({
@@ -261,18 +263,31 @@ fn readyz(report: &StatusReport) -> Response<Full<Bytes>> {
         }
         (StatusCode::OK, body)
     } else {
+        // Not connected (and not merely waiting for the first event): ZooKeeper is the reason.
+        let unreachable = report.zookeeper.error.as_ref().filter(|_| report.zookeeper.state != "connected");
         let pending: Vec<_> = report
             .pending()
-            .map(|f| {
-                json!({
+            .map(|f| match unreachable {
+                Some(why) if f.state == "pending" => json!({
+                    "dest": f.dest,
+                    "state": f.state,
+                    "reason": "zookeeper",
+                    "error": why,
+                }),
+                _ => json!({
                     "dest": f.dest,
                     "state": f.state,
                     "reason": f.reason,
                     "error": f.last_error,
-                })
+                }),
             })
             .collect();
-        (StatusCode::SERVICE_UNAVAILABLE, json!({ "ready": false, "pending": pending }))
+        let mut body = json!({ "ready": false, "pending": pending });
+        if let Some(why) = unreachable {
+            body["reason"] = "zookeeper".into();
+            body["error"] = why.as_str().into();
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body)
     };
     let mut body = body.to_string();
     body.push('\n');
@@ -336,6 +351,26 @@ mod tests {
             json!({"ready": false, "pending": [
                 {"dest": "/etc/a.conf", "state": "pending", "reason": "znode_missing", "error": null}
             ]})
+        );
+    }
+
+    #[tokio::test]
+    async fn readyz_before_ready_names_zookeeper_and_why_it_is_unreachable() {
+        let mut report = pending_report();
+        report.files[0].reason = Some("waiting for znodes to be read".into());
+        report.zookeeper = crate::status::ZkStatus {
+            state: "connecting".into(),
+            error: Some("127.0.0.1:1: connection refused".into()),
+            ..Default::default()
+        };
+        let response = respond(&Method::GET, "/readyz", &report, &|| true);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let json: serde_json::Value = serde_json::from_str(&body(response).await).unwrap();
+        assert_eq!(
+            json,
+            json!({"ready": false, "reason": "zookeeper", "error": "127.0.0.1:1: connection refused",
+                "pending": [{"dest": "/etc/a.conf", "state": "pending", "reason": "zookeeper",
+                    "error": "127.0.0.1:1: connection refused"}]})
         );
     }
 

@@ -40,6 +40,10 @@ pub fn render_table(report: &StatusReport, now_unix: f64) -> String {
         zk.reconnects,
         plural(zk.reconnects),
     );
+    // Why connecting fails, per host: what an operator needs first when nothing is written.
+    if let Some(why) = zk.error.as_ref().filter(|_| zk.state != "connected") {
+        let _ = writeln!(out, "zookeeper unreachable: {}", one_line(why));
+    }
     let pending = report.pending().count();
     let readiness = match (report.ready, report.degraded) {
         (true, false) => "yes".to_owned(),
@@ -235,6 +239,7 @@ mod tests {
                 state: "connected".into(),
                 session_expirations: 1,
                 reconnects: 2,
+                error: None,
             },
             files: vec![
                 FileStatus {
@@ -295,6 +300,21 @@ DEST               STATE                LAST WRITE  RELOAD      ERROR/REASON
     /svc (children)  not read yet
 ";
         assert_eq!(render_table(&report(), NOW), expected);
+    }
+
+    #[test]
+    fn header_says_why_zookeeper_is_unreachable() {
+        let mut r = report();
+        r.ready = false;
+        r.zookeeper.state = "connecting".into();
+        r.zookeeper.error = Some("zk9.invalid:2181: name does not resolve".into());
+        let table = render_table(&r, 1000.0);
+        let mut lines = table.lines();
+        assert!(lines.next().unwrap().starts_with("zookeeper: connecting (zk1:2181)"), "{table}");
+        assert_eq!(lines.next(), Some("zookeeper unreachable: zk9.invalid:2181: name does not resolve"));
+        // Once connected, a stale cause is not shown.
+        r.zookeeper.state = "connected".into();
+        assert!(!render_table(&r, 1000.0).contains("unreachable"));
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct Summary {
     /// The ZooKeeper connection at the end, and its hosts.
     pub connection: ConnectionState,
     pub hosts: String,
+    /// Why connecting failed (per host), when the connection is not up at the end.
+    pub unreachable: Option<String>,
 }
 
 /// A new configuration for a running pipeline (config hot reload).
@@ -236,7 +238,13 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
     rendered.sort_by_key(|(id, _)| *id);
     let rendered =
         rendered.into_iter().map(|(id, bytes)| (core.targets()[id].spec.dest.clone(), bytes)).collect();
-    Summary { files, rendered, connection: telemetry.connection(), hosts: telemetry.hosts().to_owned() }
+    Summary {
+        files,
+        rendered,
+        connection: telemetry.connection(),
+        hosts: telemetry.hosts().to_owned(),
+        unreachable: telemetry.unreachable().map(str::to_owned),
+    }
 }
 
 /// Records which files are stale now, then publishes the report (see [`Publisher::publish`]).
@@ -343,6 +351,7 @@ fn handle_event(
             m.zk_connected.set(i64::from(c == Connection::Connected));
             change.changed
         }
+        SourceEvent::Unreachable { cause } => telemetry.on_unreachable(cause),
         SourceEvent::ReadError { dep, message } => {
             core.on_read_error(&dep, message);
             true

@@ -6,7 +6,10 @@
 //! the pipeline only ever needs the latest one.
 //!
 //! Session lifecycle (see `run`):
-//! - connect (retrying with backoff until it works or shutdown);
+//! - connect (retrying with backoff until it works, shutdown or the deadline); when it fails,
+//!   each host is probed for the precise cause ([`probe`]), which is sent to the pipeline
+//!   ([`SourceEvent::Unreachable`], shown by `/readyz` and `/status`) and logged once, then
+//!   reminded once a minute while it lasts;
 //! - start a watch task for every dependency known so far and for each new one;
 //! - on disconnect: report it ([`Connection::Disconnected`]); the files stay and the
 //!   library reconnects within the same session;
@@ -14,6 +17,7 @@
 //!   start every task again (each re-reads and re-arms), and the pipeline drops values that
 //!   did not change.
 
+mod probe;
 mod tls;
 mod watch;
 
@@ -95,6 +99,11 @@ pub enum SourceEvent {
     /// The answer to [`Command::ReadSnapshot`]: every dependency asked for, as of one moment.
     Snapshot(Vec<Update>),
     Connection(Connection),
+    /// Connecting failed; why, per host (`127.0.0.1:1: connection refused; ...`). Sent after
+    /// each failed attempt; the next [`Connection::Connected`] clears it.
+    Unreachable {
+        cause: String,
+    },
     /// Reading a dependency fails for a reason retrying alone may not fix (no permission).
     ReadError {
         dep: Dep,
@@ -118,8 +127,8 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("zookeeper at {hosts}: no session within {timeout:?}")]
-    ConnectTimeout { hosts: String, timeout: Duration },
+    #[error("zookeeper at {hosts}: no session within {}: {cause}", probe::secs(*.timeout))]
+    ConnectTimeout { hosts: String, timeout: Duration, cause: String },
     /// A `[zookeeper] tls` file cannot be read or is not what it should be (never shows key material).
     #[error("zookeeper tls {what} {}: {reason}", .path.display())]
     Tls { what: &'static str, path: std::path::PathBuf, reason: String },
@@ -128,8 +137,9 @@ pub enum SourceError {
 /// Options for [`run`] beyond the config.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Give up connecting after this long (for `once`/`render`); `None` retries forever.
-    pub connect_deadline: Option<Duration>,
+    /// Give up connecting at this instant (for `once`/`render`: their `--timeout`, the
+    /// duration, for messages); `None` retries forever.
+    pub connect_deadline: Option<(tokio::time::Instant, Duration)>,
 }
 
 /// Runs the source until `stop` is cancelled, the command channel closes, or a fatal error.
@@ -144,19 +154,21 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Result<(), SourceError> {
     let hosts = cfg.connect_string();
-    let started = tokio::time::Instant::now();
     let mut deps: Vec<Dep> = Vec::new();
     let mut first = true;
+    let mut quiet = probe::Quiet::default();
     loop {
-        let Some(client) =
-            connect(&cfg, &hosts, &stop, opts.connect_deadline.map(|d| (started + d, d))).await?
+        let Some(client) = connect(&cfg, &hosts, &stop, opts.connect_deadline, &out, &mut quiet).await?
         else {
             return Ok(());
         };
+        let outage = quiet.on_connected(tokio::time::Instant::now());
+        let attempts = outage.map_or(0, |(attempts, _)| attempts);
+        let after = probe::secs(outage.map_or(Duration::ZERO, |(_, lasted)| lasted));
         if first {
-            info!(hosts = %hosts, session = %client.session_id(), timeout = ?client.session_timeout(), "connected to zookeeper");
+            info!(hosts = %hosts, session = %client.session_id(), timeout = ?client.session_timeout(), failed_attempts = attempts, unreachable_for = %after, "connected to zookeeper");
         } else {
-            info!(hosts = %hosts, session = %client.session_id(), watches = deps.len(), "new zookeeper session; re-establishing every watch");
+            info!(hosts = %hosts, session = %client.session_id(), watches = deps.len(), failed_attempts = attempts, unreachable_for = %after, "new zookeeper session; re-establishing every watch");
         }
         first = false;
         let _ = out.send(SourceEvent::Connection(Connection::Connected)).await;
@@ -178,20 +190,25 @@ pub async fn run(
     }
 }
 
-/// Connects, retrying with backoff. `Ok(None)` when stopped first.
+/// Connects, retrying with backoff until `deadline`. `Ok(None)` when stopped first.
+///
+/// After a failed attempt each host is probed for the precise cause, which goes to the
+/// pipeline at every attempt and to the log as [`probe::Quiet`] says: the first failure,
+/// a new cause, then a reminder a minute.
 async fn connect(
     cfg: &ZkConfig,
     hosts: &str,
     stop: &CancellationToken,
     deadline: Option<(tokio::time::Instant, Duration)>,
+    out: &mpsc::Sender<SourceEvent>,
+    quiet: &mut probe::Quiet,
 ) -> Result<Option<zk::Client>, SourceError> {
+    use tokio::time::Instant;
     if cfg.tls.is_some() {
         tls::install_default_provider();
     }
     let mut backoff = watch::Backoff::new();
-    let mut attempts = 0u32;
     loop {
-        attempts += 1;
         let mut connector = zk::Client::connector()
             .with_session_timeout(cfg.session_timeout)
             .with_connection_timeout(cfg.session_timeout.min(Duration::from_secs(5)))
@@ -206,49 +223,64 @@ async fn connect(
         }
         // Also read at each attempt; with TLS every host is connected to over TLS.
         let tls = cfg.tls.as_ref().map(tls::read).transpose()?;
-        let probe = tls.as_ref().map(|tls| tls.probe.clone());
+        let probe_tls = tls.as_ref().map(|tls| tls.probe.clone());
         let connecting = async {
             match tls {
                 Some(tls) => connector.with_tls(tls.options).secure_connect(hosts).await,
                 None => connector.connect(hosts).await,
             }
         };
+        // An attempt never outlasts the deadline: `once --timeout` is the whole budget.
+        let mut limit = cfg.session_timeout * 2;
+        if let Some((at, _)) = deadline {
+            limit = limit.min(at.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
+        }
         let attempt = tokio::select! {
             _ = stop.cancelled() => return Ok(None),
-            r = tokio::time::timeout(cfg.session_timeout * 2, connecting) => r,
+            r = tokio::time::timeout(limit, connecting) => r,
         };
-        let mut why = match attempt {
+        let why = match attempt {
             Ok(Ok(client)) => return Ok(Some(client)),
             Ok(Err(zk::Error::AuthFailed)) => {
+                error!(hosts = %hosts, "cannot connect to zookeeper: authentication failed (check [zookeeper] auth)");
                 return Err(SourceError::AuthFailed { hosts: hosts.to_owned() });
             }
             Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_owned(),
+            Err(_) => format!("no session within {}", probe::secs(limit)),
         };
-        if let Some(probe) = probe {
-            let diagnosis = tokio::select! {
-                _ = stop.cancelled() => return Ok(None),
-                d = tls::diagnosis(&cfg.hosts, probe) => d,
-            };
-            if let Some(diagnosis) = diagnosis {
-                why = format!("{why}; {diagnosis}");
+        let cause = tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            c = probe::probe(&cfg.hosts, probe_tls, &why) => c,
+        };
+        let cause = if cause.is_empty() { why } else { cause };
+        let _ = out.send(SourceEvent::Unreachable { cause: cause.clone() }).await;
+        let now = Instant::now();
+        match quiet.on_failure(now, &cause) {
+            probe::Say::First => {
+                error!(hosts = %hosts, error = %cause, "cannot connect to zookeeper; files keep their last good contents; retrying (reminder once a minute)");
+            }
+            probe::Say::Changed => {
+                error!(hosts = %hosts, error = %cause, attempts = quiet.attempts(), unreachable_for = %probe::secs(quiet.lasted(now)), "cannot connect to zookeeper, for another reason now; retrying");
+            }
+            probe::Say::Reminder => {
+                error!(hosts = %hosts, error = %cause, attempts = quiet.attempts(), unreachable_for = %probe::secs(quiet.lasted(now)), "still cannot connect to zookeeper; files keep their last good contents; retrying");
+            }
+            probe::Say::Nothing => {
+                debug!(hosts = %hosts, error = %cause, attempts = quiet.attempts(), "cannot connect to zookeeper; retrying");
             }
         }
-        // First failures are common while an ensemble starts; say it loudly only when it lasts.
-        if attempts >= 3 {
-            error!(hosts = %hosts, attempt = attempts, error = %why, "cannot connect to zookeeper; files keep their last good contents; retrying");
-        } else {
-            warn!(hosts = %hosts, attempt = attempts, error = %why, "cannot connect to zookeeper; retrying");
-        }
-        let pause = backoff.next().max(Duration::from_millis(200));
-        if let Some((deadline, timeout)) = deadline
-            && tokio::time::Instant::now() + pause >= deadline
-        {
-            return Err(SourceError::ConnectTimeout { hosts: hosts.to_owned(), timeout });
+        let mut pause = backoff.next().max(Duration::from_millis(200));
+        if let Some((at, _)) = deadline {
+            pause = pause.min(at.saturating_duration_since(Instant::now()));
         }
         tokio::select! {
             _ = stop.cancelled() => return Ok(None),
             _ = tokio::time::sleep(pause) => {}
+        }
+        if let Some((at, timeout)) = deadline
+            && Instant::now() >= at
+        {
+            return Err(SourceError::ConnectTimeout { hosts: hosts.to_owned(), timeout, cause });
         }
     }
 }

@@ -90,55 +90,55 @@ pub(super) fn read(tls: &ZkTls) -> Result<Tls, SourceError> {
     Ok(Tls { options, probe: Arc::new(probe) })
 }
 
-/// Why TLS to the first host that fails at the TLS layer fails. The client library reports
-/// a handshake failure (an unknown CA, a client certificate refused) only as a lost
-/// connection, so after a failed attempt each host is probed with the same settings.
-/// `None` when every host handshakes, or none accepts a TCP connection.
-pub(super) async fn diagnosis(hosts: &[String], config: Arc<rustls::ClientConfig>) -> Option<String> {
-    const STEP: Duration = Duration::from_secs(2);
-    for host in hosts {
-        let host = host.clone();
-        let config = config.clone();
-        let probe = tokio::task::spawn_blocking(move || -> Option<String> {
-            let (name, port) = host.rsplit_once(':')?;
-            let name = name.trim_start_matches('[').trim_end_matches(']');
-            let port: u16 = port.parse().ok()?;
-            let server = ServerName::try_from(name.to_owned()).ok()?;
-            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(name, port)).ok()?.next()?;
-            let sock = std::net::TcpStream::connect_timeout(&addr, STEP).ok()?;
-            sock.set_read_timeout(Some(STEP)).ok()?;
-            sock.set_write_timeout(Some(STEP)).ok()?;
-            let conn = rustls::ClientConnection::new(config, server).ok()?;
-            let mut tls = rustls::StreamOwned::new(conn, sock);
-            let failed = |e: std::io::Error| {
-                let e = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                    Some(tls) => tls.to_string(),
-                    None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        "the server closed the connection (not a TLS port, or it refused this client)"
-                            .to_owned()
-                    }
-                    None => e.to_string(),
-                };
-                Some(format!("TLS handshake with {host} failed: {e}"))
-            };
-            while tls.conn.is_handshaking() {
-                if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-                    return failed(e);
-                }
+/// Why a TLS handshake over `sock` (connected to `name`) fails with these settings, or `None`
+/// when it succeeds. The client library reports a handshake failure (an unknown CA, a client
+/// certificate refused) only as a lost connection, so the probe does the handshake itself.
+/// Blocking: run it on a blocking thread. Each read and write waits at most `step`.
+pub(super) fn handshake(
+    sock: std::net::TcpStream,
+    name: &str,
+    config: Arc<rustls::ClientConfig>,
+    step: Duration,
+) -> Option<String> {
+    let server = ServerName::try_from(name.to_owned()).ok()?;
+    sock.set_read_timeout(Some(step)).ok()?;
+    sock.set_write_timeout(Some(step)).ok()?;
+    let conn = rustls::ClientConnection::new(config, server).ok()?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let failed = |e: std::io::Error| {
+        Some(match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(tls) => tls_cause(tls),
+            None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                "the server closed the connection (not a TLS port, or it refused this client)".to_owned()
             }
-            if let Err(e) = tls.flush() {
-                return failed(e);
+            None if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                "no answer (not a TLS port?)".to_owned()
             }
-            // In TLS 1.3 a server refuses a client certificate only after the handshake.
-            tls.sock.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
-            match tls.read(&mut [0u8; 64]) {
-                Err(e) if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => failed(e),
-                _ => None,
-            }
-        });
-        if let Ok(Ok(Some(why))) = tokio::time::timeout(STEP * 4, probe).await {
-            return Some(why);
+            None => e.to_string(),
+        })
+    };
+    while tls.conn.is_handshaking() {
+        if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+            return failed(e);
         }
     }
-    None
+    if let Err(e) = tls.flush() {
+        return failed(e);
+    }
+    // In TLS 1.3 a server refuses a client certificate only after the handshake.
+    tls.sock.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    match tls.read(&mut [0u8; 64]) {
+        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => failed(e),
+        _ => None,
+    }
+}
+
+/// rustls's words, with the plain name of the commonest failure first.
+fn tls_cause(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+            format!("unknown CA ({e}: the server's certificate is not signed by the `ca` file)")
+        }
+        _ => e.to_string(),
+    }
 }

@@ -210,6 +210,10 @@ pub struct ZkStatus {
     pub state: String,
     pub session_expirations: u64,
     pub reconnects: u64,
+    /// Why connecting fails, per host (`127.0.0.1:1: connection refused`), while no session
+    /// is up; cleared when connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One `[[file]]`.

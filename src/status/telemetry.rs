@@ -26,6 +26,8 @@ use crate::source::Connection;
 pub struct Telemetry {
     hosts: String,
     connection: ConnectionState,
+    /// Why connecting fails, while it does (see [`Telemetry::on_unreachable`]).
+    unreachable: Option<String>,
     expirations: u64,
     reconnects: u64,
     /// Per file: when a change it depends on first arrived and is not on disk yet.
@@ -50,6 +52,7 @@ impl Telemetry {
         Telemetry {
             hosts: hosts.to_owned(),
             connection: ConnectionState::Connecting,
+            unreachable: None,
             expirations: 0,
             reconnects: 0,
             changed_at: vec![None; n],
@@ -69,6 +72,7 @@ impl Telemetry {
         Telemetry {
             hosts: self.hosts.clone(),
             connection: self.connection,
+            unreachable: self.unreachable.clone(),
             expirations: self.expirations,
             reconnects: self.reconnects,
             changed_at: carry(old_index, &self.changed_at),
@@ -88,9 +92,25 @@ impl Telemetry {
         &self.hosts
     }
 
+    /// Why connecting fails, while it does.
+    pub fn unreachable(&self) -> Option<&str> {
+        self.unreachable.as_deref()
+    }
+
+    /// Records why connecting failed (per host); true when the cause is a new one (worth
+    /// publishing at once). Cleared by the next [`Connection::Connected`].
+    pub fn on_unreachable(&mut self, cause: String) -> bool {
+        let changed = self.unreachable.as_deref() != Some(cause.as_str());
+        self.unreachable = Some(cause);
+        changed
+    }
+
     /// Records a connection event.
     pub fn on_connection(&mut self, c: Connection) -> ConnectionChange {
         let state = ConnectionState::from(c);
+        if state == ConnectionState::Connected {
+            self.unreachable = None;
+        }
         let reconnected = state == ConnectionState::Connected
             && matches!(self.connection, ConnectionState::Disconnected | ConnectionState::Expired);
         if reconnected {
@@ -182,6 +202,8 @@ pub struct Publisher {
     pending: bool,
     ready: bool,
     connection: ConnectionState,
+    /// Why connecting fails, as last published: a new cause goes out at once too.
+    unreachable: Option<String>,
 }
 
 impl Publisher {
@@ -201,7 +223,10 @@ impl Publisher {
     ) {
         let Some(tx) = &self.tx else { return };
         let ready = files.clone().all(|f| f.settled);
-        let urgent = force || ready != self.ready || telemetry.connection != self.connection;
+        let urgent = force
+            || ready != self.ready
+            || telemetry.connection != self.connection
+            || telemetry.unreachable != self.unreachable;
         let now = Instant::now();
         if !urgent && self.last.is_some_and(|last| now < last + Self::INTERVAL) {
             self.pending = true;
@@ -212,6 +237,7 @@ impl Publisher {
         self.pending = false;
         self.ready = ready;
         self.connection = telemetry.connection;
+        self.unreachable.clone_from(&telemetry.unreachable);
     }
 
     /// When a held-back report is due.
@@ -283,6 +309,7 @@ pub fn report<'a>(
             state: telemetry.connection.as_str().to_owned(),
             session_expirations: telemetry.expirations,
             reconnects: telemetry.reconnects,
+            error: telemetry.unreachable.clone(),
         },
         files,
     }
