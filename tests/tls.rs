@@ -76,26 +76,13 @@ impl Pki {
 
     /// `NAME.pem` (self-signed CA certificate) and `NAME.key`.
     fn make_ca(&self, name: &str, cn: &str) {
-        let (key, pem, subject) = (format!("{name}.key"), format!("{name}.pem"), format!("/CN={cn}"));
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-subj",
-            &subject,
+        let extensions = [
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
+        ];
+        common::make_self_signed_ca(self.dir.path(), name, cn, "2", &extensions);
     }
 
     /// `NAME.pem` signed by `ca` (with a random serial: no `-CAserial`), and `NAME.key`, with the

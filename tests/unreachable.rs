@@ -104,6 +104,23 @@ async fn unresolvable_name_is_named() {
     assert_eq!(agent.stop().code(), Some(0), "{}", agent.log());
 }
 
+/// Runs zkrender with `args` (after them `--timeout 3s` unless `args` has one) against an
+/// unreachable ZooKeeper and asserts that it ends within [3 s, 6 s): it tried for its whole
+/// timeout. Returns its exit code and log.
+fn run_for_its_timeout(args: &[&OsStr], what: &str) -> (Option<i32>, String) {
+    let mut args = args.to_vec();
+    if !args.contains(&OsStr::new("--timeout")) {
+        args.extend([OsStr::new("--timeout"), OsStr::new("3s")]);
+    }
+    let started = Instant::now();
+    let agent = Agent::start(args);
+    let status = agent.wait_exit(Duration::from_secs(15));
+    let took = started.elapsed();
+    let log = agent.log();
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(6), "{what} took {took:?}:\n{log}");
+    (status.code(), log)
+}
+
 /// `once --timeout 3s` keeps trying for the whole 3 s (it gave up after 1.8 s), then exits 1
 /// naming the cause.
 #[test]
@@ -112,23 +129,9 @@ fn once_tries_for_its_whole_timeout() {
     let port = common::free_port();
     let config = ConfigBuilder::new(dir.path(), &format!("127.0.0.1:{port}"))
         .write(&raw_file(&dir.path().join("a.conf"), "/a"));
-    let started = Instant::now();
-    let agent = Agent::start([
-        OsStr::new("once"),
-        OsStr::new("-c"),
-        config.as_os_str(),
-        OsStr::new("--timeout"),
-        OsStr::new("3s"),
-    ]);
-    let status = agent.wait_exit(Duration::from_secs(15));
-    let took = started.elapsed();
-    assert_eq!(status.code(), Some(1), "{}", agent.log());
-    assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(6),
-        "once took {took:?}:\n{}",
-        agent.log()
-    );
-    let log = agent.log();
+    let (code, log) =
+        run_for_its_timeout(&[OsStr::new("once"), OsStr::new("-c"), config.as_os_str()], "once");
+    assert_eq!(code, Some(1), "{log}");
     assert!(log.contains(&format!("127.0.0.1:{port}: connection refused")), "{log}");
 }
 
@@ -141,26 +144,13 @@ fn exec_tries_for_its_whole_timeout() {
     let marker = dir.path().join("child-ran");
     let config = ConfigBuilder::new(dir.path(), &format!("127.0.0.1:{port}"))
         .write(&raw_file(&dir.path().join("a.conf"), "/a"));
-    let started = Instant::now();
-    let agent = Agent::start([
-        OsStr::new("exec"),
-        OsStr::new("-c"),
-        config.as_os_str(),
-        OsStr::new("--timeout"),
-        OsStr::new("3s"),
-        OsStr::new("--"),
-        OsStr::new("touch"),
-        marker.as_os_str(),
-    ]);
-    let status = agent.wait_exit(Duration::from_secs(15));
-    let took = started.elapsed();
-    assert_ne!(status.code(), Some(0), "{}", agent.log());
-    assert!(
-        took >= Duration::from_secs(3) && took < Duration::from_secs(6),
-        "exec took {took:?}:\n{}",
-        agent.log()
+    let args =
+        [OsStr::new("exec"), OsStr::new("-c"), config.as_os_str(), OsStr::new("--timeout"), OsStr::new("3s")];
+    let (code, log) = run_for_its_timeout(
+        &[&args[..], &[OsStr::new("--"), OsStr::new("touch"), marker.as_os_str()]].concat(),
+        "exec",
     );
-    let log = agent.log();
+    assert_ne!(code, Some(0), "{log}");
     assert!(log.contains(&format!("no ZooKeeper session: 127.0.0.1:{port}: connection refused")), "{log}");
     assert!(!marker.exists(), "the child ran without its files");
 }
@@ -170,21 +160,7 @@ fn exec_tries_for_its_whole_timeout() {
 async fn tls_to_a_plain_port_names_the_handshake() {
     let env = Env::new("unreach-tls").await;
     // Any CA will do: the server never gets as far as showing a certificate.
-    run_ok(Command::new("openssl").current_dir(env.dir()).args([
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=unreachable test CA",
-    ]));
+    common::make_self_signed_ca(env.dir(), "ca", "unreachable test CA", "1", &[]);
     let tls = format!("tls = {{ ca = {:?} }}", env.path("ca.pem"));
     let config = ConfigBuilder::new(env.dir(), env.hosts())
         .zookeeper(&tls)

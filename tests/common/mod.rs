@@ -1061,3 +1061,15 @@ pub fn assert_succeeded(out: &Output, what: &str) {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// Makes `NAME.pem`, a self-signed CA certificate with subject `/CN=CN` valid for `days`, and
+/// its key `NAME.key`, in `dir` (openssl; `extra` is appended to the `req` arguments).
+pub fn make_self_signed_ca(dir: &Path, name: &str, cn: &str, days: &str, extra: &[&str]) {
+    let (key, pem, subject) = (format!("{name}.key"), format!("{name}.pem"), format!("/CN={cn}"));
+    let mut args = vec![
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", days, "-keyout", &key, "-out", &pem,
+        "-subj", &subject,
+    ];
+    args.extend_from_slice(extra);
+    run_ok(Command::new("openssl").current_dir(dir).args(&args));
+}
