@@ -20,6 +20,7 @@
 
 mod batch;
 mod core;
+mod events;
 mod install;
 mod retry;
 
@@ -34,13 +35,14 @@ use tracing::{debug, error, info};
 
 pub use self::batch::Debounce;
 pub use self::core::{Action, Core, Plan, Target};
+use self::events::{Held, handle_event};
 use self::install::Installed;
 use crate::config::TargetId;
 use crate::error::report;
 use crate::model::{Dep, Update};
 use crate::notify::queue::{ReloadBatch, ReloadOutcome};
 use crate::ops::metrics;
-use crate::source::{Command, Connection, SourceEvent};
+use crate::source::{Command, SourceEvent};
 use crate::status::StatusReport;
 use crate::status::telemetry::{Publisher, Telemetry};
 pub use crate::status::{ConnectionState, Failure, FailureKind, Status};
@@ -267,96 +269,6 @@ fn next_resync(period: Duration) -> Option<Instant> {
     }
     let jitter = period.mul_f64(rand::random::<f64>() * 0.1);
     Some(Instant::now() + period + jitter)
-}
-
-/// Files held back by reads in flight (see `Core::blocked`): under unbroken churn some read
-/// is always in flight, so once that lasts `max_wait` (1 s when `max_wait` is 0) the loop asks
-/// the source for one atomic multi-read of their dependencies and renders them from it.
-struct Held {
-    since: Option<Instant>,
-    after: Duration,
-}
-
-impl Held {
-    fn after(max_wait: Duration) -> Duration {
-        if max_wait.is_zero() { Duration::from_secs(1) } else { max_wait }
-    }
-
-    /// After a cycle: starts, ends or acts on a hold (asking again each `after` while it lasts).
-    fn after_cycle(
-        &mut self,
-        core: &Core,
-        source: &mpsc::UnboundedSender<Command>,
-        now: Instant,
-        rendered_snapshot: bool,
-    ) {
-        let blocked = core.blocked_deps();
-        if blocked.is_empty() {
-            self.since = None;
-            return;
-        }
-        if rendered_snapshot {
-            self.since = Some(now);
-        }
-        let since = *self.since.get_or_insert(now);
-        if now.duration_since(since) >= self.after {
-            debug!(
-                deps = blocked.len(),
-                "reads in flight for max_wait: reading the files' znodes in one multi-read"
-            );
-            let _ = source.send(Command::ReadSnapshot(blocked.into_iter().collect()));
-            self.since = Some(now);
-        }
-    }
-}
-
-/// Applies one event; true when the connection state changed (worth publishing at once). A
-/// snapshot read's answer is kept in `snapshot` for the next cycle.
-fn handle_event(
-    core: &mut Core,
-    telemetry: &mut Telemetry,
-    ev: SourceEvent,
-    snapshot: &mut Option<Vec<Update>>,
-) -> bool {
-    match ev {
-        SourceEvent::Reading(dep) => {
-            core.on_reading(dep);
-            false
-        }
-        SourceEvent::Snapshot(values) => {
-            *snapshot = Some(values);
-            false
-        }
-        SourceEvent::Update(u) => {
-            metrics().watch_events_total.inc();
-            let now = Instant::now();
-            for id in core.on_update(u) {
-                telemetry.on_change(id, now);
-            }
-            false
-        }
-        // On expiry every watch is re-established by the source and every value re-read;
-        // values that did not change are dropped by the store, so nothing is rewritten.
-        SourceEvent::Connection(c) => {
-            let change = telemetry.on_connection(c);
-            let m = metrics();
-            if change.reconnected {
-                m.zk_reconnects_total.inc();
-            }
-            if c == Connection::Expired {
-                // Every watch task ended with the session: their reads will never answer.
-                core.forget_in_flight(None);
-                m.zk_session_expirations_total.inc();
-            }
-            m.zk_connected.set(i64::from(c == Connection::Connected));
-            change.changed
-        }
-        SourceEvent::Unreachable { cause } => telemetry.on_unreachable(cause),
-        SourceEvent::ReadError { dep, message } => {
-            core.on_read_error(&dep, message);
-            true
-        }
-    }
 }
 
 /// Plans one cycle and carries it out: watches, installs, reloads.
