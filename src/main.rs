@@ -185,15 +185,14 @@ fn status_listen_of(sources: &config::Sources) -> Result<(std::path::PathBuf, Op
     };
     let mut first = None;
     for file in files {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        let has_listen =
-            text.parse::<toml::Table>().is_ok_and(|t| t.get("agent").and_then(|a| a.get("listen")).is_some());
-        if has_listen {
-            let listen = status_listen(&file)?;
+        let table = std::fs::read_to_string(&file).ok().and_then(|text| text.parse::<toml::Table>().ok());
+        if let Some(listen) = table.as_ref().and_then(|t| t.get("agent")).and_then(|a| a.get("listen")) {
+            let listen = listen_value(&file, listen)?;
             return Ok((file, listen));
         }
         first.get_or_insert(file);
     }
+    // No file sets it: the first one decides (the default address, or why it cannot be read).
     let file = first.unwrap_or_else(|| std::path::PathBuf::from(config::DEFAULT_PATH));
     let listen = status_listen(&file)?;
     Ok((file, listen))
@@ -220,9 +219,19 @@ fn status_listen(path: &Path) -> Result<Option<String>, AgentError> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| error(Box::new(e)))?;
     match table.get("agent").and_then(|agent| agent.get("listen")) {
         None => Ok(Some(config::DEFAULT_LISTEN.to_owned())),
-        Some(toml::Value::String(listen)) if listen.is_empty() => Ok(None),
-        Some(toml::Value::String(listen)) => Ok(Some(listen.clone())),
-        Some(other) => Err(error(format!("listen must be a string, not {}", other.type_str()).into())),
+        Some(listen) => listen_value(path, listen),
+    }
+}
+
+/// `[agent] listen = VALUE` of the config at `path`: `None` when the endpoint is disabled.
+fn listen_value(path: &Path, value: &toml::Value) -> Result<Option<String>, AgentError> {
+    match value {
+        toml::Value::String(listen) if listen.is_empty() => Ok(None),
+        toml::Value::String(listen) => Ok(Some(listen.clone())),
+        other => Err(AgentError::StatusConfig {
+            config: path.to_owned(),
+            source: format!("listen must be a string, not {}", other.type_str()).into(),
+        }),
     }
 }
 
