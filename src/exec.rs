@@ -11,9 +11,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Config;
-use crate::error::AgentError;
-
 /// A restart request: the supervisor answers on it once the new child runs.
 pub type RestartRequest = oneshot::Sender<Result<(), String>>;
 
@@ -77,16 +74,6 @@ impl ChildHandle {
             Err(_) => Err(format!("not restarted within {timeout:?}")),
         }
     }
-}
-
-/// Reloads that only `exec` can carry out (signal to the child, restart) are config errors
-/// for every other command (at start, and on a config reload).
-///
-/// # Errors
-/// [`AgentError::Config`] naming each such reload with its line and column (what
-/// [`Config::exec_only`] holds).
-pub fn refuse_exec_only(config: &Config) -> Result<(), AgentError> {
-    Ok(config.refuse_exec_only()?)
 }
 
 /// Signals forwarded to the child. SIGHUP is not among them: it reloads zkrender's own

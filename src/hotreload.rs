@@ -114,7 +114,7 @@ fn load(sources: &config::Sources, exec_mode: bool) -> Result<(Config, Core), St
     let config = config::load_sources(sources).map_err(|e| report(&e))?;
     if !exec_mode {
         // What `run` refuses at start it refuses on reload too.
-        crate::exec::refuse_exec_only(&config).map_err(|e| report(&e))?;
+        config.refuse_exec_only().map_err(|e| report(&e))?;
     }
     let core = Core::new(&config.files)
         .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;

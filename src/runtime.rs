@@ -37,7 +37,7 @@ pub fn compile(config: &Config) -> Result<Core, AgentError> {
 /// # Errors
 /// Template errors at start-up, or a source failure no retry fixes.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
-    exec::refuse_exec_only(&config)?;
+    config.refuse_exec_only()?;
     let core = compile(&config)?;
     info!(config = %config.describe(), files = config.files.len(), watch = ?config.zookeeper.watch, "zkrender starting");
     let (status_tx, status_rx) = watch::channel(Arc::new(StatusReport::default()));
