@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use crate::status::FailureKind;
+
 use nix::fcntl::{Flock, FlockArg};
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -160,17 +162,17 @@ pub enum WriteError {
 }
 
 impl WriteError {
-    /// A short, stable label for the cause, so callers can log or count once per cause:
+    /// The cause, so callers can log or count once per cause; its label (`as_str`) is one of
     /// `check_failed`, `empty_refused`, `bind_mount`, `permission`, `no_space` or `io`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> FailureKind {
         match self {
-            WriteError::CheckFailed { .. } => "check_failed",
-            WriteError::EmptyRefused { .. } => "empty_refused",
-            WriteError::BindMount { .. } => "bind_mount",
+            WriteError::CheckFailed { .. } => FailureKind::CheckFailed,
+            WriteError::EmptyRefused { .. } => FailureKind::EmptyRefused,
+            WriteError::BindMount { .. } => FailureKind::BindMount,
             _ => match self.io_source().map(io::Error::kind) {
-                Some(io::ErrorKind::PermissionDenied) => "permission",
-                Some(io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => "no_space",
-                _ => "io",
+                Some(io::ErrorKind::PermissionDenied) => FailureKind::Permission,
+                Some(io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => FailureKind::NoSpace,
+                _ => FailureKind::Io,
             },
         }
     }

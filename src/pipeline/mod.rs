@@ -308,10 +308,7 @@ async fn run_cycle(
         let results = install::carry_out(core, plan.actions, opts.write_parallelism).await;
         let now = SystemTime::now();
         for Installed { id, changed, result, rollback } in results {
-            let failure = result
-                .as_ref()
-                .err()
-                .map(|e| Failure { kind: FailureKind::from_write_label(e.kind()), message: report(e) });
+            let failure = result.as_ref().err().map(|e| Failure { kind: e.kind(), message: report(e) });
             let result = failure.clone().map_or(Ok(()), Err);
             core.on_attempt(id, &result, Instant::now(), rand::random::<f64>());
             if changed && let Some(waited) = telemetry.change_waited(id) {

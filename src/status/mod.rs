@@ -121,12 +121,6 @@ impl FailureKind {
             FailureKind::Permission | FailureKind::NoSpace | FailureKind::Io | FailureKind::BindMount
         )
     }
-
-    /// The kind a write error's label names ([`crate::sink::WriteError::kind`]); `io` for a
-    /// label this enum does not know.
-    pub fn from_write_label(label: &str) -> FailureKind {
-        FailureKind::ALL.into_iter().find(|k| k.as_str() == label).unwrap_or(FailureKind::Io)
-    }
 }
 
 impl fmt::Display for FailureKind {
@@ -302,10 +296,8 @@ mod tests {
             ]
         );
         for kind in FailureKind::ALL {
-            assert_eq!(FailureKind::from_write_label(kind.as_str()), kind);
             assert!(kind == kind.as_str());
         }
-        assert_eq!(FailureKind::from_write_label("something new"), FailureKind::Io);
     }
 
     #[test]
