@@ -33,7 +33,7 @@ impl fmt::Display for Lint {
 
 /// Every mistake in `spec` that would fail each render whatever the znodes hold: a call of an
 /// unknown function, an unknown filter or test, a literal znode path that does not resolve
-/// (relative without the file's `prefix`, or malformed) in `znode`, `children` or `exists`,
+/// (relative without the file's `prefix`, or malformed) in `znode`, `children`, `exists` or `tree`,
 /// and `env("NAME")` with a literal NAME not in `allow_env`. Arguments computed at render
 /// time are not checked. A template that does not compile gives none: [`compile_all`]
 /// reports its syntax error. Pure: reads no environment variable and no file.
@@ -139,7 +139,7 @@ fn literal_first_arg<'i>(
 /// What is wrong with calling our function `name` with the literal first argument `arg`.
 fn check_call(name: &str, arg: &str, spec: &TemplateSpec, allow_env: &[String]) -> Option<String> {
     match name {
-        "znode" | "children" | "exists" => {
+        "znode" | "children" | "exists" | "tree" => {
             ZnodePath::resolve(spec.prefix.as_ref(), arg).err().map(|err| err.to_string())
         }
         "env" if !allow_env.iter().any(|allowed| allowed == arg) => {

@@ -1283,8 +1283,11 @@ mod tests {
         assert!(lints[0].starts_with("line 1: relative znode path \"db/url\" needs a `prefix`"), "{lints:?}");
         assert!(lints[1].starts_with("line 2: relative znode path \"x\""), "{lints:?}");
         assert!(lints[2].starts_with("line 3: "), "{lints:?}");
+        let lints = lint_of("{% for e in tree('svc') %}{{ e.key }}{% endfor %}", None, &[]);
+        assert_eq!(lints.len(), 1, "{lints:?}");
+        assert!(lints[0].starts_with("line 1: relative znode path \"svc\""), "{lints:?}");
         assert_eq!(
-            lint_of("{{ znode('db/url') }}{{ children('x', default=[]) }}", Some("/app"), &[]),
+            lint_of("{{ znode('db/url') }}{{ children('x', default=[]) }}{{ tree('t') }}", Some("/app"), &[]),
             Vec::<String>::new()
         );
     }
