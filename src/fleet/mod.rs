@@ -19,6 +19,7 @@
 //!            "written":1764670001.2,"state":"ok","reload":{"outcome":"ok","at":1764670001.3}}]}
 //! ```
 
+pub mod command;
 pub mod publish;
 pub mod view;
 

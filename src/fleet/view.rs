@@ -302,9 +302,14 @@ pub fn render_table(fleet: &Fleet, now: f64) -> String {
     if fleet.agents == 0 {
         let _ = writeln!(out, "no agent reports under {}", fleet.report);
     } else if fleet.current {
-        let _ = writeln!(out, "current: all {} agent{}", fleet.agents, plural(fleet.agents));
+        let _ = writeln!(out, "current: {} of {} agent{}", fleet.agents, fleet.agents, plural(fleet.agents));
     } else {
-        let _ = writeln!(out, "not current: {} of {} agents", not_current(fleet), fleet.agents);
+        match not_current(fleet) {
+            0 => out.push_str("not current\n"),
+            n => {
+                let _ = writeln!(out, "not current: {n} of {} agent{}", fleet.agents, plural(fleet.agents));
+            }
+        }
     }
     out
 }
@@ -390,7 +395,7 @@ mod tests {
         );
         let table = render_table(&f, 112.0);
         assert!(table.contains("/z     0x5   12s ago  2       2        0        0"), "{table}");
-        assert!(table.ends_with("current: all 2 agents\n"), "{table}");
+        assert!(table.ends_with("current: 2 of 2 agents\n"), "{table}");
     }
 
     #[test]
