@@ -311,7 +311,7 @@ pub const EXIT_CODES: Table = Table {
         ],
         &[
             "1",
-            "`once`/`render`: a file could not be written (each is named with its error and cause; I/O failures are retried until `--timeout` first); a fatal ZooKeeper error; `diff`: some file would change; `init --output`: the file exists",
+            "`once`/`render`: a file could not be written (each is named with its error and cause; I/O failures are retried until `--timeout` first); a fatal ZooKeeper error; `diff`: some file would change; `init --output`: the file exists; `fleet`: some agent is not current, or the reports could not be read; `run`: the `[agent] id` is taken by a live agent",
         ],
         &[
             "2",

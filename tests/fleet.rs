@@ -257,6 +257,27 @@ async fn a_second_agent_with_the_same_id_fails_at_start_naming_the_holder() {
     assert_eq!(doc["pid"], first.pid(), "the report is still the first agent's");
 }
 
+/// Killed and started again at once (as systemd or a container runtime does), long before its
+/// 10 s session expires: the new run replaces its previous run's report instead of failing.
+#[tokio::test]
+async fn a_restarted_agent_replaces_the_report_of_its_killed_run() {
+    let env = Env::new("fleet-restart").await;
+    env.set("/app/a", "v1").await;
+    let config = agent_config(&env, env.dir(), "again", "10s", &raw_file(&env.path("a"), "/app/a"));
+    let first = Agent::run(&config);
+    wait_report(&env, "again", "first report", |d| d["units"][0]["state"] == "ok").await;
+    let (_, owner) = report(&env, "again").await.unwrap();
+    first.kill();
+    let second = Agent::run(&config);
+    let pid = second.pid();
+    wait_report(&env, "again", "the new run's report", |d| d["pid"] == pid && d["units"][0]["state"] == "ok")
+        .await;
+    let (_, new_owner) = report(&env, "again").await.unwrap();
+    assert_ne!(new_owner, owner);
+    second.wait_for_log("replacing the fleet report of this agent's previous run", T);
+    second.assert_running();
+}
+
 /// Frozen past its 1 s session while the znode changes: the report goes with the session,
 /// and comes back with the new one, up to date.
 #[tokio::test]

@@ -164,6 +164,22 @@ impl Unit {
     }
 }
 
+/// True when `holder` (the data of a report znode another session holds) is this agent's
+/// own previous run, dead but its session not expired yet: same host, and its pid is this
+/// process's (a container restarted) or `alive` says that pid runs no more. Its report may
+/// then be replaced instead of refusing to start.
+pub fn is_previous_run(holder: &[u8], ours: &[u8], alive: impl Fn(u32) -> bool) -> bool {
+    let (Ok(holder), Ok(ours)) =
+        (serde_json::from_slice::<AgentReport>(holder), serde_json::from_slice::<AgentReport>(ours))
+    else {
+        return false;
+    };
+    holder.id == ours.id
+        && !holder.host.is_empty()
+        && holder.host == ours.host
+        && (holder.pid == ours.pid || !alive(holder.pid))
+}
+
 /// The holder of a report znode, for the error when an id is taken: what its report says
 /// (host, pid, start time), or that it could not be read.
 pub fn describe_holder(data: &[u8]) -> String {
@@ -256,6 +272,25 @@ mod tests {
         let file = FileStatus { dest: "/c".into(), state: "pending".into(), ..Default::default() };
         let u = &units(&StatusReport { files: vec![file], ..Default::default() }, |_| None)[0];
         assert_eq!((u.state.as_str(), u.znodes.len(), u.sha256.as_deref()), ("pending", 0, None));
+    }
+
+    #[test]
+    fn only_a_dead_run_on_the_same_host_is_a_previous_run() {
+        let doc = |host: &str, pid| {
+            serde_json::to_vec(&AgentReport {
+                id: "a".into(),
+                host: host.into(),
+                pid,
+                ..AgentReport::default()
+            })
+            .unwrap()
+        };
+        let ours = doc("h", 10);
+        assert!(is_previous_run(&doc("h", 7), &ours, |_| false), "dead on this host");
+        assert!(is_previous_run(&doc("h", 10), &ours, |_| true), "our own pid: a restarted container");
+        assert!(!is_previous_run(&doc("h", 7), &ours, |_| true), "alive");
+        assert!(!is_previous_run(&doc("other", 7), &ours, |_| false), "another host");
+        assert!(!is_previous_run(b"junk", &ours, |_| false));
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! agent watches with: it disappears when that session ends, so the list of reports is the
 //! list of live agents. At the start of every session [`claim`] creates it (and its parents,
 //! persistent, when missing); if it exists and belongs to another session, the id is taken:
-//! at the agent's start that is an error naming the holder ([`super::SourceError::ReportIdTaken`]);
-//! on a later session (the holder took it while this agent's session was expired) it is logged
+//! at the agent's start that is an error naming the holder ([`super::SourceError::ReportIdTaken`]),
+//! unless the holder is this agent's own previous run (same host, its process gone: killed
+//! and restarted before its session expired), whose report is replaced; on a later session (the holder took it while this agent's session was expired) it is logged
 //! and tried again. [`keep`] then runs beside the watch loops and writes each new report
 //! (one `setData`) when `crate::fleet::publish` produces one; it is never on the route
 //! between a watch event and an install.
@@ -125,6 +126,16 @@ pub(super) async fn claim(
                         fleet::describe_holder(&data)
                     )));
                 }
+                Ok((data, stat)) if fleet::is_previous_run(&data, &bytes, pid_alive) => {
+                    // This agent's own previous run, killed before its session expired:
+                    // its report goes now rather than in a session timeout.
+                    info!(znode = node, session = %zk::SessionId(stat.ephemeral_owner), "replacing the fleet report of this agent's previous run (same host, its process is gone)");
+                    match bounded(timeout, client.delete(node, Some(stat.version))).await {
+                        Ok(()) | Err(zk::Error::NoNode | zk::Error::BadVersion) => {}
+                        Err(e) if session_over(&e) => return Err(ClaimError::SessionOver),
+                        Err(e) => return Err(ClaimError::Failed(format!("deleting {node}: {e}"))),
+                    }
+                }
                 Ok((data, stat)) => {
                     return Err(ClaimError::Taken(format!(
                         "session {}, {}",
@@ -142,6 +153,13 @@ pub(super) async fn claim(
         }
     }
     Err(ClaimError::Failed(format!("creating {node}: its parent or the znode kept changing")))
+}
+
+/// True while a process `pid` exists (signal 0; a process of another user counts).
+fn pid_alive(pid: u32) -> bool {
+    use nix::sys::signal::kill;
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    !matches!(kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
 }
 
 /// Keeps the report znode up to date for one session: each new report is one `setData`.
