@@ -307,6 +307,57 @@ async fn the_report_comes_back_after_a_session_expiry() {
     assert_ne!(new_owner, owner, "owned by the new session");
 }
 
+/// With digest auth the agent creates the report path and its report writable by its own
+/// identity only and readable by anyone: another client can read it (and so can `zkrender
+/// fleet` without credentials) but not change it.
+#[tokio::test]
+async fn with_digest_auth_the_report_is_the_agents_own_and_readable_by_all() {
+    use zookeeper_client::{Error, Permission};
+    let env = Env::new("fleet-acl").await;
+    env.set("/app/a", "v1").await;
+    std::fs::write(env.path("zk.digest"), "agent:pw\n").unwrap();
+    let files = raw_file(&env.path("a"), "/app/a");
+    let config = ConfigBuilder::new(env.dir(), env.hosts())
+        .zookeeper(&format!(
+            "chroot = {:?}\nauth = {{ scheme = \"digest\", credentials_file = \"zk.digest\" }}",
+            env.chroot()
+        ))
+        .agent("report = \"/agents\"\nid = \"acl\"")
+        .write(&files);
+    let _agent = Agent::run(&config);
+    wait_report(&env, "acl", "first report", |d| d["units"][0]["state"] == "ok").await;
+    for znode in ["/agents", "/agents/acl"] {
+        let (acls, _) = env.client().get_acl(znode).await.unwrap();
+        let acls: Vec<(String, String, bool, bool)> = acls
+            .iter()
+            .map(|a| {
+                (
+                    a.scheme().to_owned(),
+                    a.id().to_owned(),
+                    a.permission() == Permission::ALL,
+                    a.permission() == Permission::READ,
+                )
+            })
+            .collect();
+        assert_eq!(acls.len(), 2, "{znode}: {acls:?}");
+        assert!(
+            acls.iter().any(|(s, id, all, _)| s == "digest" && id.starts_with("agent:") && *all),
+            "{znode}: {acls:?}"
+        );
+        assert!(
+            acls.iter().any(|(s, id, _, read)| s == "world" && id == "anyone" && *read),
+            "{znode}: {acls:?}"
+        );
+    }
+    assert!(matches!(env.client().set_data("/agents/acl", b"{}", None).await, Err(Error::NoAuth)));
+    // Without credentials (a config of its own, beside the agent's).
+    let plain = ConfigBuilder::new(&env.mkdir("plain"), env.hosts())
+        .zookeeper(&format!("chroot = {:?}", env.chroot()))
+        .write("");
+    let (code, json) = fleet_json(&plain, &["--report", "/agents"]);
+    assert_eq!((code, json["agents"].clone()), (0, serde_json::json!(1)), "{json}");
+}
+
 /// Polls `condition` (which may block briefly, e.g. run `zkrender fleet`) until it holds,
 /// letting the test's runtime (its ZooKeeper client) run in between.
 async fn wait_async(mut condition: impl FnMut() -> bool, what: &str) {

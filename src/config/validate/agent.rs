@@ -122,3 +122,56 @@ fn id_problem(id: &str) -> Option<&'static str> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{ReportConfig, host_name, parse};
+
+    const CONFIG: &str = "/etc/zkrender/zkrender.toml";
+    const ZK: &str = "[zookeeper]\nhosts = \"127.0.0.1:2181\"\n";
+
+    fn report(agent: &str) -> Result<Option<ReportConfig>, String> {
+        parse(Path::new(CONFIG), &format!("{ZK}[agent]\n{agent}"))
+            .map(|c| c.agent.report)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_report_is_off_unless_set_and_id_defaults_to_the_host_name() {
+        assert_eq!(report("id = \"x\"\n"), Ok(None));
+        let r = report("report = \"/zkrender/agents/\"\n").unwrap().unwrap();
+        assert_eq!(r.path.as_str(), "/zkrender/agents");
+        assert_eq!(r.id, host_name().unwrap());
+        assert_eq!(r.interval, Duration::from_secs(1));
+        let r = report("report = \"/r\"\nid = \"web-7f9c\"\nreport_interval = \"250ms\"\n").unwrap().unwrap();
+        assert_eq!((r.node().as_str(), r.interval), ("/r/web-7f9c", Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn bad_report_keys_name_line_and_key() {
+        let shown = report("report = \"/r\"\nid = \"a/b\"\n").unwrap_err();
+        assert!(
+            shown.contains(&format!("{CONFIG}:5:6: [agent]: key `id`: id \"a/b\" must not contain \"/\"")),
+            "{shown}"
+        );
+        let shown = report("report = \"r\"\n").unwrap_err();
+        assert!(
+            shown.contains(&format!("{CONFIG}:4:10: [agent]: key `report`: znode path \"r\" must start")),
+            "{shown}"
+        );
+        let shown = report("report = \"/\"\n").unwrap_err();
+        assert!(shown.contains("key `report`: report must not be the root znode"), "{shown}");
+        let shown = report("report = \"/r\"\nreport_interval = \"0s\"\n").unwrap_err();
+        assert!(
+            shown.contains("key `report_interval`: report_interval must be greater than zero"),
+            "{shown}"
+        );
+        for bad in ["", ".", ".."] {
+            let shown = report(&format!("report = \"/r\"\nid = {bad:?}\n")).unwrap_err();
+            assert!(shown.contains("key `id`"), "{shown}");
+        }
+    }
+}
