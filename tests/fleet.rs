@@ -39,6 +39,11 @@ async fn report(env: &Env, id: &str) -> Option<(Value, i64)> {
     }
 }
 
+/// How many times agent `id`'s report znode was written since created (its data version).
+async fn report_version(env: &Env, id: &str) -> i32 {
+    env.client().check_stat(&format!("/agents/{id}")).await.unwrap().expect("the report exists").version
+}
+
 /// Waits until agent `id`'s report satisfies `ok`; returns it.
 async fn wait_report(env: &Env, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let start = std::time::Instant::now();
@@ -100,6 +105,10 @@ async fn the_report_names_the_sha256_and_mzxid_of_what_was_installed_and_reloade
     let config = agent_config(&env, env.dir(), "web-1", "10s", &files);
     let agent = Agent::run(&config);
     agent.wait_for_bytes(&dest, b"secret-one two", T, "first render");
+    wait_report(&env, "web-1", "first report, reloaded", |d| d["units"][0]["reload"]["outcome"] == "ok")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes_before = report_version(&env, "web-1").await;
 
     env.set("/app/a", "secret-three").await;
     agent.wait_for_bytes(&dest, b"secret-three two", T, "change");
@@ -126,6 +135,9 @@ async fn the_report_names_the_sha256_and_mzxid_of_what_was_installed_and_reloade
     assert!(!text.contains("secret"), "never a znode's contents: {text}");
     let (_, owner) = report(&env, "web-1").await.unwrap();
     assert_ne!(owner, 0, "the report is ephemeral");
+    // One write for the change (install and reload together), and none after it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(report_version(&env, "web-1").await, writes_before + 1, "writes of the report for one change");
 }
 
 /// Two agents on the same znode: both current (exit 0); one paused while the znode changes
