@@ -214,11 +214,14 @@ mod tests {
             state: "ok".into(),
             settled: true,
             deps: vec![dep("/a", "data", Some(true), Some(9))],
-            applied: Some(vec![
-                dep("/a", "data", Some(true), Some(7)),
-                dep("/svc", "children", Some(true), Some(5)),
-                dep("/gone", "data", Some(false), None),
-            ]),
+            applied: Some(
+                vec![
+                    dep("/a", "data", Some(true), Some(7)),
+                    dep("/svc", "children", Some(true), Some(5)),
+                    dep("/gone", "data", Some(false), None),
+                ]
+                .into(),
+            ),
             last_write: Some(10.0),
             last_reload: Some(ReloadStatus { outcome: "ok".into(), at: 11.0, error: Some("x".into()) }),
             ..Default::default()

@@ -237,7 +237,7 @@ pub struct FileStatus {
     /// successful install (or check that it was already correct). `deps` shows the values
     /// read last, which may be newer. For the fleet report (`crate::fleet`); not in `/status`.
     #[serde(skip)]
-    pub applied: Option<Vec<DepStatus>>,
+    pub applied: Option<std::sync::Arc<[DepStatus]>>,
 }
 
 /// One dependency of a file.

@@ -36,7 +36,7 @@ pub struct Telemetry {
     stale_since: Vec<Option<SystemTime>>,
     last_reload: Vec<Option<ReloadStatus>>,
     /// Per file: the values its file on disk was rendered from (see [`Telemetry::on_applied`]).
-    applied: Vec<Option<Vec<DepStatus>>>,
+    applied: Vec<Option<Arc<[DepStatus]>>>,
 }
 
 /// What a connection event changed, for the loop's metrics and publishing.
@@ -273,7 +273,28 @@ pub fn report<'a>(
                     (Some(failure.kind.as_str().to_owned()), Some(failure.message.clone()))
                 }
             };
-            let deps = f.deps.iter().map(|d| dep_status(d, values)).collect();
+            let deps = f
+                .deps
+                .iter()
+                .map(|d| {
+                    let value = values.get(d);
+                    DepStatus {
+                        znode: d.znode.to_string(),
+                        kind: match d.kind {
+                            DepKind::Data => "data",
+                            DepKind::Children => "children",
+                        }
+                        .to_owned(),
+                        exists: value.map(|v| *v != Value::Missing),
+                        mzxid: value.and_then(Value::zxid),
+                        version: match value {
+                            Some(Value::Data { version, .. }) => Some(*version),
+                            Some(Value::Children { cversion, .. }) => Some(*cversion),
+                            _ => None,
+                        },
+                    }
+                })
+                .collect();
             FileStatus {
                 dest: f.dest.display().to_string(),
                 state: f.status.as_str().to_owned(),
@@ -306,7 +327,8 @@ pub fn report<'a>(
     }
 }
 
-/// One dependency and its value in `values`, as the report shows it.
+/// One dependency and its value in `values`, as the report shows it (as [`report`] builds
+/// `deps`).
 fn dep_status(d: &Dep, values: &dyn Snapshot) -> DepStatus {
     let value = values.get(d);
     DepStatus {
