@@ -13,9 +13,9 @@
 //! ```
 //!
 //! Per znode, an agent counts once: current when every unit of it that reads the znode has
-//! its current zxid on disk and the reload after it did not fail; failed when one of them
-//! failed (it is stale with a cause, or its reload failed); lagging otherwise (an older
-//! zxid, a reload or first read still to come).
+//! its current zxid on disk, is not stale and the reload after it did not fail; failed when
+//! one of them failed (it is stale, with a cause, or its reload failed); lagging otherwise
+//! (an older zxid, or its first read still to come).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -142,16 +142,17 @@ fn verdict(id: &str, unit: &Unit, applied: &Applied, now: Current) -> Verdict {
     if unit.reload_failed() {
         return Verdict::Failed(behind("reload_failed", unit.reload.as_ref().map(|r| r.at)));
     }
-    let matches = applied.zxid() == now.zxid && applied.missing == now.zxid.is_none();
-    if matches && unit.state != "pending" {
-        return Verdict::Current;
-    }
+    // Stale is failed for every znode the unit reads: the file does not match ZooKeeper (and
+    // after a rollback its `znodes` are those of the version the application rejected).
     if unit.state == "stale" {
         let cause = unit.cause.as_deref().unwrap_or("unknown");
         return Verdict::Failed(behind(cause, unit.stale_since.or(now.changed)));
     }
     if unit.state == "pending" {
         return Verdict::Lagging(behind("pending", now.changed));
+    }
+    if applied.zxid() == now.zxid && applied.missing == now.zxid.is_none() {
+        return Verdict::Current;
     }
     Verdict::Lagging(behind("behind", now.changed))
 }
@@ -435,6 +436,19 @@ mod tests {
         let json = serde_json::to_value(&f).unwrap();
         assert_eq!(json["znodes"][0]["mzxid"], 5);
         assert_eq!(json["znodes"][0]["failed"][1]["why"], "reload_failed");
+    }
+
+    #[test]
+    fn a_stale_unit_is_failed_even_at_the_current_zxid() {
+        // Rolled back after its reload failed: `znodes` are the rejected version's.
+        let rolled_back = Unit {
+            cause: Some("reload_failed".into()),
+            stale_since: Some(3.0),
+            ..unit("/x", "stale", vec![data("/z", 5)])
+        };
+        let f = view(&read(vec![agent("a", vec![rolled_back])], &[("/z", Some(5))]), &[]);
+        assert!(!f.current);
+        assert_eq!(f.znodes[0].failed[0].why, "reload_failed");
     }
 
     #[test]
