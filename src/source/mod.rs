@@ -183,27 +183,10 @@ pub async fn run(
         }
         // The report znode first: an id taken by another live agent stops the agent before it
         // writes any file.
-        let mut claimed = false;
-        if let Some(rep) = &mut report {
-            match report::claim(
-                &client,
-                rep,
-                report::authenticated(&cfg),
-                cfg.session_timeout.max(Duration::from_secs(1)),
-            )
-            .await
-            {
-                Ok(()) => {
-                    info!(znode = %rep.node, "fleet report created");
-                    claimed = true;
-                }
-                Err(report::ClaimError::Taken(holder)) if first => {
-                    return Err(SourceError::ReportIdTaken { node: rep.node.to_string(), holder });
-                }
-                // Another try in the session's report task, which logs why.
-                Err(_) => {}
-            }
-        }
+        let claimed = match &mut report {
+            Some(rep) => report::start(&client, rep, &cfg, first).await?,
+            None => false,
+        };
         first = false;
         let _ = out.send(SourceEvent::Connection(Connection::Connected)).await;
         let mut session =

@@ -41,7 +41,7 @@ pub struct Report {
 
 /// Why a report znode could not be claimed.
 #[derive(Debug)]
-pub(super) enum ClaimError {
+enum ClaimError {
     /// Another live session holds it: who (session, and what its report says).
     Taken(String),
     /// The session ended meanwhile.
@@ -78,7 +78,7 @@ fn session_over(e: &zk::Error) -> bool {
 
 /// Creates the report znode with the latest report (parents first when missing), or takes
 /// it back when it is already this session's.
-pub(super) async fn claim(
+async fn claim(
     client: &zk::Client,
     report: &mut Report,
     authenticated: bool,
@@ -160,6 +160,30 @@ fn pid_alive(pid: u32) -> bool {
     use nix::sys::signal::kill;
     let Ok(pid) = i32::try_from(pid) else { return false };
     !matches!(kill(nix::unistd::Pid::from_raw(pid), None), Err(nix::errno::Errno::ESRCH))
+}
+
+/// Claims the report znode at the start of a session; true when it is this session's now.
+///
+/// # Errors
+/// [`SourceError::ReportIdTaken`] at the agent's `first` session when another live agent
+/// holds the id. Any other failure is tried again by [`keep`], which logs why.
+pub(super) async fn start(
+    client: &zk::Client,
+    report: &mut Report,
+    cfg: &ZkConfig,
+    first: bool,
+) -> Result<bool, SourceError> {
+    let timeout = cfg.session_timeout.max(Duration::from_secs(1));
+    match claim(client, report, authenticated(cfg), timeout).await {
+        Ok(()) => {
+            info!(znode = %report.node, "fleet report created");
+            Ok(true)
+        }
+        Err(ClaimError::Taken(holder)) if first => {
+            Err(SourceError::ReportIdTaken { node: report.node.to_string(), holder })
+        }
+        Err(_) => Ok(false),
+    }
 }
 
 /// Keeps the report znode up to date for one session: each new report is one `setData`.
