@@ -29,7 +29,8 @@ pub struct Settings {
     pub agent: AgentReport,
     /// At most one report per this period.
     pub interval: Duration,
-    /// The dests of files that have a reload: their report waits for it.
+    /// The dests of files that have a reload at start: their report waits for it (as does the
+    /// report of any file that has reloaded since).
     pub reloads: HashSet<String>,
     /// How long a report may wait for a reload's outcome before it goes out without it.
     pub hold: Duration,
@@ -100,7 +101,11 @@ pub async fn run(
             }
             let now = Instant::now();
             // Installed but not reloaded yet: wait for the reload's outcome (a new status).
-            let awaiting = units.iter().any(|u| settings.reloads.contains(&u.dest) && u.awaits_reload());
+            // A file has a reload if the config at start says so, or it has reloaded (one a
+            // config reload added).
+            let awaiting = units
+                .iter()
+                .any(|u| (u.reload.is_some() || settings.reloads.contains(&u.dest)) && u.awaits_reload());
             let held = *held_since.get_or_insert(now);
             let mut due = last_sent.map_or(now, |last| last + settings.interval);
             if awaiting {
@@ -237,5 +242,20 @@ mod tests {
         assert_eq!(written(&rx), [Some(1.0)]);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(written(&rx), [Some(4.0)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_that_has_reloaded_waits_for_its_next_reload_too() {
+        // Its reload came with a config reload: not in the settings of the start.
+        let (status_tx, status) = watch::channel(report(1.0, Some(1.5)));
+        let s = settings(&[]);
+        let (out, rx) = watch::channel(s.initial());
+        tokio::spawn(run(status, out, s));
+        status_tx.send_replace(report(2.0, Some(1.5)));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(written(&rx), Vec::<Option<f64>>::new(), "written at 2, its reload still to come");
+        status_tx.send_replace(report(2.0, Some(2.5)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(written(&rx), [Some(2.0)]);
     }
 }
