@@ -1,4 +1,5 @@
-//! `[agent]`: debounce (`wait`, `max_wait`), `resync` and the HTTP `listen` address.
+//! `[agent]`: debounce (`wait`, `max_wait`), `resync`, the HTTP `listen` address and the
+//! fleet report (`report`, `id`, `report_interval`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,7 +8,9 @@ use toml::Spanned;
 
 use super::{At, Checker};
 use crate::config::raw::RawAgent;
-use crate::config::{AgentConfig, DEFAULT_LISTEN, DEFAULT_RESYNC};
+use crate::config::{
+    AgentConfig, DEFAULT_LISTEN, DEFAULT_REPORT_INTERVAL, DEFAULT_RESYNC, ReportConfig, host_name,
+};
 
 impl Checker<'_> {
     pub(super) fn agent(&mut self, raw: &RawAgent) -> AgentConfig {
@@ -33,7 +36,53 @@ impl Checker<'_> {
             None => Some(DEFAULT_LISTEN.to_owned()),
             Some(listen) => self.listen(at, listen),
         };
-        AgentConfig { wait, max_wait, resync, listen }
+        let report = self.report(at, raw);
+        AgentConfig { wait, max_wait, resync, listen, report }
+    }
+
+    /// `report`, `id`, `report_interval`: `None` unless `report` is set. `id` defaults to the
+    /// host name and must be one znode name (it becomes `<report>/<id>`).
+    fn report(&mut self, at: At<'_>, raw: &RawAgent) -> Option<ReportConfig> {
+        let interval = self.positive_duration(
+            at,
+            "report_interval",
+            raw.report_interval.as_ref(),
+            DEFAULT_REPORT_INTERVAL,
+        );
+        let id = match &raw.id {
+            Some(id) => match id_problem(id.get_ref()) {
+                None => Some(id.get_ref().clone()),
+                Some(why) => {
+                    self.problem(at, "id", id.span(), format!("id {:?} {why}", id.get_ref()));
+                    None
+                }
+            },
+            None => None,
+        };
+        let raw_path = raw.report.as_ref()?;
+        let path = self.znode_path(at, "report", raw_path)?;
+        if path.as_str() == "/" {
+            self.problem(at, "report", raw_path.span(), "report must not be the root znode \"/\"");
+            return None;
+        }
+        let id = match (id, &raw.id) {
+            (Some(id), _) => id,
+            (None, Some(_)) => return None,
+            (None, None) => match host_name() {
+                Ok(name) if id_problem(&name).is_none() => name,
+                Ok(name) => {
+                    let message = format!("the host name {name:?} cannot be the report's id; set `id`");
+                    self.problem(at, "report", raw_path.span(), message);
+                    return None;
+                }
+                Err(e) => {
+                    let message = format!("the host name cannot be read ({e}); set `id`");
+                    self.problem(at, "report", raw_path.span(), message);
+                    return None;
+                }
+            },
+        };
+        Some(ReportConfig { path, id, interval })
     }
 
     /// `listen`: `""` disables the endpoint; anything else must be an `ip:port` socket
@@ -53,6 +102,76 @@ impl Checker<'_> {
                 self.problem(at, "listen", raw.span(), message);
                 None
             }
+        }
+    }
+}
+
+/// Why `id` cannot name a report znode, if it cannot: it must be one znode name.
+fn id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
+        Some("must not be empty")
+    } else if id == "." || id == ".." {
+        Some("must not be \".\" or \"..\"")
+    } else if id.contains('/') {
+        Some("must not contain \"/\" (it is one znode name under `report`)")
+    } else if id.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else if id.len() > 255 {
+        Some("must be at most 255 bytes long")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::config::{ReportConfig, host_name, parse};
+
+    const CONFIG: &str = "/etc/zkrender/zkrender.toml";
+    const ZK: &str = "[zookeeper]\nhosts = \"127.0.0.1:2181\"\n";
+
+    fn report(agent: &str) -> Result<Option<ReportConfig>, String> {
+        parse(Path::new(CONFIG), &format!("{ZK}[agent]\n{agent}"))
+            .map(|c| c.agent.report)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_report_is_off_unless_set_and_id_defaults_to_the_host_name() {
+        assert_eq!(report("id = \"x\"\n"), Ok(None));
+        let r = report("report = \"/zkrender/agents/\"\n").unwrap().unwrap();
+        assert_eq!(r.path.as_str(), "/zkrender/agents");
+        assert_eq!(r.id, host_name().unwrap());
+        assert_eq!(r.interval, Duration::from_secs(1));
+        let r = report("report = \"/r\"\nid = \"web-7f9c\"\nreport_interval = \"250ms\"\n").unwrap().unwrap();
+        assert_eq!((r.node().as_str(), r.interval), ("/r/web-7f9c", Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn bad_report_keys_name_line_and_key() {
+        let shown = report("report = \"/r\"\nid = \"a/b\"\n").unwrap_err();
+        assert!(
+            shown.contains(&format!("{CONFIG}:5:6: [agent]: key `id`: id \"a/b\" must not contain \"/\"")),
+            "{shown}"
+        );
+        let shown = report("report = \"r\"\n").unwrap_err();
+        assert!(
+            shown.contains(&format!("{CONFIG}:4:10: [agent]: key `report`: znode path \"r\" must start")),
+            "{shown}"
+        );
+        let shown = report("report = \"/\"\n").unwrap_err();
+        assert!(shown.contains("key `report`: report must not be the root znode"), "{shown}");
+        let shown = report("report = \"/r\"\nreport_interval = \"0s\"\n").unwrap_err();
+        assert!(
+            shown.contains("key `report_interval`: report_interval must be greater than zero"),
+            "{shown}"
+        );
+        for bad in ["", ".", ".."] {
+            let shown = report(&format!("report = \"/r\"\nid = {bad:?}\n")).unwrap_err();
+            assert!(shown.contains("key `id`"), "{shown}");
         }
     }
 }
