@@ -116,7 +116,14 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         }
         runtime::compile(&config)?;
         let n = config.files.len();
-        eprintln!("{}: ok ({n} file{})", config.describe(), if n == 1 { "" } else { "s" });
+        let bundles = match config.bundles.len() {
+            0 => String::new(),
+            b => {
+                let in_them: usize = config.bundles.iter().map(|b| b.files.len()).sum();
+                format!(", {b} bundle{} of {in_them} file{}", plural(b), plural(in_them))
+            }
+        };
+        eprintln!("{}: ok ({n} file{}{bundles})", config.describe(), plural(n));
         return Ok(());
     }
     runtime()?.block_on(async move {
@@ -274,4 +281,8 @@ mod tests {
         let missing = status_listen(Path::new("/nonexistent/zkrender.toml")).unwrap_err();
         assert!(report(&missing).starts_with("/nonexistent/zkrender.toml: "), "{}", report(&missing));
     }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }

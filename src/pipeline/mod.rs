@@ -38,7 +38,6 @@ pub use self::core::{Action, Core, Plan, Target};
 use self::events::{Held, handle_event};
 use self::install::Installed;
 use crate::config::TargetId;
-use crate::error::report;
 use crate::model::{Dep, Update};
 use crate::notify::queue::{ReloadBatch, ReloadOutcome};
 use crate::ops::metrics;
@@ -299,7 +298,12 @@ async fn run_cycle(
     let mut to_reload = ReloadBatch::default();
     if opts.mode == Mode::Render {
         for action in plan.actions {
-            if let Action::Install { target, contents } = action {
+            let files = match action {
+                Action::Install { target, contents } => vec![(target, contents)],
+                Action::InstallBundle { files, .. } => files,
+                Action::Remove { .. } => Vec::new(),
+            };
+            for (target, contents) in files {
                 rendered.insert(target, contents);
                 core.on_result(target, &Ok(()));
             }
@@ -308,8 +312,7 @@ async fn run_cycle(
         let results = install::carry_out(core, plan.actions, opts.write_parallelism).await;
         let now = SystemTime::now();
         for Installed { id, changed, result, rollback } in results {
-            let failure = result.as_ref().err().map(|e| Failure { kind: e.kind(), message: report(e) });
-            let result = failure.clone().map_or(Ok(()), Err);
+            let failure = result.as_ref().err().cloned();
             core.on_attempt(id, &result, Instant::now(), rand::random::<f64>());
             if changed && let Some(waited) = telemetry.change_waited(id) {
                 metrics().record_change_to_write(waited);
