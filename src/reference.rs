@@ -292,7 +292,11 @@ pub const BUNDLE_FILE: Table = Table {
             "required",
             "the file's path relative to the bundle's `dir`; subdirectories allowed, no `..`, no name starting with `..`",
         ],
-        &["`znode`, `template`, `inline`", "", "where the bytes come from, as for a `[[file]]` (exactly one, or `tree`)"],
+        &[
+            "`znode`, `template`, `inline`",
+            "",
+            "where the bytes come from, as for a `[[file]]` (exactly one, or `tree`)",
+        ],
         &["`tree`, `format`", "", "a whole subtree, as for a `[[file]]`"],
         &["`prefix`", "none", "relative znode paths in the template resolve under it"],
         &["`mode`", "`\"0644\"`", "octal permission bits of the file in each version"],

@@ -78,13 +78,14 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
                 let raw = validate::raw_document(path, &text)?;
                 validate::file_part(path, &text, raw, doc, &mut dests)
             });
-        let Part { zookeeper: zk, agent: ag, files, bundles: more_bundles, exec_only: needs_exec } = match part {
-            Ok(part) => part,
-            Err(err) => {
-                errors.push(err);
-                continue;
-            }
-        };
+        let Part { zookeeper: zk, agent: ag, files, bundles: more_bundles, exec_only: needs_exec } =
+            match part {
+                Ok(part) => part,
+                Err(err) => {
+                    errors.push(err);
+                    continue;
+                }
+            };
         claim(&mut zookeeper, zk, "[zookeeper]", path, &mut errors);
         claim(&mut agent, ag, "[agent]", path, &mut errors);
         specs.extend(files);

@@ -88,10 +88,18 @@ pub struct Bundle {
 /// One thing to do to the file system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Install { target: TargetId, contents: Vec<u8> },
-    Remove { target: TargetId },
+    Install {
+        target: TargetId,
+        contents: Vec<u8>,
+    },
+    Remove {
+        target: TargetId,
+    },
     /// A new version of a whole bundle: every file's contents, in member order.
-    InstallBundle { bundle: BundleId, files: Vec<(TargetId, Vec<u8>)> },
+    InstallBundle {
+        bundle: BundleId,
+        files: Vec<(TargetId, Vec<u8>)>,
+    },
 }
 
 /// What one cycle decided.
@@ -145,7 +153,12 @@ impl Core {
         let all: Vec<(&FileSpec, Option<BundleId>)> = files
             .iter()
             .map(|f| (f, None))
-            .chain(bundle_specs.iter().enumerate().flat_map(|(b, spec)| spec.files.iter().map(move |f| (f, Some(b)))))
+            .chain(
+                bundle_specs
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(b, spec)| spec.files.iter().map(move |f| (f, Some(b)))),
+            )
             .collect();
         // One environment for the whole configuration, every template compiled into it now.
         let mut compiled = render::compile_all(all.iter().filter_map(|(spec, _)| match &spec.source {
@@ -478,7 +491,10 @@ impl Core {
     /// True when a read of any dependency of any file of bundle `b` is in flight.
     fn bundle_blocked(&self, b: BundleId) -> bool {
         !self.in_flight.is_empty()
-            && self.bundles[b].members.clone().any(|id| self.targets[id].deps.iter().any(|d| self.in_flight.contains(d)))
+            && self.bundles[b]
+                .members
+                .clone()
+                .any(|id| self.targets[id].deps.iter().any(|d| self.in_flight.contains(d)))
     }
 
     fn mark_pending(&mut self, id: TargetId) {
@@ -514,7 +530,11 @@ impl Core {
                     RenderOutcome::Done(bytes) => Outcome::Done(bytes),
                     RenderOutcome::Pending => Outcome::Pending,
                     RenderOutcome::Failed(e) => Outcome::Failed(Failure {
-                        kind: if e.is_missing_znode() { FailureKind::ZnodeMissing } else { FailureKind::Render },
+                        kind: if e.is_missing_znode() {
+                            FailureKind::ZnodeMissing
+                        } else {
+                            FailureKind::Render
+                        },
                         message: e.to_string(),
                     }),
                 };

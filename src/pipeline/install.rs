@@ -39,9 +39,12 @@ pub async fn carry_out(core: &Core, actions: Vec<Action>, parallelism: usize) ->
             Action::Install { target, contents } => {
                 Job::Install { id: target, spec: core.targets()[target].spec.clone(), contents }
             }
-            Action::Remove { target } => Job::Remove { id: target, spec: core.targets()[target].spec.clone() },
+            Action::Remove { target } => {
+                Job::Remove { id: target, spec: core.targets()[target].spec.clone() }
+            }
             Action::InstallBundle { bundle, files } => {
-                let files = files.into_iter().map(|(id, c)| (id, core.targets()[id].spec.clone(), c)).collect();
+                let files =
+                    files.into_iter().map(|(id, c)| (id, core.targets()[id].spec.clone(), c)).collect();
                 Job::Bundle { spec: core.bundles()[bundle].spec.clone(), files }
             }
         };
@@ -109,16 +112,21 @@ impl Job {
                     warn!(dest = %spec.dest.display(), "znode deleted; file removed (on_delete = \"remove\")");
                 }
                 let changed = matches!(r, Ok(true));
-                vec![Installed { id, changed, result: r.map(|_| ()).map_err(|e| failure(&e)), rollback: None }]
+                vec![Installed {
+                    id,
+                    changed,
+                    result: r.map(|_| ()).map_err(|e| failure(&e)),
+                    rollback: None,
+                }]
             }
             Job::Bundle { spec, files } => {
                 let refs: Vec<(&FileSpec, &[u8])> = files.iter().map(|(_, f, c)| (f, c.as_slice())).collect();
                 let r = sink::bundle::install(&spec, &refs);
                 let ids = files.iter().map(|(id, ..)| *id);
                 match r {
-                    Ok(BundleOutcome::Unchanged) => {
-                        ids.map(|id| Installed { id, changed: false, result: Ok(()), rollback: None }).collect()
-                    }
+                    Ok(BundleOutcome::Unchanged) => ids
+                        .map(|id| Installed { id, changed: false, result: Ok(()), rollback: None })
+                        .collect(),
                     Ok(BundleOutcome::Swapped { version, previous }) => {
                         let paths: Vec<String> =
                             files.iter().map(|(_, f, _)| spec.path_of(f).display().to_string()).collect();
@@ -213,7 +221,11 @@ async fn roll_back_bundle(core: &mut Core, first: TargetId, swap: BundleRollback
     let BundleRollback { installed, previous, contents } = swap;
     let Some(previous) = previous else {
         error!(dir = %shown, error = %error, "reload failed; there was no previous bundle version to roll back to");
-        core.reject_bundle(b, contents, &format!("reload failed (no previous version to roll back to): {error}"));
+        core.reject_bundle(
+            b,
+            contents,
+            &format!("reload failed (no previous version to roll back to): {error}"),
+        );
         return;
     };
     let swapped = tokio::task::spawn_blocking(move || sink::bundle::swap_back(&dir, &installed, &previous))
@@ -222,7 +234,11 @@ async fn roll_back_bundle(core: &mut Core, first: TargetId, swap: BundleRollback
     match swapped {
         Ok(true) => {
             error!(dir = %shown, error = %error, "reload failed; ..data swapped back to the previous version (rollback)");
-            core.reject_bundle(b, contents, &format!("reload failed; rolled back to the previous version: {error}"));
+            core.reject_bundle(
+                b,
+                contents,
+                &format!("reload failed; rolled back to the previous version: {error}"),
+            );
         }
         Ok(false) => {
             warn!(dir = %shown, error = %error, "reload failed; not rolled back: a newer version is installed or the previous one is gone");

@@ -24,13 +24,13 @@
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
-use std::io;
+use std::io::{self, Write as _};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use super::{PERMISSION_BITS, WriteError, create_dirs, run_check, set_owner_and_mode, sync_dir, write_synced};
+use super::{PERMISSION_BITS, WriteError, create_dirs, run_check, set_owner_and_mode, sync_dir};
 use crate::config::{BundleSpec, FileSpec};
 
 /// The symlink to the current version.
@@ -105,7 +105,9 @@ pub fn install(bundle: &BundleSpec, files: &[(&FileSpec, &[u8])]) -> Result<Bund
     if let Some(current) = &current {
         let version = dir.join(current);
         if same_version(&version, bundle, files)? {
-            link_names(dir, &visible_names(paths.iter().copied()))?;
+            if link_names(dir, &visible_names(paths.iter().copied()))? {
+                let _ = sync_dir(dir);
+            }
             return Ok(BundleOutcome::Unchanged);
         }
         for (spec, contents) in files {
@@ -119,9 +121,20 @@ pub fn install(bundle: &BundleSpec, files: &[(&FileSpec, &[u8])]) -> Result<Bund
     }
 
     let staged = Staged::create(dir)?;
-    for (spec, contents) in files {
-        staged.write(bundle.path_of(spec), spec, contents)?;
+    // Every file written first, then each synced: on a journalling file system the first
+    // sync commits the others' blocks too, so the rest cost little.
+    let written: Vec<fs::File> = files
+        .iter()
+        .map(|(spec, contents)| staged.write(bundle.path_of(spec), spec, contents))
+        .collect::<Result<_, _>>()?;
+    for ((spec, _), file) in files.iter().zip(&written) {
+        file.sync_data().map_err(|source| WriteError::WriteTemp {
+            dest: spec.dest.clone(),
+            temp: staged.path.join(bundle.path_of(spec)),
+            source,
+        })?;
     }
+    drop(written);
     staged.sync(&paths)?;
     for (spec, _) in files {
         if let Some(argv) = &spec.check {
@@ -147,11 +160,13 @@ pub fn install(bundle: &BundleSpec, files: &[(&FileSpec, &[u8])]) -> Result<Bund
     let version = staged.commit();
     swap(dir, &version)?;
     let names = visible_names(paths.iter().copied());
-    link_names(dir, &names)?;
-    unlink_others(dir, &names);
-    let _ = sync_dir(dir);
+    let relinked = link_names(dir, &names)? | unlink_others(dir, &names);
     let keep = if bundle.rollback { current.as_deref() } else { None };
     remove_versions(dir, &version, keep);
+    if relinked {
+        // The swap is durable already; this makes the new names (and the removals) so.
+        let _ = sync_dir(dir);
+    }
     Ok(BundleOutcome::Swapped { version, previous: current })
 }
 
@@ -166,17 +181,22 @@ pub fn swap_back(dir: &Path, installed: &str, previous: &str) -> io::Result<bool
         return Ok(false);
     }
     swap(dir, previous).map_err(|e| io::Error::other(e.to_string()))?;
-    let names: BTreeSet<OsString> = fs::read_dir(dir.join(previous))?.flatten().map(|e| e.file_name()).collect();
+    let names: BTreeSet<OsString> =
+        fs::read_dir(dir.join(previous))?.flatten().map(|e| e.file_name()).collect();
     link_names(dir, &names).map_err(|e| io::Error::other(e.to_string()))?;
     unlink_others(dir, &names);
-    let _ = sync_dir(dir);
     remove_versions(dir, previous, None);
+    let _ = sync_dir(dir);
     Ok(true)
 }
 
 /// True when `version` holds exactly `files` (same paths, bytes, and no other file); fixes
 /// a differing mode or owner on the way, as a single file's install does.
-fn same_version(version: &Path, bundle: &BundleSpec, files: &[(&FileSpec, &[u8])]) -> Result<bool, WriteError> {
+fn same_version(
+    version: &Path,
+    bundle: &BundleSpec,
+    files: &[(&FileSpec, &[u8])],
+) -> Result<bool, WriteError> {
     let mut found = BTreeSet::new();
     list_files(version, Path::new(""), &mut found);
     let wanted: BTreeSet<PathBuf> = files.iter().map(|(spec, _)| bundle.path_of(spec).to_owned()).collect();
@@ -198,7 +218,11 @@ fn same_version(version: &Path, bundle: &BundleSpec, files: &[(&FileSpec, &[u8])
             let meta = file.metadata()?;
             super::fix_metadata(&file, &meta, spec.mode & PERMISSION_BITS, spec.owner, spec.group)
         });
-        fixed.map_err(|source| WriteError::Metadata { dest: spec.dest.clone(), path: path.clone(), source })?;
+        fixed.map_err(|source| WriteError::Metadata {
+            dest: spec.dest.clone(),
+            path: path.clone(),
+            source,
+        })?;
     }
     Ok(true)
 }
@@ -233,8 +257,9 @@ fn swap(dir: &Path, version: &str) -> Result<(), WriteError> {
 }
 
 /// Makes each of `names` in `dir` a symlink to `..data/NAME` (a new link is renamed over
-/// whatever is there, so it appears at once).
-fn link_names(dir: &Path, names: &BTreeSet<OsString>) -> Result<(), WriteError> {
+/// whatever is there, so it appears at once). True if any link was made.
+fn link_names(dir: &Path, names: &BTreeSet<OsString>) -> Result<bool, WriteError> {
+    let mut made_any = false;
     for name in names {
         let link = dir.join(name);
         let target = Path::new(DATA).join(name);
@@ -251,23 +276,26 @@ fn link_names(dir: &Path, names: &BTreeSet<OsString>) -> Result<(), WriteError> 
             let _ = fs::remove_file(&tmp);
             return Err(WriteError::Rename { dest: link, source });
         }
+        made_any = true;
     }
-    Ok(())
+    Ok(made_any)
 }
 
 /// Removes the symlinks into `..data` that are not among `names` (files that left the
-/// bundle: since the swap they resolved to nothing).
-fn unlink_others(dir: &Path, names: &BTreeSet<OsString>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+/// bundle: since the swap they resolved to nothing). True if any was removed.
+fn unlink_others(dir: &Path, names: &BTreeSet<OsString>) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else { return false };
+    let mut removed = false;
     for entry in entries.flatten() {
         let name = entry.file_name();
         if names.contains(&name) {
             continue;
         }
         if fs::read_link(entry.path()).is_ok_and(|t| t.starts_with(DATA)) {
-            let _ = fs::remove_file(entry.path());
+            removed |= fs::remove_file(entry.path()).is_ok();
         }
     }
+    removed
 }
 
 /// Removes every version directory in `dir` but `current` and `keep` (the previous version,
@@ -309,8 +337,9 @@ impl Staged {
         }
     }
 
-    /// Writes one file (with its final mode and owner from the first byte) and fsyncs it.
-    fn write(&self, rel: &Path, spec: &FileSpec, contents: &[u8]) -> Result<(), WriteError> {
+    /// Writes one file (with its final mode and owner from the first byte); the caller
+    /// syncs it.
+    fn write(&self, rel: &Path, spec: &FileSpec, contents: &[u8]) -> Result<fs::File, WriteError> {
         let path = self.path.join(rel);
         if let Some(parent) = path.parent() {
             fs::DirBuilder::new().mode(0o755).recursive(true).create(parent).map_err(|source| {
@@ -318,22 +347,21 @@ impl Staged {
             })?;
         }
         let mode = spec.mode & PERMISSION_BITS;
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| WriteError::TempFile { dest: spec.dest.clone(), dir: self.path.clone(), source })?;
+        let file =
+            OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(|source| {
+                WriteError::TempFile { dest: spec.dest.clone(), dir: self.path.clone(), source }
+            })?;
         set_owner_and_mode(&file, mode, spec.owner, spec.group).map_err(|source| WriteError::Metadata {
             dest: spec.dest.clone(),
             path: path.clone(),
             source,
         })?;
-        write_synced(&file, contents).map_err(|source| WriteError::WriteTemp {
+        (&file).write_all(contents).map_err(|source| WriteError::WriteTemp {
             dest: spec.dest.clone(),
             temp: path.clone(),
             source,
-        })
+        })?;
+        Ok(file)
     }
 
     /// Fsyncs every directory of the version (the files are already synced).
@@ -413,7 +441,8 @@ mod tests {
     }
 
     fn put(b: &BundleSpec, contents: &[&str]) -> Result<BundleOutcome, WriteError> {
-        let files: Vec<(&FileSpec, &[u8])> = b.files.iter().zip(contents).map(|(f, c)| (f, c.as_bytes())).collect();
+        let files: Vec<(&FileSpec, &[u8])> =
+            b.files.iter().zip(contents).map(|(f, c)| (f, c.as_bytes())).collect();
         install(b, &files)
     }
 

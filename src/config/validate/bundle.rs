@@ -72,8 +72,11 @@ impl Checker<'_> {
         let mut paths: BTreeMap<PathBuf, usize> = BTreeMap::new();
         let mut files = Vec::with_capacity(raw.files.len());
         for (file_index, file) in raw.files.iter().enumerate() {
-            let file_section =
-                format!("{section} [[bundle.file]] #{} (path = {})", file_index + 1, file.get_ref().path.get_ref());
+            let file_section = format!(
+                "{section} [[bundle.file]] #{} (path = {})",
+                file_index + 1,
+                file.get_ref().path.get_ref()
+            );
             let file_at = At { section: &file_section, key_prefix: "" };
             let path = self.bundle_path(file_at, &file.get_ref().path);
             let (Some(dir), Some(path)) = (&dir, path) else {
@@ -82,10 +85,15 @@ impl Checker<'_> {
                 continue;
             };
             let dest = dir.join(&path);
-            let clash = paths.keys().find(|other| other.starts_with(&path) || path.starts_with(other)).cloned();
+            let clash =
+                paths.keys().find(|other| other.starts_with(&path) || path.starts_with(other)).cloned();
             if let Some(other) = clash {
                 let message = if other == path {
-                    format!("path {} is also the path of [[bundle.file]] #{}", path.display(), paths[&other] + 1)
+                    format!(
+                        "path {} is also the path of [[bundle.file]] #{}",
+                        path.display(),
+                        paths[&other] + 1
+                    )
                 } else {
                     format!(
                         "path {} and the path {} of [[bundle.file]] #{} cannot both exist (one would be the other's directory)",
