@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::http::Endpoint;
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -300,9 +301,10 @@ async fn a_failing_check_keeps_the_current_version() {
     let mut files = pair_bundle(&dir, "/k", check);
     // A per-file check too, run on the staged file.
     files.push_str("check = [\"test\", \"-s\", \"{file}\"]\n");
-    let config = env.config().write(&files);
+    let config = env.config().listen("127.0.0.1:0").write(&files);
     let agent = Agent::run(&config);
     let good = wait_for_version(&dir, "good", "the first version");
+    let endpoint = Endpoint::of(&agent);
 
     env.set("/k/a", "bad").await;
     agent.wait_for_log("bundle check failed; ..data untouched", WAIT);
@@ -310,6 +312,28 @@ async fn a_failing_check_keeps_the_current_version() {
     assert_eq!(data_target(&dir).as_deref(), Some(good.as_str()), "..data untouched");
     assert_eq!(versions(&dir), [good.clone()], "the staged version is removed");
     assert_eq!(read(&dir.join("a.conf")), "good");
+    // `/status` lists the bundle's files, with one state; the metric counts one failure.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, status) = endpoint.json("/status");
+        let files: Vec<&serde_json::Value> = status["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["bundle"] == dir.display().to_string())
+            .collect();
+        let dests: Vec<&str> = files.iter().map(|f| f["dest"].as_str().unwrap()).collect();
+        assert_eq!(
+            dests,
+            [dir.join("a.conf").display().to_string(), dir.join("sub/b.json").display().to_string()]
+        );
+        if files.iter().all(|f| f["reason"] == "check_failed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/status: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(endpoint.metric("zkrender_check_failures_total"), Some(1.0));
 
     env.set("/k/a", "better").await;
     let next = wait_for_version(&dir, "better", "the next good version");

@@ -237,6 +237,7 @@ impl Core {
             status: &t.status,
             settled: t.settled_once,
             deps: &t.deps,
+            bundle: t.bundle.map(|b| self.bundles[b].spec.dir.as_path()),
         })
     }
 

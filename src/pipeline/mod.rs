@@ -320,7 +320,10 @@ async fn run_cycle(
             if changed {
                 metrics().files_written_total.inc();
             }
-            if failure.as_ref().is_some_and(|f| f.kind == FailureKind::CheckFailed) {
+            // A bundle's check failure is one, not one per file.
+            let first_of_unit =
+                core.targets()[id].bundle.is_none_or(|b| core.bundles()[b].members.start == id);
+            if first_of_unit && failure.as_ref().is_some_and(|f| f.kind == FailureKind::CheckFailed) {
                 metrics().check_failures_total.inc();
             }
             telemetry.on_result(id, changed, failure.is_none(), now);

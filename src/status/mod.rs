@@ -233,6 +233,10 @@ pub struct FileStatus {
     pub stale_since: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_reload: Option<ReloadStatus>,
+    /// The `dir` of the `[[bundle]]` the file belongs to: its files are written, checked and
+    /// reloaded as one, so they share one state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
 }
 
 /// One dependency of a file.
