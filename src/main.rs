@@ -242,6 +242,10 @@ fn listen_value(path: &Path, value: &toml::Value) -> Result<Option<String>, Agen
     }
 }
 
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,8 +285,4 @@ mod tests {
         let missing = status_listen(Path::new("/nonexistent/zkrender.toml")).unwrap_err();
         assert!(report(&missing).starts_with("/nonexistent/zkrender.toml: "), "{}", report(&missing));
     }
-}
-
-fn plural(n: usize) -> &'static str {
-    if n == 1 { "" } else { "s" }
 }

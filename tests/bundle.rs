@@ -310,7 +310,7 @@ async fn a_failing_check_keeps_the_current_version() {
     agent.wait_for_log("bundle check failed; ..data untouched", WAIT);
     agent.wait_for_log("! grep -q bad {dir}/a.conf", WAIT);
     assert_eq!(data_target(&dir).as_deref(), Some(good.as_str()), "..data untouched");
-    assert_eq!(versions(&dir), [good.clone()], "the staged version is removed");
+    assert_eq!(versions(&dir), [good.as_str()], "the staged version is removed");
     assert_eq!(read(&dir.join("a.conf")), "good");
     // `/status` lists the bundle's files, with one state; the metric counts one failure.
     let deadline = Instant::now() + WAIT;
@@ -363,7 +363,7 @@ async fn rollback_swaps_data_back() {
     agent.wait_for_log("swapped back to the previous version", WAIT);
     assert_eq!(data_target(&dir).as_deref(), Some(good.as_str()), "..data is back");
     assert_eq!(read(&dir.join("a.conf")), "good");
-    assert_eq!(versions(&dir), [good.clone()], "the rejected version is removed");
+    assert_eq!(versions(&dir), [good.as_str()], "the rejected version is removed");
     // First install, the failed one, the one after the rollback.
     let deadline = Instant::now() + WAIT;
     while read(&reloads).lines().count() < 3 {

@@ -307,10 +307,10 @@ fn remove_versions(dir: &Path, current: &str, keep: Option<&str>) {
         if !is_version(&name) || name == current || keep.is_some_and(|k| name == k) {
             continue;
         }
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            if let Err(e) = fs::remove_dir_all(entry.path()) {
-                tracing::warn!(dir = %dir.display(), version = %name.to_string_lossy(), error = %e, "could not remove an old bundle version");
-            }
+        if entry.file_type().is_ok_and(|t| t.is_dir())
+            && let Err(e) = fs::remove_dir_all(entry.path())
+        {
+            tracing::warn!(dir = %dir.display(), version = %name.to_string_lossy(), error = %e, "could not remove an old bundle version");
         }
     }
 }
