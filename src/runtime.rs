@@ -179,7 +179,9 @@ pub async fn render(
     let core = compile(&config)?;
     let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
     let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx, None, None).await?;
-    print_rendered(&summary.rendered, dest.is_none()).map_err(AgentError::Stdout)?;
+    // One file's exact bytes with `--dest`; a bundle's files (`--dest DIR`) each under a header.
+    let headers = dest.is_none() || summary.rendered.len() > 1;
+    print_rendered(&summary.rendered, headers).map_err(AgentError::Stdout)?;
     settled_or_error(&summary)
 }
 

@@ -480,3 +480,46 @@ async fn config_errors_name_file_line_and_key() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("1 bundle of 1 file"), "{log}");
 }
+
+fn zkrender(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zkrender"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run zkrender")
+}
+
+/// `render` prints every file of a bundle (`--dest` takes its dir), `once` installs it,
+/// and `diff` compares each file through `dir/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn render_once_and_diff_treat_the_bundle_as_one_unit() {
+    let env = Env::new("bundle-commands").await;
+    env.seed(&[("/d/a", b"1"), ("/d/b", b"2")]).await;
+    let dir = env.path("conf");
+    let config = env.config().write(&(pair_bundle(&dir, "/d", "") + &raw_file(&env.path("plain"), "/d/a")));
+    let out = zkrender(&["render"], &config);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "render: {}", String::from_utf8_lossy(&out.stderr));
+    for header in [dir.join("a.conf"), dir.join("sub/b.json"), env.path("plain")] {
+        assert!(text.contains(&format!("==> {} <==", header.display())), "{text}");
+    }
+    let out = zkrender(&["render", "--dest", dir.to_str().unwrap()], &config);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("sub/b.json <==") && !text.contains("plain"), "render --dest DIR: {text}");
+    assert!(!dir.exists(), "render writes nothing");
+
+    let out = zkrender(&["diff"], &config);
+    assert_eq!(out.status.code(), Some(1), "diff before install: {}", String::from_utf8_lossy(&out.stderr));
+    let out = zkrender(&["once"], &config);
+    assert!(out.status.success(), "once: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(read(&dir.join("sub/b.json")), "2");
+    let out = zkrender(&["diff"], &config);
+    assert_eq!(out.status.code(), Some(0), "diff after install: {}", String::from_utf8_lossy(&out.stdout));
+    env.set("/d/b", "3").await;
+    let out = zkrender(&["diff"], &config);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("sub/b.json") && text.contains("+3"), "{text}");
+}
