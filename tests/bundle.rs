@@ -139,7 +139,9 @@ fn assert_only_version(dir: &Path, target: &str, a: &str, b: &str) {
 
 /// Case (a): a writer changes both znodes in one `multi` per update; no version, and no
 /// pair the reader sees, mixes two transactions. A reload command records `..data` after
-/// each swap it runs for (reloads merge while one runs, so not necessarily every swap).
+/// each swap it runs for (reloads merge while one runs, so not necessarily every swap), a
+/// thread polls `..data` for every version it can catch, and at the end the last version is
+/// the only one left. (Case (b) inspects `..data` after every one of its swaps exactly.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_transaction_is_never_seen_half_applied() {
     let env = Env::new("bundle-multi").await;
@@ -233,7 +235,10 @@ async fn a_multi_transaction_is_never_seen_half_applied() {
         assert_eq!(a, b, "reload saw a mixed version: {line}");
         let vs: Vec<&str> = vs.split_whitespace().collect();
         assert!(vs.contains(&t), "..data -> {t} does not exist: {line}");
-        assert!(vs.iter().all(|v| *v >= t), "a version older than ..data is left: {line}");
+        // Reloads run beside the next install, which may be between its swap and its
+        // removal of the previous version: at most that one older version may be seen.
+        let older = vs.iter().filter(|v| **v < t).count();
+        assert!(older <= 1, "versions older than ..data are left: {line}");
     }
     let swaps = agent.log().matches("bundle swapped to a new version").count();
     eprintln!(
