@@ -51,12 +51,12 @@ impl Checker<'_> {
         if raw.files.is_empty() {
             self.problem(at, "", spanned.span(), "a bundle needs at least one [[bundle.file]]");
         }
-        let mut claim = |checker: &mut Self, at: At<'_>, dest: &Path, span| {
+        let mut claim = |checker: &mut Self, at: At<'_>, key: &str, dest: &Path, span| {
             let key = same_file_key(dest);
             if let Some(first) = dests.0.get(&key) {
                 let name = if first.doc == doc { &first.short } else { &first.long };
                 let message = format!("{} is also claimed by {name}", dest.display());
-                checker.problem(at, "path", span, message);
+                checker.problem(at, key, span, message);
                 return;
             }
             // `owner` names a `[[file]]` of this document; say which bundle instead.
@@ -66,7 +66,7 @@ impl Checker<'_> {
             dests.0.insert(key, DestOwner { doc, short, long, dest: dest.to_path_buf() });
         };
         if let Some(dir) = &dir {
-            claim(self, At { key_prefix: "", ..at }, &dir.join("..data"), raw.dir.span());
+            claim(self, at, "dir", &dir.join("..data"), raw.dir.span());
         }
         // Each path's components, to find a path that is also another's directory.
         let mut paths: BTreeMap<PathBuf, usize> = BTreeMap::new();
@@ -105,7 +105,7 @@ impl Checker<'_> {
                 self.problem(file_at, "path", file.get_ref().path.span(), message);
             } else {
                 paths.insert(path.clone(), file_index);
-                claim(self, file_at, &dest, file.get_ref().path.span());
+                claim(self, file_at, "path", &dest, file.get_ref().path.span());
             }
             if let Some(mut spec) = self.file(file_at, &as_file(file, dest.display().to_string())) {
                 spec.dest = dest;
@@ -202,6 +202,72 @@ fn as_file(file: &Spanned<RawBundleFile>, dest: String) -> Spanned<RawFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ReloadAction};
+    use crate::model::ZnodePath;
+
+    const ZK: &str = "[zookeeper]\nhosts = \"127.0.0.1:2181\"\n";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        super::super::parse(Path::new("/etc/zkrender/zkrender.toml"), &format!("{ZK}{text}"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_bundle_becomes_files_under_its_dir_sharing_its_reload() {
+        let config = parse(
+            "[[bundle]]\ndir = \"conf\"\ncommit = \"/app/version\"\nrollback = true\n\
+             check = [\"true\", \"{dir}\"]\n\
+             [[bundle.file]]\npath = \"app.conf\"\nznode = \"/app/conf\"\nmode = \"0600\"\n\
+             [[bundle.file]]\npath = \"sub/routes.json\"\ninline = \"{{ znode('/app/routes') }}\"\n\
+             [bundle.reload]\ncommand = [\"true\"]\n",
+        )
+        .unwrap();
+        assert!(config.files.is_empty());
+        let bundle = &config.bundles[0];
+        assert_eq!(bundle.dir, Path::new("/etc/zkrender/conf"));
+        assert_eq!(bundle.commit, Some(ZnodePath::parse("/app/version").unwrap()));
+        assert!(bundle.rollback);
+        assert_eq!(bundle.check.as_deref(), Some(&["true".to_owned(), "{dir}".to_owned()][..]));
+        let dests: Vec<&Path> = bundle.files.iter().map(|f| f.dest.as_path()).collect();
+        assert_eq!(
+            dests,
+            [Path::new("/etc/zkrender/conf/app.conf"), Path::new("/etc/zkrender/conf/sub/routes.json")]
+        );
+        assert_eq!(bundle.path_of(&bundle.files[1]), Path::new("sub/routes.json"));
+        assert_eq!(bundle.files[0].mode, 0o600);
+        assert!(bundle.files.iter().all(|f| f.reload.as_ref().map(|r| &r.action)
+            == Some(&ReloadAction::Command { argv: vec!["true".into()] })));
+    }
+
+    #[test]
+    fn bundle_problems_name_the_bundle_the_file_and_the_key() {
+        let err = parse("[[bundle]]\ndir = \"d\"\n").unwrap_err();
+        assert!(
+            err.contains("3:1: [[bundle]] #1 (dir = d): a bundle needs at least one [[bundle.file]]"),
+            "{err}"
+        );
+        let err = parse(
+            "[[file]]\ndest = \"d/a\"\nznode = \"/a\"\n[[bundle]]\ndir = \"d\"\n\
+             [[bundle.file]]\npath = \"a\"\nznode = \"/a\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("[[bundle]] #1 (dir = d) [[bundle.file]] #1 (path = a): key `path`"), "{err}");
+        assert!(err.contains("is also claimed by [[file]] #1"), "{err}");
+        let err = parse(
+            "[[bundle]]\ndir = \"d\"\n[[bundle.file]]\npath = \"a\"\nznode = \"/a\"\n\
+             [[bundle]]\ndir = \"d/\"\n[[bundle.file]]\npath = \"b\"\nznode = \"/b\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains(
+                "[[bundle]] #2 (dir = d/): key `dir`: /etc/zkrender/d/..data is also claimed by [[bundle]] #1"
+            ),
+            "{err}"
+        );
+        let err =
+            parse("[[bundle]]\ndir = \"d\"\n[[bundle.file]]\npath = \"a\"\nmode = \"9\"\n").unwrap_err();
+        assert!(err.contains("key `mode`") && err.contains("needs one of `znode`"), "{err}");
+    }
 
     #[test]
     fn bundle_paths_are_relative_normal_and_not_hidden_names() {
