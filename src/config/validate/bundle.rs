@@ -52,8 +52,8 @@ impl Checker<'_> {
             self.problem(at, "", spanned.span(), "a bundle needs at least one [[bundle.file]]");
         }
         let mut claim = |checker: &mut Self, at: At<'_>, key: &str, dest: &Path, span| {
-            let key = same_file_key(dest);
-            if let Some(first) = dests.0.get(&key) {
+            let same_file = same_file_key(dest);
+            if let Some(first) = dests.0.get(&same_file) {
                 let name = if first.doc == doc { &first.short } else { &first.long };
                 let message = format!("{} is also claimed by {name}", dest.display());
                 checker.problem(at, key, span, message);
@@ -63,7 +63,7 @@ impl Checker<'_> {
             let file_owner = owner(0, dest);
             let short = at.section.to_owned();
             let long = file_owner.long.replacen(&file_owner.short, &short, 1);
-            dests.0.insert(key, DestOwner { doc, short, long, dest: dest.to_path_buf() });
+            dests.0.insert(same_file, DestOwner { doc, short, long, dest: dest.to_path_buf() });
         };
         if let Some(dir) = &dir {
             claim(self, at, "dir", &dir.join("..data"), raw.dir.span());
