@@ -528,3 +528,39 @@ async fn render_once_and_diff_treat_the_bundle_as_one_unit() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text.contains("sub/b.json") && text.contains("+3"), "{text}");
 }
+
+/// `examples/bundle` as shipped: a release is installed whole, and one whose routes do not
+/// match is refused by the bundle's check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bundle_example_installs_a_release_and_refuses_a_mismatched_one() {
+    let env = Env::new("bundle-example").await;
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bundle");
+    let copy = env.mkdir("example");
+    fs::create_dir_all(copy.join("templates")).unwrap();
+    for file in ["zkrender.toml", "templates/app.conf.j2"] {
+        fs::copy(example.join(file), copy.join(file)).unwrap();
+    }
+    let config = copy.join("zkrender.toml");
+    let hosts = env.chrooted_hosts();
+    let once = || zkrender(&["once", "--zookeeper", &hosts], &config);
+    env.seed(&[
+        ("/app/routes", br#"{"home": "/", "cart": "/cart"}"#),
+        ("/app/config", b"route = home\nroute = cart"),
+        ("/app/version", b"1"),
+    ])
+    .await;
+    let out = once();
+    assert!(out.status.success(), "once: {}", String::from_utf8_lossy(&out.stderr));
+    let conf = copy.join("run/conf");
+    assert!(read(&conf.join("app.conf")).contains("route = cart"));
+    assert!(read(&conf.join("routes.json")).contains("\"cart\""));
+    let first = data_target(&conf).unwrap();
+
+    env.set("/app/config", "route = home\nroute = checkout").await;
+    env.set("/app/version", "2").await;
+    let out = once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("check_failed"), "once: {stderr}");
+    assert_eq!(data_target(&conf), Some(first), "the refused release is not swapped in");
+    assert!(read(&conf.join("app.conf")).contains("route = cart"));
+}
