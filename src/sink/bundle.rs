@@ -108,6 +108,7 @@ pub fn install(bundle: &BundleSpec, files: &[(&FileSpec, &[u8])]) -> Result<Bund
             if link_names(dir, &visible_names(paths.iter().copied()))? {
                 let _ = sync_dir(dir);
             }
+            remove_leftovers(dir, current);
             return Ok(BundleOutcome::Unchanged);
         }
         for (spec, contents) in files {
@@ -315,6 +316,21 @@ fn remove_versions(dir: &Path, current: &str, keep: Option<&str>) {
     }
 }
 
+/// Removes version directories newer than `current`: what a crash in the middle of an
+/// install left (an older one may be the previous version a `rollback` still needs).
+fn remove_leftovers(dir: &Path, current: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if is_version(&name)
+            && name.as_bytes() > current.as_bytes()
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// A version directory being written; removed on drop unless committed.
 struct Staged {
     path: PathBuf,
@@ -479,7 +495,10 @@ mod tests {
         assert_eq!(fs::read_to_string(dir.join("sub/b.json")).unwrap(), "1");
         assert_eq!(fs::read_link(dir.join("sub")).unwrap(), Path::new("..data/sub"));
         assert_eq!(mode_of(&dir.join("a.conf")), Some(0o640));
+        // A crash left a staged version: the next install that changes nothing removes it.
+        fs::create_dir(dir.join("..9999_01_01_00_00_00.000000000")).unwrap();
         assert_eq!(put(&b, &["1", "1"]).unwrap(), BundleOutcome::Unchanged);
+        assert_eq!(versions(&dir), vec![v1.clone()]);
         let BundleOutcome::Swapped { version: v2, previous } = put(&b, &["2", "2"]).unwrap() else {
             panic!("second install")
         };
