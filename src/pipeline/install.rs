@@ -174,6 +174,11 @@ impl Job {
 /// the reload again, so the application returns to the configuration it accepted.
 pub async fn roll_back(core: &mut Core, rollback: Vec<Rollback>, error: &str) {
     for Rollback { id, previous, installed, bundle } in rollback {
+        if id >= core.targets().len() {
+            // Installed under a configuration that had more files (config reload since).
+            warn!(error = %error, "reload failed; the file it was for is no longer configured, not rolled back");
+            continue;
+        }
         if let Some(swap) = bundle {
             roll_back_bundle(core, id, swap, error).await;
             continue;

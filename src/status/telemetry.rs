@@ -172,8 +172,12 @@ impl Telemetry {
             at: unix_seconds(at),
             error,
         };
+        // A reload started before a config reload may name files the new configuration no
+        // longer has.
         for &id in targets {
-            self.last_reload[id] = Some(status.clone());
+            if let Some(slot) = self.last_reload.get_mut(id) {
+                *slot = Some(status.clone());
+            }
         }
     }
 }
