@@ -364,24 +364,24 @@ impl Core {
                 bundles.insert(b);
                 continue;
             }
-            let store: &Arc<Store> = if self.blocked(id) {
+            // `Some`: render from the snapshot; `None`: from the store.
+            let from: Option<&Arc<Store>> = if self.blocked(id) {
                 match snapshot {
-                    Some(s) if s.all_known(&self.targets[id].deps) => s,
+                    Some(s) if s.all_known(&self.targets[id].deps) => Some(s),
                     _ => {
                         self.dirty.insert(id);
                         continue;
                     }
                 }
             } else {
-                &self.store
+                None
             };
             // A file renders only once everything it read last time has been read again:
             // rendering with half the values would only produce a file we throw away.
-            if !store.all_known(&self.targets[id].deps) {
+            if !from.unwrap_or(&self.store).all_known(&self.targets[id].deps) {
                 continue;
             }
-            let store = store.clone();
-            match self.render_target(id, &store, &mut plan) {
+            match self.render_target(id, from, &mut plan) {
                 Outcome::Done(contents) => {
                     let target = &mut self.targets[id];
                     if target.rejected.as_ref() == Some(&contents) {
@@ -424,25 +424,25 @@ impl Core {
             return;
         }
         let deps = self.bundle_deps(b);
-        let store = if self.bundle_blocked(b) {
+        let from = if self.bundle_blocked(b) {
             match snapshot {
-                Some(s) if s.all_known(&deps) => s.clone(),
+                Some(s) if s.all_known(&deps) => Some(s),
                 _ => {
                     self.dirty.extend(members);
                     return;
                 }
             }
         } else {
-            self.store.clone()
+            None
         };
-        if !store.all_known(&deps) {
+        if !from.unwrap_or(&self.store).all_known(&deps) {
             return;
         }
         let mut files = Vec::with_capacity(members.len());
         let mut pending = false;
         let mut failed = false;
         for id in members.clone() {
-            match self.render_target(id, &store, plan) {
+            match self.render_target(id, from, plan) {
                 Outcome::Done(contents) => files.push((id, contents)),
                 Outcome::Pending => {
                     self.mark_pending(id);
@@ -516,8 +516,11 @@ impl Core {
         }
     }
 
-    /// Renders file `id` from `store` and records what it read.
-    fn render_target(&mut self, id: TargetId, store: &Arc<Store>, plan: &mut Plan) -> Outcome {
+    /// Renders file `id` from `snapshot`, or from the store when `None`, and records what it
+    /// read. The store is borrowed, not shared, for the render: changing what the file reads
+    /// afterwards ([`Core::set_target_deps`]) then copies nothing.
+    fn render_target(&mut self, id: TargetId, snapshot: Option<&Arc<Store>>, plan: &mut Plan) -> Outcome {
+        let store: &Arc<Store> = snapshot.unwrap_or(&self.store);
         let target = &mut self.targets[id];
         // Whatever this render leads to supersedes a retry that was waiting.
         target.retry_at = None;
@@ -945,6 +948,19 @@ pub(super) mod tests {
         assert!(core.plan().actions.is_empty(), "the rejected version is not installed again");
         core.on_update(data("/a", "2", 3));
         assert_eq!(core.plan().actions, vec![bundle_install(&[(1, "2"), (2, "1")])]);
+    }
+
+    #[test]
+    fn planning_new_dependencies_does_not_copy_the_store() {
+        let mut core = bundle_core(None);
+        let store = Arc::as_ptr(&core.store);
+        let plan = core.plan();
+        assert_eq!(plan.watch.len(), 3, "every file found new dependencies");
+        core.on_update(data("/a", "1", 1));
+        core.on_update(data("/b", "1", 1));
+        core.on_update(data("/x", "1", 1));
+        assert_eq!(core.plan().actions.len(), 2);
+        assert_eq!(Arc::as_ptr(&core.store), store, "the store was copied");
     }
 
     #[test]
