@@ -121,7 +121,7 @@ fn load(sources: &config::Sources, exec_mode: bool) -> Result<(Config, Core), St
         // What `run` refuses at start it refuses on reload too.
         config.refuse_exec_only().map_err(|e| report(&e))?;
     }
-    let core = Core::new(&config.files)
+    let core = Core::for_config(&config)
         .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
     Ok((config, core))
 }
@@ -129,7 +129,7 @@ fn load(sources: &config::Sources, exec_mode: bool) -> Result<(Config, Core), St
 /// The config files and every template file.
 fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
     let mut files: BTreeSet<PathBuf> = config.origin.files.iter().cloned().collect();
-    for f in &config.files {
+    for f in config.files.iter().chain(config.bundles.iter().flat_map(|b| &b.files)) {
         if let FileSource::Template(t) = &f.source
             && let Some(p) = &t.path
         {

@@ -166,6 +166,32 @@ allow_env = []
 # retries = 3
 # Wait a random 0..splay before reloading, so a fleet does not reload at once.
 # splay = "0s"
+
+# A [[bundle]]: files under one directory that the application sees change as
+# one, laid out like a Kubernetes ConfigMap volume (dir/..data points at the
+# current version; each file is a symlink through it). A [[bundle.file]] takes
+# the keys of a [[file]] that make sense per file (znode, template, inline,
+# tree, format, prefix, mode, owner, group, check, allow_empty, allow_env).
+# [[bundle]]
+# dir = "/etc/app/conf"
+# Re-render only when this znode changes (the writer sets it last).
+# commit = "/app/config/version"
+# argv run on the staged version directory before the swap; {dir} is its path.
+# check = ["app", "--check-config", "{dir}"]
+# check_timeout = "30s"
+# If the reload fails, swap ..data back to the previous version.
+# rollback = false
+# [[bundle.file]]
+# Relative to dir; subdirectories allowed.
+# path = "app.conf"
+# template = "templates/app.conf.j2"
+# [[bundle.file]]
+# path = "routes.json"
+# znode = "/app/routes"
+# One reload per bundle change; the same keys as [file.reload].
+# [bundle.reload]
+# signal = "HUP"
+# pid_file = "/run/app.pid"
 "#;
 
 #[cfg(test)]

@@ -119,7 +119,14 @@ fn run(cli: Cli) -> Result<(), AgentError> {
         }
         runtime::compile(&config)?;
         let n = config.files.len();
-        eprintln!("{}: ok ({n} file{})", config.describe(), if n == 1 { "" } else { "s" });
+        let bundles = match config.bundles.len() {
+            0 => String::new(),
+            b => {
+                let in_them: usize = config.bundles.iter().map(|b| b.files.len()).sum();
+                format!(", {b} bundle{} of {in_them} file{}", plural(b), plural(in_them))
+            }
+        };
+        eprintln!("{}: ok ({n} file{}{bundles})", config.describe(), plural(n));
         return Ok(());
     }
     runtime()?.block_on(async move {
@@ -281,6 +288,10 @@ fn listen_value(path: &Path, value: &toml::Value) -> Result<Option<String>, Agen
             source: format!("listen must be a string, not {}", other.type_str()).into(),
         }),
     }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 #[cfg(test)]

@@ -55,7 +55,8 @@ fn markdown_row(cells: &[&str]) -> String {
 }
 
 /// The configuration reference, one table per TOML table.
-pub const CONFIG: &[Table] = &[ZOOKEEPER, ZOOKEEPER_AUTH, ZOOKEEPER_TLS, AGENT, FILE, FILE_RELOAD];
+pub const CONFIG: &[Table] =
+    &[ZOOKEEPER, ZOOKEEPER_AUTH, ZOOKEEPER_TLS, AGENT, FILE, FILE_RELOAD, BUNDLE, BUNDLE_FILE];
 
 const KEY_COLUMNS: &[&str] = &["key", "default", "meaning"];
 
@@ -255,6 +256,76 @@ pub const FILE_RELOAD: Table = Table {
     notes: "Exactly one of signal, http, command, restart = true. signal with none of pid_file, pid, \
             process means the child of zkrender exec. If several files change in one cycle and share \
             an identical reload, it runs once.",
+};
+
+/// `[[bundle]]`
+pub const BUNDLE: Table = Table {
+    heading: "`[[bundle]]`",
+    index: 0,
+    columns: KEY_COLUMNS,
+    rows: &[
+        &[
+            "`dir`",
+            "required",
+            "the directory the application reads; relative paths resolve against the config file's directory. Holds `..data` (a symlink to the current version `..TIMESTAMP/`) and one symlink per file",
+        ],
+        &[
+            "`commit`",
+            "none",
+            "a znode the writer sets after the files' znodes: the bundle is rendered only when it changes (and at start). Without it, whenever a file's znodes change, never from values that straddle a transaction",
+        ],
+        &["`file`", "required", "the bundle's files: the `[[bundle.file]]` tables below (at least one)"],
+        &[
+            "`check`",
+            "none",
+            "argv run on the staged version directory before the swap; `{dir}` is replaced by its path. Non-zero exit: `..data` is untouched, the current version stays",
+        ],
+        &["`check_timeout`", "`\"30s\"`", "a `check` running longer is killed and counts as failed"],
+        &[
+            "`rollback`",
+            "`false`",
+            "if the reload after a swap fails, swap `..data` back to the previous version (kept until the next change) and reload again",
+        ],
+        &[
+            "`reload`",
+            "none",
+            "what to do after the bundle changed, once per change: a `[bundle.reload]` table with the keys of `[file.reload]`",
+        ],
+    ],
+    notes: "A bundle's files change as one: each version is written and fsynced whole, then \
+            ..data is replaced by one rename.",
+};
+
+/// `[[bundle.file]]`
+pub const BUNDLE_FILE: Table = Table {
+    heading: "`[[bundle.file]]`",
+    index: 0,
+    columns: KEY_COLUMNS,
+    rows: &[
+        &[
+            "`path`",
+            "required",
+            "the file's path relative to the bundle's `dir`; subdirectories allowed, no `..`, no name starting with `..`",
+        ],
+        &[
+            "`znode`, `template`, `inline`",
+            "",
+            "where the bytes come from, as for a `[[file]]` (exactly one, or `tree`)",
+        ],
+        &["`tree`, `format`", "", "a whole subtree, as for a `[[file]]`"],
+        &["`prefix`", "none", "relative znode paths in the template resolve under it"],
+        &["`mode`", "`\"0644\"`", "octal permission bits of the file in each version"],
+        &["`owner`, `group`", "unchanged", "user and group, names or numeric ids"],
+        &[
+            "`check`",
+            "none",
+            "argv run on the staged file (inside the staged version) before the swap; `{file}` is its path",
+        ],
+        &["`check_timeout`", "`\"30s\"`", "a `check` running longer is killed and counts as failed"],
+        &["`allow_empty`", "`false`", "allow replacing a non-empty file with an empty rendering"],
+        &["`allow_env`", "`[]`", "environment variables the template may read with `env(\"NAME\")`"],
+    ],
+    notes: "",
 };
 
 /// The template functions and filters zkrender adds to minijinja's builtins.

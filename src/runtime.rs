@@ -29,7 +29,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// # Errors
 /// [`AgentError::Templates`] listing every template that does not compile.
 pub fn compile(config: &Config) -> Result<Core, AgentError> {
-    Core::new(&config.files).map_err(AgentError::Templates)
+    Core::for_config(config).map_err(AgentError::Templates)
 }
 
 /// The agent: runs until `shutdown` is cancelled.
@@ -179,7 +179,9 @@ pub async fn render(
     let core = compile(&config)?;
     let (status_tx, _) = watch::channel(Arc::new(StatusReport::default()));
     let summary = drive(&config, core, Mode::Render, Some(timeout), shutdown, status_tx, None, None).await?;
-    print_rendered(&summary.rendered, dest.is_none()).map_err(AgentError::Stdout)?;
+    // One file's exact bytes with `--dest`; a bundle's files (`--dest DIR`) each under a header.
+    let headers = dest.is_none() || summary.rendered.len() > 1;
+    print_rendered(&summary.rendered, headers).map_err(AgentError::Stdout)?;
     settled_or_error(&summary)
 }
 
@@ -284,12 +286,19 @@ fn print_rendered(rendered: &[(PathBuf, Vec<u8>)], headers: bool) -> std::io::Re
 /// (the first config file's, or the working directory for flags alone).
 /// `--dest`: keeps only the `[[file]]` with that dest. A dest no file has is a typo, not a
 /// ZooKeeper problem: refused before connecting (exit 2), naming the dests there are.
+/// A bundle's dir, or the path of one of its files, keeps the whole bundle (it renders as one).
 fn keep_only(config: &mut Config, dest: Option<&Path>) -> Result<(), AgentError> {
     let Some(dest) = dest else { return Ok(()) };
     let wanted = resolve_dest(config.base_dir(), dest);
-    let known: Vec<PathBuf> = config.files.iter().map(|f| f.dest.clone()).collect();
+    let known: Vec<PathBuf> = config
+        .files
+        .iter()
+        .map(|f| f.dest.clone())
+        .chain(config.bundles.iter().map(|b| b.dir.clone()))
+        .collect();
     config.files.retain(|f| f.dest == wanted);
-    if config.files.is_empty() {
+    config.bundles.retain(|b| b.dir == wanted || b.files.iter().any(|f| f.dest == wanted));
+    if config.files.is_empty() && config.bundles.is_empty() {
         return Err(AgentError::UnknownDest { config: config.path.clone(), dest: wanted, known });
     }
     Ok(())

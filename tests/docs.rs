@@ -26,6 +26,11 @@ const TABLES: &[(&str, &str)] = &[
         "[file.reload]",
         "[zookeeper]\nhosts = \"h:1\"\n[[file]]\ndest = \"x\"\nznode = \"/a\"\n[file.reload]\nBOGUS = 1\n",
     ),
+    ("[[bundle]]", "[zookeeper]\nhosts = \"h:1\"\n[[bundle]]\ndir = \"d\"\nBOGUS = 1\n"),
+    (
+        "[[bundle.file]]",
+        "[zookeeper]\nhosts = \"h:1\"\n[[bundle]]\ndir = \"d\"\n[[bundle.file]]\npath = \"x\"\nBOGUS = 1\n",
+    ),
 ];
 
 /// The keys named in "expected one of `a`, `b`" or "expected `a` or `b`".

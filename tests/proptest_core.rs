@@ -298,6 +298,7 @@ impl Sim {
                     }
                     self.core.on_result(target, &Ok(()));
                 }
+                Action::InstallBundle { .. } => unreachable!("this model has no bundles"),
             }
         }
     }

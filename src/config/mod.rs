@@ -49,6 +49,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// In config order; a file's index here is its [`TargetId`].
     pub files: Vec<FileSpec>,
+    /// `[[bundle]]`s, in config order. Their files are not in `files`.
+    pub bundles: Vec<BundleSpec>,
     /// Where the config needs `zkrender exec` (a reload that signals or restarts its child),
     /// located like any problem, with the file that holds it. Every other command refuses a
     /// config that has any ([`Config::refuse_exec_only`]); `exec` and `check --exec` accept it.
@@ -226,6 +228,33 @@ pub struct FileSpec {
     /// Environment variables the template may read with `env("NAME")`; none by default.
     pub allow_env: Vec<String>,
     pub reload: Option<ReloadSpec>,
+}
+
+/// One `[[bundle]]`: files under `dir` that the application sees change as one, laid out as
+/// kubelet's atomic writer lays out a ConfigMap volume (see [`crate::sink::bundle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleSpec {
+    /// Absolute directory the application reads.
+    pub dir: PathBuf,
+    /// Re-render only when this znode changes (and at start).
+    pub commit: Option<ZnodePath>,
+    /// Its files, in config order. Each `dest` is `dir` joined with the file's `path`; each
+    /// has the bundle's `reload`, and no `on_delete`, `backup`, `install` or `rollback` of
+    /// its own (those are the bundle's).
+    pub files: Vec<FileSpec>,
+    /// argv with `{dir}` placeholders, run on the staged version directory before the swap.
+    pub check: Option<Vec<String>>,
+    pub check_timeout: Duration,
+    /// If the reload after a swap fails, swap `..data` back to the previous version.
+    pub rollback: bool,
+    pub reload: Option<ReloadSpec>,
+}
+
+impl BundleSpec {
+    /// A file's path inside the bundle (`app.conf`, `sub/routes.json`).
+    pub fn path_of<'a>(&self, file: &'a FileSpec) -> &'a Path {
+        file.dest.strip_prefix(&self.dir).unwrap_or(&file.dest)
+    }
 }
 
 /// Where a file's bytes come from.

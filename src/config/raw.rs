@@ -26,6 +26,9 @@ pub struct RawConfig {
     /// `[[file]]`, in config order.
     #[serde(default, rename = "file")]
     pub files: Vec<Spanned<RawFile>>,
+    /// `[[bundle]]`, in config order.
+    #[serde(default, rename = "bundle")]
+    pub bundles: Vec<Spanned<RawBundle>>,
 }
 
 /// `[zookeeper]`
@@ -158,6 +161,47 @@ pub struct RawFile {
     /// Environment variable names, each with its own span.
     pub allow_env: Option<Spanned<Vec<Spanned<String>>>>,
     pub reload: Option<Spanned<RawReload>>,
+}
+
+/// One `[[bundle]]`: files under `dir` that change as one (see [`crate::config::BundleSpec`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBundle {
+    /// The directory the application reads; relative paths resolve against the config
+    /// file's directory.
+    pub dir: Spanned<String>,
+    /// Absolute znode path: re-render only when it changes.
+    pub commit: Option<Spanned<String>>,
+    /// `[[bundle.file]]`, in config order.
+    #[serde(default, rename = "file")]
+    pub files: Vec<Spanned<RawBundleFile>>,
+    /// argv run on the staged version directory; `{dir}` is replaced by its path.
+    pub check: Option<Spanned<Vec<String>>>,
+    pub check_timeout: Option<Spanned<String>>,
+    pub rollback: Option<Spanned<bool>>,
+    pub reload: Option<Spanned<RawReload>>,
+}
+
+/// One `[[bundle.file]]`: the keys of a `[[file]]` that make sense per file, `path` for `dest`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBundleFile {
+    /// Relative to the bundle's `dir`; subdirectories allowed.
+    pub path: Spanned<String>,
+    pub znode: Option<Spanned<String>>,
+    pub template: Option<Spanned<String>>,
+    pub inline: Option<Spanned<String>>,
+    pub tree: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub owner: Option<Spanned<RawId>>,
+    pub group: Option<Spanned<RawId>>,
+    /// argv run on the staged file; `{file}` is replaced by its path.
+    pub check: Option<Spanned<Vec<String>>>,
+    pub check_timeout: Option<Spanned<String>>,
+    pub allow_empty: Option<bool>,
+    pub allow_env: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `owner` / `group`: a name, or a numeric id as a string or a TOML integer.

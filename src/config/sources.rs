@@ -69,6 +69,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let mut zookeeper: Option<(ZkConfig, PathBuf)> = None;
     let mut agent: Option<(AgentConfig, PathBuf)> = None;
     let mut specs = Vec::new();
+    let mut bundles = Vec::new();
     let mut exec_only = Vec::new();
     for (doc, path) in files.iter().enumerate() {
         let part = std::fs::read_to_string(path)
@@ -77,16 +78,18 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
                 let raw = validate::raw_document(path, &text)?;
                 validate::file_part(path, &text, raw, doc, &mut dests)
             });
-        let Part { zookeeper: zk, agent: ag, files, exec_only: needs_exec } = match part {
-            Ok(part) => part,
-            Err(err) => {
-                errors.push(err);
-                continue;
-            }
-        };
+        let Part { zookeeper: zk, agent: ag, files, bundles: more_bundles, exec_only: needs_exec } =
+            match part {
+                Ok(part) => part,
+                Err(err) => {
+                    errors.push(err);
+                    continue;
+                }
+            };
         claim(&mut zookeeper, zk, "[zookeeper]", path, &mut errors);
         claim(&mut agent, ag, "[agent]", path, &mut errors);
         specs.extend(files);
+        bundles.extend(more_bundles);
         exec_only.extend(needs_exec.into_iter().map(|problem| (path.clone(), problem)));
     }
 
@@ -103,7 +106,10 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             .map_err(|message| ConfigError::Flag { flag: flag.clone(), messages: vec![message] })
             .and_then(|text| validate::flag_part(&flag, &text, cwd.clone(), doc, &mut dests))
         {
-            Ok(part) => specs.extend(part.files),
+            Ok(part) => {
+                specs.extend(part.files);
+                bundles.extend(part.bundles);
+            }
             Err(err) => errors.push(err),
         }
     }
@@ -131,6 +137,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             zookeeper,
             agent: agent.map(|(agent, _)| agent).unwrap_or_default(),
             files: specs,
+            bundles,
             exec_only,
             origin: Origin { sources: sources.clone(), files, dirs },
         }),

@@ -35,6 +35,18 @@ pub struct Rollback {
     /// None when there was no file before (nothing to put back).
     pub previous: Option<Vec<u8>>,
     pub installed: Vec<u8>,
+    /// For a `[[bundle]]` (`id` is its first file): the versions to swap `..data` between.
+    pub bundle: Option<BundleRollback>,
+}
+
+/// A `rollback` bundle's swap: back from `installed` to `previous` (version directory names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleRollback {
+    pub installed: String,
+    /// None when there was no version before.
+    pub previous: Option<String>,
+    /// The files' rejected contents, in member order.
+    pub contents: Vec<Vec<u8>>,
 }
 
 /// The reloads one cycle asks for: identical reloads of files changed together run once.
@@ -205,7 +217,7 @@ mod tests {
         assert!(batch.is_empty());
         batch.add(&a, 0, None);
         batch.add(&b, 1, None);
-        let rollback = Rollback { id: 2, previous: None, installed: b"x".to_vec() };
+        let rollback = Rollback { id: 2, previous: None, installed: b"x".to_vec(), bundle: None };
         batch.add(&a, 2, Some(rollback.clone()));
         let mut later = ReloadBatch::default();
         later.add(&a, 3, None);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::config::{FileSource, FileSpec, OnDelete, TargetId};
+use crate::config::{BundleSpec, Config, FileSource, FileSpec, OnDelete, TargetId};
 use crate::formats::Format;
 use crate::model::{Dep, Update, Value, ZnodePath};
 use crate::render::{self, RenderError, RenderOutcome, Snapshot as _, Template, TreeRead};
@@ -61,13 +61,45 @@ pub struct Target {
     /// When to try again an install or removal that failed for an I/O reason. Any new plan
     /// for the file replaces it: a new rendering is tried at once, not at this time.
     retry_at: Option<Instant>,
+    /// The `[[bundle]]` (index in [`Core::bundles`]) the file belongs to, if any.
+    pub bundle: Option<BundleId>,
+}
+
+/// Index of a `[[bundle]]` in [`Core::bundles`] (config order).
+pub type BundleId = usize;
+
+/// One `[[bundle]]` and its state. Its files are targets like any other (rendered, watched
+/// and reported one by one) but are planned together: all of them render from one store or
+/// snapshot, and they are installed by one [`Action::InstallBundle`].
+#[derive(Debug)]
+pub struct Bundle {
+    pub spec: BundleSpec,
+    /// Its files' target ids, in config order.
+    pub members: std::ops::Range<TargetId>,
+    /// `commit`: the znode whose change (and only that) renders the bundle.
+    commit: Option<Dep>,
+    /// With `commit`: the commit znode changed since the bundle last rendered (true at start).
+    armed: bool,
+    /// `rollback`: the files' contents the application rejected; not installed again until
+    /// the rendering changes.
+    rejected: Option<Vec<Vec<u8>>>,
 }
 
 /// One thing to do to the file system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Install { target: TargetId, contents: Vec<u8> },
-    Remove { target: TargetId },
+    Install {
+        target: TargetId,
+        contents: Vec<u8>,
+    },
+    Remove {
+        target: TargetId,
+    },
+    /// A new version of a whole bundle: every file's contents, in member order.
+    InstallBundle {
+        bundle: BundleId,
+        files: Vec<(TargetId, Vec<u8>)>,
+    },
 }
 
 /// What one cycle decided.
@@ -92,6 +124,8 @@ pub struct Core {
     /// Dependencies with a read in flight ([`Core::on_reading`]): files that read one of them
     /// do not render until its answer arrives. See [`Core::blocked`] for why.
     in_flight: BTreeSet<Dep>,
+    /// `[[bundle]]`s; their files are the targets after the `[[file]]`s.
+    bundles: Vec<Bundle>,
 }
 
 impl Core {
@@ -100,15 +134,41 @@ impl Core {
     /// # Errors
     /// Every template that does not compile.
     pub fn new(files: &[FileSpec]) -> Result<Core, Vec<RenderError>> {
+        Core::with_bundles(files, &[])
+    }
+
+    /// The core of a whole configuration: its `[[file]]`s and `[[bundle]]`s.
+    ///
+    /// # Errors
+    /// Every template that does not compile.
+    pub fn for_config(config: &Config) -> Result<Core, Vec<RenderError>> {
+        Core::with_bundles(&config.files, &config.bundles)
+    }
+
+    /// `files`, then each bundle's files as targets of their own (see [`Bundle`]).
+    ///
+    /// # Errors
+    /// Every template that does not compile.
+    pub fn with_bundles(files: &[FileSpec], bundle_specs: &[BundleSpec]) -> Result<Core, Vec<RenderError>> {
+        let all: Vec<(&FileSpec, Option<BundleId>)> = files
+            .iter()
+            .map(|f| (f, None))
+            .chain(
+                bundle_specs
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(b, spec)| spec.files.iter().map(move |f| (f, Some(b)))),
+            )
+            .collect();
         // One environment for the whole configuration, every template compiled into it now.
-        let mut compiled = render::compile_all(files.iter().filter_map(|spec| match &spec.source {
+        let mut compiled = render::compile_all(all.iter().filter_map(|(spec, _)| match &spec.source {
             FileSource::Template(t) => Some((t, spec.allow_env.as_slice())),
             FileSource::Raw { .. } | FileSource::Tree { .. } => None,
         }))
         .into_iter();
-        let mut targets = Vec::with_capacity(files.len());
+        let mut targets = Vec::with_capacity(all.len());
         let mut errors = Vec::new();
-        for spec in files {
+        for (spec, bundle) in all {
             let producer = match &spec.source {
                 FileSource::Raw { znode } => Producer::Raw { dep: Dep::data(znode.clone()) },
                 FileSource::Tree { root, format } => Producer::Tree { root: root.clone(), format: *format },
@@ -129,13 +189,34 @@ impl Core {
                 rejected: None,
                 failed_attempts: 0,
                 retry_at: None,
+                bundle,
             });
         }
         if !errors.is_empty() {
             return Err(errors);
         }
+        let mut start = files.len();
+        let bundles = bundle_specs
+            .iter()
+            .map(|spec| {
+                let members = start..start + spec.files.len();
+                start = members.end;
+                Bundle {
+                    spec: spec.clone(),
+                    members,
+                    commit: spec.commit.clone().map(Dep::data),
+                    armed: true,
+                    rejected: None,
+                }
+            })
+            .collect();
         let dirty = (0..targets.len()).collect();
-        Ok(Core { targets, store: Arc::default(), dirty, in_flight: BTreeSet::new() })
+        Ok(Core { targets, store: Arc::default(), dirty, in_flight: BTreeSet::new(), bundles })
+    }
+
+    /// The `[[bundle]]`s, in config order.
+    pub fn bundles(&self) -> &[Bundle] {
+        &self.bundles
     }
 
     /// The store, to change it. Renders release their share before [`Core::plan`] returns,
@@ -156,6 +237,7 @@ impl Core {
             status: &t.status,
             settled: t.settled_once,
             deps: &t.deps,
+            bundle: t.bundle.map(|b| self.bundles[b].spec.dir.as_path()),
         })
     }
 
@@ -192,24 +274,48 @@ impl Core {
     /// in flight, each value held is the latest as of the last answer, i.e. all of them are
     /// the state after one and the same transaction. Under unbroken churn the loop ends the
     /// wait at `max_wait` with one atomic multi-read ([`Core::plan_snapshot`]).
+    ///
+    /// A bundle is one file in this respect: its files wait while a read of any dependency of
+    /// any of them is in flight, so that a transaction that changed the znodes of two of its
+    /// files is seen whole, and the held bundle renders from a snapshot of all their
+    /// dependencies at once. With `commit`, the commit znode is one of those dependencies:
+    /// the files' changes written before the commit znode's were notified before it, so
+    /// once the commit znode's new value is in and no read is in flight, every file's value
+    /// is at least as new as that commit.
     pub fn blocked(&self, id: TargetId) -> bool {
+        if let Some(b) = self.targets[id].bundle {
+            return self.bundle_blocked(b);
+        }
         let deps = &self.targets[id].deps;
         !self.in_flight.is_empty() && deps.iter().any(|d| self.in_flight.contains(d))
     }
 
-    /// Dirty files held back by a read in flight, and the dependencies they last read.
+    /// Dirty files held back by a read in flight, and the dependencies they last read (for
+    /// a bundle's file, those of every file of the bundle).
     pub fn blocked_deps(&self) -> BTreeSet<Dep> {
-        self.dirty
-            .iter()
-            .filter(|&&id| self.blocked(id))
-            .flat_map(|&id| self.targets[id].deps.iter().cloned())
-            .collect()
+        let mut deps = BTreeSet::new();
+        for &id in self.dirty.iter().filter(|&&id| self.blocked(id)) {
+            match self.targets[id].bundle {
+                Some(b) if self.bundles[b].armed => deps.extend(self.bundle_deps(b)),
+                Some(_) => {}
+                None => deps.extend(self.targets[id].deps.iter().cloned()),
+            }
+        }
+        deps
     }
 
     /// Records a value read from ZooKeeper and marks the files that depend on it.
     pub fn on_update(&mut self, update: Update) -> Vec<TargetId> {
         self.in_flight.remove(&update.dep);
+        let dep = update.dep.clone();
         let touched = self.store_mut().apply(update);
+        if !touched.is_empty() {
+            // A new value of a bundle's commit znode: the bundle renders (once no read of its
+            // files' dependencies is in flight, see `Core::blocked`).
+            for bundle in self.bundles.iter_mut().filter(|b| b.commit.as_ref() == Some(&dep)) {
+                bundle.armed = true;
+            }
+        }
         self.dirty.extend(touched.iter().copied());
         touched
     }
@@ -252,61 +358,32 @@ impl Core {
 
     fn plan_from(&mut self, snapshot: Option<&Arc<Store>>) -> Plan {
         let mut plan = Plan::default();
+        let mut bundles = BTreeSet::new();
         for id in std::mem::take(&mut self.dirty) {
-            let store: &Arc<Store> = if self.blocked(id) {
+            if let Some(b) = self.targets[id].bundle {
+                bundles.insert(b);
+                continue;
+            }
+            // `Some`: render from the snapshot; `None`: from the store.
+            let from: Option<&Arc<Store>> = if self.blocked(id) {
                 match snapshot {
-                    Some(s) if s.all_known(&self.targets[id].deps) => s,
+                    Some(s) if s.all_known(&self.targets[id].deps) => Some(s),
                     _ => {
                         self.dirty.insert(id);
                         continue;
                     }
                 }
             } else {
-                &self.store
+                None
             };
-            let target = &mut self.targets[id];
             // A file renders only once everything it read last time has been read again:
             // rendering with half the values would only produce a file we throw away.
-            if !store.all_known(&target.deps) {
+            if !from.unwrap_or(&self.store).all_known(&self.targets[id].deps) {
                 continue;
             }
-            // Whatever this render leads to supersedes a retry that was waiting.
-            target.retry_at = None;
-            let (deps, outcome) = match &target.producer {
-                Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(store, dep)),
-                Producer::Template(t) => {
-                    let r = t.render(store);
-                    plan.renders += 1;
-                    plan.render_errors += u64::from(matches!(r.outcome, RenderOutcome::Failed(_)));
-                    let outcome = match r.outcome {
-                        RenderOutcome::Done(bytes) => Outcome::Done(bytes),
-                        RenderOutcome::Pending => Outcome::Pending,
-                        RenderOutcome::Failed(e) => Outcome::Failed(Failure {
-                            kind: if e.is_missing_znode() {
-                                FailureKind::ZnodeMissing
-                            } else {
-                                FailureKind::Render
-                            },
-                            message: e.to_string(),
-                        }),
-                    };
-                    (r.deps, outcome)
-                }
-                Producer::Tree { root, format } => {
-                    let (deps, outcome) = tree_outcome(store, root, *format);
-                    plan.renders += 1;
-                    plan.render_errors += u64::from(matches!(outcome, Outcome::Failed(_)));
-                    (deps, outcome)
-                }
-            };
-            if deps != target.deps {
-                let (added, removed) = Arc::make_mut(&mut self.store).set_deps(id, &target.deps, &deps);
-                plan.watch.extend(added);
-                plan.unwatch.extend(removed);
-                target.deps = deps;
-            }
-            match outcome {
+            match self.render_target(id, from, &mut plan) {
                 Outcome::Done(contents) => {
+                    let target = &mut self.targets[id];
                     if target.rejected.as_ref() == Some(&contents) {
                         // Rolled back before: installing it again would only fail the same way.
                         continue;
@@ -314,12 +391,9 @@ impl Core {
                     target.rejected = None;
                     plan.actions.push(Action::Install { target: id, contents });
                 }
-                Outcome::Pending => {
-                    if target.status != Status::Pending && !target.settled_once {
-                        target.status = Status::Pending;
-                    }
-                }
+                Outcome::Pending => self.mark_pending(id),
                 Outcome::Failed(failure) => {
+                    let target = &mut self.targets[id];
                     // A raw file whose znode is gone, or a tree file whose root is, follows
                     // `on_delete` (the removal's result counts as the attempt).
                     if matches!(target.producer, Producer::Raw { .. } | Producer::Tree { .. })
@@ -334,7 +408,154 @@ impl Core {
                 }
             }
         }
+        for b in bundles {
+            self.plan_bundle(b, snapshot, &mut plan);
+        }
         plan
+    }
+
+    /// Plans bundle `b`, one of whose files is marked: all its files render from one store
+    /// (the snapshot rule applied to the union of their dependencies), and only when every
+    /// one of them renders is a new version installed.
+    fn plan_bundle(&mut self, b: BundleId, snapshot: Option<&Arc<Store>>, plan: &mut Plan) {
+        let members = self.bundles[b].members.clone();
+        if !self.bundles[b].armed {
+            // `commit`: the files' own changes wait for the commit znode's.
+            return;
+        }
+        let deps = self.bundle_deps(b);
+        let from = if self.bundle_blocked(b) {
+            match snapshot {
+                Some(s) if s.all_known(&deps) => Some(s),
+                _ => {
+                    self.dirty.extend(members);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        if !from.unwrap_or(&self.store).all_known(&deps) {
+            return;
+        }
+        let mut files = Vec::with_capacity(members.len());
+        let mut pending = false;
+        let mut failed = false;
+        for id in members.clone() {
+            match self.render_target(id, from, plan) {
+                Outcome::Done(contents) => files.push((id, contents)),
+                Outcome::Pending => {
+                    self.mark_pending(id);
+                    pending = true;
+                }
+                Outcome::Failed(failure) => {
+                    let target = &mut self.targets[id];
+                    target.failed_attempts += 1;
+                    target.status = Status::Failed(failure);
+                    failed = true;
+                }
+            }
+        }
+        // The commit znode is read with the files, so that its change is seen and so that
+        // its read in flight holds the bundle like any of theirs.
+        if let Some(commit) = self.bundles[b].commit.clone() {
+            for id in members {
+                if !self.targets[id].deps.contains(&commit) {
+                    let mut deps = self.targets[id].deps.clone();
+                    deps.insert(commit.clone());
+                    self.set_target_deps(id, deps, plan);
+                }
+            }
+        }
+        if pending {
+            // More to read first (a first render, or a template that found new znodes).
+            return;
+        }
+        let bundle = &mut self.bundles[b];
+        bundle.armed = bundle.commit.is_none();
+        if failed {
+            return;
+        }
+        let contents: Vec<Vec<u8>> = files.iter().map(|(_, c)| c.clone()).collect();
+        if bundle.rejected.as_ref() == Some(&contents) {
+            return;
+        }
+        bundle.rejected = None;
+        plan.actions.push(Action::InstallBundle { bundle: b, files });
+    }
+
+    /// Every dependency the files of bundle `b` last read.
+    fn bundle_deps(&self, b: BundleId) -> BTreeSet<Dep> {
+        self.bundles[b].members.clone().flat_map(|id| self.targets[id].deps.iter().cloned()).collect()
+    }
+
+    /// True when a read of any dependency of any file of bundle `b` is in flight.
+    fn bundle_blocked(&self, b: BundleId) -> bool {
+        !self.in_flight.is_empty()
+            && self.bundles[b]
+                .members
+                .clone()
+                .any(|id| self.targets[id].deps.iter().any(|d| self.in_flight.contains(d)))
+    }
+
+    fn mark_pending(&mut self, id: TargetId) {
+        let target = &mut self.targets[id];
+        if target.status != Status::Pending && !target.settled_once {
+            target.status = Status::Pending;
+        }
+    }
+
+    /// Replaces what file `id` reads, asking to watch or unwatch the difference.
+    fn set_target_deps(&mut self, id: TargetId, deps: BTreeSet<Dep>, plan: &mut Plan) {
+        let target = &mut self.targets[id];
+        if deps != target.deps {
+            let (added, removed) = Arc::make_mut(&mut self.store).set_deps(id, &target.deps, &deps);
+            plan.watch.extend(added);
+            plan.unwatch.extend(removed);
+            target.deps = deps;
+        }
+    }
+
+    /// Renders file `id` from `snapshot`, or from the store when `None`, and records what it
+    /// read. The store is borrowed, not shared, for the render: changing what the file reads
+    /// afterwards ([`Core::set_target_deps`]) then copies nothing.
+    fn render_target(&mut self, id: TargetId, snapshot: Option<&Arc<Store>>, plan: &mut Plan) -> Outcome {
+        let store: &Arc<Store> = snapshot.unwrap_or(&self.store);
+        let target = &mut self.targets[id];
+        // Whatever this render leads to supersedes a retry that was waiting.
+        target.retry_at = None;
+        let (mut deps, outcome) = match &target.producer {
+            Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(store, dep)),
+            Producer::Template(t) => {
+                let r = t.render(store);
+                plan.renders += 1;
+                plan.render_errors += u64::from(matches!(r.outcome, RenderOutcome::Failed(_)));
+                let outcome = match r.outcome {
+                    RenderOutcome::Done(bytes) => Outcome::Done(bytes),
+                    RenderOutcome::Pending => Outcome::Pending,
+                    RenderOutcome::Failed(e) => Outcome::Failed(Failure {
+                        kind: if e.is_missing_znode() {
+                            FailureKind::ZnodeMissing
+                        } else {
+                            FailureKind::Render
+                        },
+                        message: e.to_string(),
+                    }),
+                };
+                (r.deps, outcome)
+            }
+            Producer::Tree { root, format } => {
+                let (deps, outcome) = tree_outcome(store, root, *format);
+                plan.renders += 1;
+                plan.render_errors += u64::from(matches!(outcome, Outcome::Failed(_)));
+                (deps, outcome)
+            }
+        };
+        if let Some(commit) = target.bundle.and_then(|b| self.bundles[b].commit.clone()) {
+            deps.insert(commit);
+        }
+        self.set_target_deps(id, deps, plan);
+        outcome
     }
 
     /// Records the result of carrying out an action.
@@ -366,6 +587,10 @@ impl Core {
             && failure.kind.is_io()
         {
             target.retry_at = Some(now + retry::delay(target.failed_attempts, jitter));
+            if let Some(b) = target.bundle {
+                // A `commit` bundle renders again for the retry without a new commit.
+                self.bundles[b].armed = true;
+            }
         }
     }
 
@@ -419,6 +644,21 @@ impl Core {
     pub fn reject(&mut self, id: TargetId, contents: Vec<u8>, reason: String) {
         let target = &mut self.targets[id];
         target.rejected = Some(contents);
+        target.status = Status::Failed(Failure { kind: FailureKind::ReloadFailed, message: reason });
+        target.failed_attempts += 1;
+    }
+
+    /// `rollback` of bundle `b`: the application rejected its files `contents` (in member
+    /// order) and `..data` was swapped back. Keeps them out until the rendering changes.
+    pub fn reject_bundle(&mut self, b: BundleId, contents: Vec<Vec<u8>>, reason: &str) {
+        self.bundles[b].rejected = Some(contents);
+        for id in self.bundles[b].members.clone() {
+            self.reject_status(id, reason.to_owned());
+        }
+    }
+
+    fn reject_status(&mut self, id: TargetId, reason: String) {
+        let target = &mut self.targets[id];
         target.status = Status::Failed(Failure { kind: FailureKind::ReloadFailed, message: reason });
         target.failed_attempts += 1;
     }
@@ -486,7 +726,7 @@ pub(super) mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{InstallMode, TemplateSpec};
+    use crate::config::{BundleSpec, InstallMode, TemplateSpec};
     use crate::model::ZnodePath;
 
     fn zp(p: &str) -> ZnodePath {
@@ -608,6 +848,119 @@ pub(super) mod tests {
         // The reads in flight still hold the file for the next changes.
         core.on_update(data("/a", "6", 7));
         assert!(core.plan().actions.is_empty());
+    }
+
+    /// A bundle in `/sim/b` of raw files of `/a` and `/b`, with `commit` if given.
+    fn bundle_core(commit: Option<&str>) -> Core {
+        let files = vec![
+            FileSpec { dest: PathBuf::from("/sim/b/a"), ..raw(0, "/a") },
+            FileSpec { dest: PathBuf::from("/sim/b/b"), ..raw(1, "/b") },
+        ];
+        let bundle = BundleSpec {
+            dir: PathBuf::from("/sim/b"),
+            commit: commit.map(zp),
+            files,
+            check: None,
+            check_timeout: Duration::from_secs(1),
+            rollback: false,
+            reload: None,
+        };
+        Core::with_bundles(&[raw(9, "/x")], &[bundle]).unwrap()
+    }
+
+    fn bundle_install(files: &[(TargetId, &str)]) -> Action {
+        let files = files.iter().map(|(id, text)| (*id, text.as_bytes().to_vec())).collect();
+        Action::InstallBundle { bundle: 0, files }
+    }
+
+    #[test]
+    fn a_bundle_installs_as_one_action_once_every_file_renders() {
+        let mut core = bundle_core(None);
+        assert_eq!(core.bundles()[0].members, 1..3);
+        let plan = core.plan();
+        assert_eq!(plan.watch.len(), 3);
+        core.on_update(data("/a", "1", 1));
+        assert!(core.plan().actions.is_empty(), "/b not read yet: no half bundle");
+        core.on_update(data("/b", "1", 1));
+        assert_eq!(core.plan().actions, vec![bundle_install(&[(1, "1"), (2, "1")])]);
+        // Only /a changes: the whole bundle is planned again.
+        core.on_update(data("/a", "2", 2));
+        assert_eq!(core.plan().actions, vec![bundle_install(&[(1, "2"), (2, "1")])]);
+    }
+
+    #[test]
+    fn a_bundle_waits_while_a_read_of_any_of_its_files_dependencies_is_in_flight() {
+        let mut core = bundle_core(None);
+        core.plan();
+        core.on_update(data("/a", "0", 1));
+        core.on_update(data("/b", "0", 1));
+        core.plan();
+        // One transaction set /a and /b: /a's file alone is not held by /a, but by /b's read.
+        core.on_reading(Dep::data(zp("/a")));
+        core.on_reading(Dep::data(zp("/b")));
+        core.on_update(data("/a", "1", 2));
+        assert!(core.blocked(1) && core.blocked(2));
+        assert!(core.plan().actions.is_empty(), "never a version with a=1, b=0");
+        assert_eq!(core.blocked_deps(), BTreeSet::from([Dep::data(zp("/a")), Dep::data(zp("/b"))]));
+        // Held too long: one snapshot of both renders it.
+        let plan = core.plan_snapshot(vec![data("/a", "1", 2), data("/b", "1", 2)]);
+        assert_eq!(plan.actions, vec![bundle_install(&[(1, "1"), (2, "1")])]);
+        core.on_update(data("/b", "1", 2));
+        assert_eq!(core.plan().actions, vec![bundle_install(&[(1, "1"), (2, "1")])]);
+    }
+
+    #[test]
+    fn a_commit_bundle_renders_only_when_its_commit_znode_changes() {
+        let mut core = bundle_core(Some("/v"));
+        let plan = core.plan();
+        assert!(plan.watch.contains(&Dep::data(zp("/v"))), "the commit znode is read from the start");
+        core.on_update(data("/a", "1", 1));
+        core.on_update(data("/b", "1", 1));
+        assert!(core.plan().actions.is_empty(), "the commit znode is not read yet");
+        core.on_update(data("/v", "1", 1));
+        assert_eq!(core.plan().actions, vec![bundle_install(&[(1, "1"), (2, "1")])], "at start");
+        core.on_update(data("/a", "2", 2));
+        assert!(core.plan().actions.is_empty(), "a file's change waits for the commit");
+        core.on_update(data("/b", "2", 2));
+        core.mark_all_dirty();
+        assert!(core.plan().actions.is_empty(), "nor does a resync render it");
+        core.on_reading(Dep::data(zp("/b")));
+        core.on_update(data("/v", "2", 2));
+        assert!(core.plan().actions.is_empty(), "a read in flight holds the commit too");
+        core.on_update(data("/b", "2", 3));
+        assert_eq!(core.plan().actions, vec![bundle_install(&[(1, "2"), (2, "2")])]);
+        assert!(core.plan().actions.is_empty());
+    }
+
+    #[test]
+    fn a_bundle_with_a_failing_file_installs_nothing_and_a_rejected_version_stays_out() {
+        let mut core = bundle_core(None);
+        core.plan();
+        core.on_update(data("/a", "1", 1));
+        core.on_update(missing("/b"));
+        assert!(core.plan().actions.is_empty());
+        assert_eq!(failure_kind(&core, 2), Some(FailureKind::ZnodeMissing));
+        core.on_update(data("/b", "1", 2));
+        assert_eq!(core.plan().actions.len(), 1);
+        core.reject_bundle(0, vec![b"1".to_vec(), b"1".to_vec()], "reload failed");
+        assert_eq!(failure_kind(&core, 1), Some(FailureKind::ReloadFailed));
+        core.mark_all_dirty();
+        assert!(core.plan().actions.is_empty(), "the rejected version is not installed again");
+        core.on_update(data("/a", "2", 3));
+        assert_eq!(core.plan().actions, vec![bundle_install(&[(1, "2"), (2, "1")])]);
+    }
+
+    #[test]
+    fn planning_new_dependencies_does_not_copy_the_store() {
+        let mut core = bundle_core(None);
+        let store = Arc::as_ptr(&core.store);
+        let plan = core.plan();
+        assert_eq!(plan.watch.len(), 3, "every file found new dependencies");
+        core.on_update(data("/a", "1", 1));
+        core.on_update(data("/b", "1", 1));
+        core.on_update(data("/x", "1", 1));
+        assert_eq!(core.plan().actions.len(), 2);
+        assert_eq!(Arc::as_ptr(&core.store), store, "the store was copied");
     }
 
     #[test]

@@ -10,16 +10,19 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use super::core::{Action, Core};
-use crate::config::{FileSpec, TargetId};
-use crate::notify::queue::Rollback;
+use crate::config::{BundleSpec, FileSpec, TargetId};
+use crate::notify::queue::{BundleRollback, Rollback};
+use crate::sink::bundle::BundleOutcome;
 use crate::sink::{self, WriteError, WriteOutcome};
+use crate::status::{Failure, FailureKind};
 
 /// What installing one file did.
 pub struct Installed {
     pub id: TargetId,
     /// The file on disk changed.
     pub changed: bool,
-    pub result: Result<(), WriteError>,
+    /// The error's cause and message (`report`ed), the same for every file of a bundle.
+    pub result: Result<(), Failure>,
     /// For `rollback` files that changed: what to put back if the reload fails.
     pub rollback: Option<Rollback>,
 }
@@ -32,50 +35,40 @@ pub async fn carry_out(core: &Core, actions: Vec<Action>, parallelism: usize) ->
     let permits = Arc::new(Semaphore::new(parallelism.max(1)));
     let mut jobs = JoinSet::new();
     for action in actions {
-        let (id, spec) = match &action {
-            Action::Install { target, .. } | Action::Remove { target } => {
-                (*target, core.targets()[*target].spec.clone())
+        let job = match action {
+            Action::Install { target, contents } => {
+                Job::Install { id: target, spec: core.targets()[target].spec.clone(), contents }
+            }
+            Action::Remove { target } => {
+                Job::Remove { id: target, spec: core.targets()[target].spec.clone() }
+            }
+            Action::InstallBundle { bundle, files } => {
+                let files =
+                    files.into_iter().map(|(id, c)| (id, core.targets()[id].spec.clone(), c)).collect();
+                Job::Bundle { spec: core.bundles()[bundle].spec.clone(), files }
             }
         };
         let permits = permits.clone();
         jobs.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("bug: semaphore closed");
-            let joined = tokio::task::spawn_blocking(move || match action {
-                Action::Install { contents, .. } => {
-                    // Keep what is there now, to put it back if the application rejects the new file.
-                    let previous = spec.rollback.then(|| std::fs::read(&spec.dest).ok());
-                    let r = sink::install_with(&spec, &contents, sink::DirSync::Deferred);
-                    if let Ok(WriteOutcome::Written) = r {
-                        info!(dest = %spec.dest.display(), bytes = contents.len(), "file written");
-                    }
-                    let changed = matches!(r, Ok(WriteOutcome::Written));
-                    let rollback = if changed { previous.map(|previous| Rollback { id, previous, installed: contents }) } else { None };
-                    (r.map(|o| o == WriteOutcome::Written), rollback)
-                }
-                Action::Remove { .. } => {
-                    let r = sink::remove(&spec);
-                    if let Ok(true) = r {
-                        warn!(dest = %spec.dest.display(), "znode deleted; file removed (on_delete = \"remove\")");
-                    }
-                    (r, None)
-                }
-            })
-            .await;
-            match joined {
-                Ok((Ok(changed), rollback)) => Installed { id, changed, result: Ok(()), rollback },
-                Ok((Err(e), _)) => Installed { id, changed: false, result: Err(e), rollback: None },
+            match tokio::task::spawn_blocking(move || job.run()).await {
+                Ok(installed) => installed,
                 Err(e) => panic!("bug: install task failed: {e}"),
             }
         });
     }
     let mut results = Vec::new();
     while let Some(r) = jobs.join_next().await {
-        results.push(r.expect("bug: install job panicked"));
+        results.extend(r.expect("bug: install job panicked"));
     }
     results.sort_by_key(|r| r.id);
-    // One fsync per directory for the whole cycle, before any reload is told about it.
-    let written: Vec<PathBuf> =
-        results.iter().filter(|r| r.changed).map(|r| core.targets()[r.id].spec.dest.clone()).collect();
+    // One fsync per directory for the whole cycle, before any reload is told about it (a
+    // bundle syncs its own).
+    let written: Vec<PathBuf> = results
+        .iter()
+        .filter(|r| r.changed && core.targets()[r.id].bundle.is_none())
+        .map(|r| core.targets()[r.id].spec.dest.clone())
+        .collect();
     if !written.is_empty() {
         let _ =
             tokio::task::spawn_blocking(move || sink::sync_dirs(written.iter().map(PathBuf::as_path))).await;
@@ -83,11 +76,113 @@ pub async fn carry_out(core: &Core, actions: Vec<Action>, parallelism: usize) ->
     results
 }
 
+fn failure(e: &WriteError) -> Failure {
+    Failure { kind: e.kind(), message: crate::error::report(e) }
+}
+
+/// One action, owning what it needs on a blocking thread.
+enum Job {
+    Install { id: TargetId, spec: FileSpec, contents: Vec<u8> },
+    Remove { id: TargetId, spec: FileSpec },
+    Bundle { spec: BundleSpec, files: Vec<(TargetId, FileSpec, Vec<u8>)> },
+}
+
+impl Job {
+    /// Carries it out: one [`Installed`] per file (a bundle's files share its result).
+    fn run(self) -> Vec<Installed> {
+        match self {
+            Job::Install { id, spec, contents } => {
+                // Keep what is there now, to put it back if the application rejects the new file.
+                let previous = spec.rollback.then(|| std::fs::read(&spec.dest).ok());
+                let r = sink::install_with(&spec, &contents, sink::DirSync::Deferred);
+                if let Ok(WriteOutcome::Written) = r {
+                    info!(dest = %spec.dest.display(), bytes = contents.len(), "file written");
+                }
+                let changed = matches!(r, Ok(WriteOutcome::Written));
+                let rollback = if changed {
+                    previous.map(|previous| Rollback { id, previous, installed: contents, bundle: None })
+                } else {
+                    None
+                };
+                vec![Installed { id, changed, result: r.map(|_| ()).map_err(|e| failure(&e)), rollback }]
+            }
+            Job::Remove { id, spec } => {
+                let r = sink::remove(&spec);
+                if let Ok(true) = r {
+                    warn!(dest = %spec.dest.display(), "znode deleted; file removed (on_delete = \"remove\")");
+                }
+                let changed = matches!(r, Ok(true));
+                vec![Installed {
+                    id,
+                    changed,
+                    result: r.map(|_| ()).map_err(|e| failure(&e)),
+                    rollback: None,
+                }]
+            }
+            Job::Bundle { spec, files } => {
+                let refs: Vec<(&FileSpec, &[u8])> = files.iter().map(|(_, f, c)| (f, c.as_slice())).collect();
+                let r = sink::bundle::install(&spec, &refs);
+                let ids = files.iter().map(|(id, ..)| *id);
+                match r {
+                    Ok(BundleOutcome::Unchanged) => ids
+                        .map(|id| Installed { id, changed: false, result: Ok(()), rollback: None })
+                        .collect(),
+                    Ok(BundleOutcome::Swapped { version, previous }) => {
+                        let paths: Vec<String> =
+                            files.iter().map(|(_, f, _)| spec.path_of(f).display().to_string()).collect();
+                        info!(dir = %spec.dir.display(), version = %version, files = %paths.join(", "), "bundle swapped to a new version");
+                        let first = files.first().map(|(id, ..)| *id);
+                        let rollback = spec.rollback.then(|| BundleRollback {
+                            installed: version,
+                            previous,
+                            contents: files.iter().map(|(.., c)| c.clone()).collect(),
+                        });
+                        ids.map(|id| Installed {
+                            id,
+                            changed: true,
+                            result: Ok(()),
+                            rollback: rollback.clone().filter(|_| Some(id) == first).map(|bundle| Rollback {
+                                id,
+                                previous: None,
+                                installed: Vec::new(),
+                                bundle: Some(bundle),
+                            }),
+                        })
+                        .collect()
+                    }
+                    Err(e) => {
+                        if e.kind() == FailureKind::CheckFailed {
+                            warn!(dir = %spec.dir.display(), "bundle check failed; ..data untouched, the current version stays");
+                        }
+                        let message = failure(&e).message;
+                        ids.map(|id| Installed {
+                            id,
+                            changed: false,
+                            result: Err(Failure { kind: e.kind(), message: message.clone() }),
+                            rollback: None,
+                        })
+                        .collect()
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The reload after installing `rollback` files failed with `error`: put each previous file
 /// back and keep the rejected contents out until the rendering changes. The caller then runs
 /// the reload again, so the application returns to the configuration it accepted.
 pub async fn roll_back(core: &mut Core, rollback: Vec<Rollback>, error: &str) {
-    for Rollback { id, previous, installed } in rollback {
+    for Rollback { id, previous, installed, bundle } in rollback {
+        if id >= core.targets().len() {
+            // Installed under a configuration that had more files (config reload since).
+            warn!(error = %error, "reload failed; the file it was for is no longer configured, not rolled back");
+            continue;
+        }
+        if let Some(swap) = bundle {
+            roll_back_bundle(core, id, swap, error).await;
+            continue;
+        }
         let file = core.targets()[id].spec.clone();
         let dest = file.dest.display().to_string();
         let Some(previous) = previous else {
@@ -119,6 +214,43 @@ pub async fn roll_back(core: &mut Core, rollback: Vec<Rollback>, error: &str) {
                     format!("reload failed; restoring the previous file failed too: {error}"),
                 );
             }
+        }
+    }
+}
+
+/// `rollback` of a bundle: swap `..data` back to the version before `swap.installed`.
+async fn roll_back_bundle(core: &mut Core, first: TargetId, swap: BundleRollback, error: &str) {
+    let Some(b) = core.targets()[first].bundle else { return };
+    let dir = core.bundles()[b].spec.dir.clone();
+    let shown = dir.display().to_string();
+    let BundleRollback { installed, previous, contents } = swap;
+    let Some(previous) = previous else {
+        error!(dir = %shown, error = %error, "reload failed; there was no previous bundle version to roll back to");
+        core.reject_bundle(
+            b,
+            contents,
+            &format!("reload failed (no previous version to roll back to): {error}"),
+        );
+        return;
+    };
+    let swapped = tokio::task::spawn_blocking(move || sink::bundle::swap_back(&dir, &installed, &previous))
+        .await
+        .expect("bug: rollback task panicked");
+    match swapped {
+        Ok(true) => {
+            error!(dir = %shown, error = %error, "reload failed; ..data swapped back to the previous version (rollback)");
+            core.reject_bundle(
+                b,
+                contents,
+                &format!("reload failed; rolled back to the previous version: {error}"),
+            );
+        }
+        Ok(false) => {
+            warn!(dir = %shown, error = %error, "reload failed; not rolled back: a newer version is installed or the previous one is gone");
+        }
+        Err(e) => {
+            error!(dir = %shown, error = %e, "reload failed and ..data could not be swapped back");
+            core.reject_bundle(b, contents, &format!("reload failed; swapping back failed too: {error}"));
         }
     }
 }

@@ -38,7 +38,6 @@ pub use self::core::{Action, Core, Plan, Target};
 use self::events::{Held, handle_event};
 use self::install::Installed;
 use crate::config::TargetId;
-use crate::error::report;
 use crate::model::{Dep, Update};
 use crate::notify::queue::{ReloadBatch, ReloadOutcome};
 use crate::ops::metrics;
@@ -299,7 +298,12 @@ async fn run_cycle(
     let mut to_reload = ReloadBatch::default();
     if opts.mode == Mode::Render {
         for action in plan.actions {
-            if let Action::Install { target, contents } = action {
+            let files = match action {
+                Action::Install { target, contents } => vec![(target, contents)],
+                Action::InstallBundle { files, .. } => files,
+                Action::Remove { .. } => Vec::new(),
+            };
+            for (target, contents) in files {
                 rendered.insert(target, contents);
                 core.on_result(target, &Ok(()));
             }
@@ -309,8 +313,7 @@ async fn run_cycle(
         let now = SystemTime::now();
         let mut applied = Vec::new();
         for Installed { id, changed, result, rollback } in results {
-            let failure = result.as_ref().err().map(|e| Failure { kind: e.kind(), message: report(e) });
-            let result = failure.clone().map_or(Ok(()), Err);
+            let failure = result.as_ref().err().cloned();
             core.on_attempt(id, &result, Instant::now(), rand::random::<f64>());
             if changed && let Some(waited) = telemetry.change_waited(id) {
                 metrics().record_change_to_write(waited);
@@ -318,7 +321,10 @@ async fn run_cycle(
             if changed {
                 metrics().files_written_total.inc();
             }
-            if failure.as_ref().is_some_and(|f| f.kind == FailureKind::CheckFailed) {
+            // A bundle's check failure is one, not one per file.
+            let first_of_unit =
+                core.targets()[id].bundle.is_none_or(|b| core.bundles()[b].members.start == id);
+            if first_of_unit && failure.as_ref().is_some_and(|f| f.kind == FailureKind::CheckFailed) {
                 metrics().check_failures_total.inc();
             }
             telemetry.on_result(id, changed, failure.is_none(), now);

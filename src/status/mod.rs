@@ -238,6 +238,10 @@ pub struct FileStatus {
     /// read last, which may be newer. For the fleet report (`crate::fleet`); not in `/status`.
     #[serde(skip)]
     pub applied: Option<std::sync::Arc<[DepStatus]>>,
+    /// The `dir` of the `[[bundle]]` the file belongs to: its files are written, checked and
+    /// reloaded as one, so they share one state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
 }
 
 /// One dependency of a file.

@@ -183,8 +183,12 @@ impl Telemetry {
             at: unix_seconds(at),
             error,
         };
+        // A reload started before a config reload may name files the new configuration no
+        // longer has.
         for &id in targets {
-            self.last_reload[id] = Some(status.clone());
+            if let Some(slot) = self.last_reload.get_mut(id) {
+                *slot = Some(status.clone());
+            }
         }
     }
 }
@@ -198,6 +202,8 @@ pub struct FileView<'a> {
     pub settled: bool,
     /// What its last render read.
     pub deps: &'a BTreeSet<Dep>,
+    /// The `dir` of the `[[bundle]]` it belongs to, if any.
+    pub bundle: Option<&'a Path>,
 }
 
 /// Publishes the status report, at most every [`Publisher::INTERVAL`] unless readiness or
@@ -306,6 +312,7 @@ pub fn report<'a>(
                 stale_since: telemetry.stale_since[id].map(unix_seconds),
                 last_reload: telemetry.last_reload[id].clone(),
                 applied: telemetry.applied[id].clone(),
+                bundle: f.bundle.map(|dir| dir.display().to_string()),
             }
         })
         .collect();
@@ -399,8 +406,8 @@ mod tests {
         let values = Values(HashMap::from([(dep("/a"), Value::Missing)]));
         let failed = Status::Failed(Failure { kind: FailureKind::ZnodeMissing, message: "gone".into() });
         let files = [
-            FileView { dest: Path::new("/x"), status: &Status::Ok, settled: true, deps: &deps },
-            FileView { dest: Path::new("/y"), status: &failed, settled: false, deps: &deps },
+            FileView { dest: Path::new("/x"), status: &Status::Ok, settled: true, deps: &deps, bundle: None },
+            FileView { dest: Path::new("/y"), status: &failed, settled: false, deps: &deps, bundle: None },
         ];
         let r = report(files.into_iter(), &values, &t);
         assert!(!r.ready && !r.degraded);
@@ -421,8 +428,8 @@ mod tests {
     /// `/x` up to date and `/y` in `status`, both written once.
     fn two<'a>(status: &'a Status, deps: &'a BTreeSet<Dep>) -> [FileView<'a>; 2] {
         [
-            FileView { dest: Path::new("/x"), status: &Status::Ok, settled: true, deps },
-            FileView { dest: Path::new("/y"), status, settled: true, deps },
+            FileView { dest: Path::new("/x"), status: &Status::Ok, settled: true, deps, bundle: None },
+            FileView { dest: Path::new("/y"), status, settled: true, deps, bundle: None },
         ]
     }
 
@@ -458,8 +465,9 @@ mod tests {
         let t = Telemetry::new(1, "h");
         let deps = BTreeSet::new();
         let values = Values(HashMap::new());
-        let view =
-            |settled| [FileView { dest: Path::new("/x"), status: &Status::Pending, settled, deps: &deps }];
+        let view = |settled| {
+            [FileView { dest: Path::new("/x"), status: &Status::Pending, settled, deps: &deps, bundle: None }]
+        };
         p.publish(view(false).into_iter(), &values, &t, false);
         assert!(p.due().is_none());
         let first = rx.borrow().clone();

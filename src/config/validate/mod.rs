@@ -10,6 +10,7 @@
 //! (durations, paths, argv) are here, and where a key sits in the text is [`super::span`]'s.
 
 mod agent;
+mod bundle;
 mod file;
 mod reload;
 mod zookeeper;
@@ -200,6 +201,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         zookeeper: part.zookeeper.expect("checked above"),
         agent: part.agent.unwrap_or_default(),
         files: part.files,
+        bundles: part.bundles,
         origin,
     })
 }
@@ -220,6 +222,7 @@ pub(crate) struct Part {
     pub zookeeper: Option<super::ZkConfig>,
     pub agent: Option<super::AgentConfig>,
     pub files: Vec<super::FileSpec>,
+    pub bundles: Vec<super::BundleSpec>,
     /// What only `zkrender exec` accepts (see [`Config::exec_only`]).
     pub exec_only: Vec<Problem>,
 }
@@ -397,8 +400,14 @@ impl Checker<'_> {
                 files.push(spec);
             }
         }
+        let mut bundles = Vec::with_capacity(raw.bundles.len());
+        for (index, bundle) in raw.bundles.iter().enumerate() {
+            if let Some(spec) = self.bundle(index, bundle, doc, owner, dests) {
+                bundles.push(spec);
+            }
+        }
         let exec_only = std::mem::take(&mut self.exec_only);
-        Part { zookeeper, agent, files, exec_only }
+        Part { zookeeper, agent, files, bundles, exec_only }
     }
 
     // --- value checks shared by the sections --------------------------------------------

@@ -15,6 +15,8 @@
 //! The destination always ends up a regular file: a symlink at `dest` is replaced, not
 //! followed.
 
+pub mod bundle;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt;
@@ -153,6 +155,13 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
+    /// A bundle's `..data` could not be replaced (or its new version synced).
+    #[error("writing bundle {}: swapping ..data to the new version", .dir.display())]
+    Swap {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("removing {}", .dest.display())]
     Remove {
         dest: PathBuf,
@@ -192,6 +201,7 @@ impl WriteError {
             | WriteError::Rename { dest, .. }
             | WriteError::InPlace { dest, .. }
             | WriteError::Remove { dest, .. } => dest,
+            WriteError::Swap { dir, .. } => dir,
         }
     }
 
