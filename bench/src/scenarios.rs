@@ -26,6 +26,8 @@ pub struct Ctx {
     /// `--baseline`: a second zkrender binary for `compare` (e.g. an older build).
     pub baseline: Option<PathBuf>,
     pub quick: bool,
+    /// fleet500: agents with the fleet report on (`--no-report` turns it off).
+    pub report: bool,
     pub work: PathBuf,
     /// Set by `scale` for `footprint`: the agent's /proc stats once scale settled.
     pub scale_stats: Option<ProcStats>,
