@@ -24,7 +24,8 @@ pub struct Cli {
     pub zookeeper: Option<String>,
 
     /// Copy ZNODE to the file DEST, and run COMMAND (split with shell quoting rules, run
-    /// without a shell) after it changed. Repeatable; adds to the config files.
+    /// without a shell) after it changed. Repeatable; adds to the config files. With
+    /// `fleet`: a znode PATH to show alone (repeatable).
     #[arg(long, global = true, value_name = "ZNODE:DEST[:COMMAND]")]
     pub znode: Vec<String>,
 
@@ -134,6 +135,25 @@ pub enum CommandKind {
         #[arg(long)]
         json: bool,
     },
+    /// Show which agents applied the current version of each znode (the fleet reports).
+    ///
+    /// Reads every agent's report under `[agent] report` (or --report) and the current zxid of
+    /// each znode they name, and prints per znode how many agents applied it, which lag
+    /// behind and since when, and which failed and why. `--znode PATH` (repeatable) shows only
+    /// that znode. Connects as the agent does: `[zookeeper]` of the -c files (hosts, chroot,
+    /// auth, tls), --zookeeper replacing the hosts. Exits 0 when every agent is current, 1
+    /// otherwise (also when no agent reports, or none reads a --znode).
+    Fleet {
+        /// The report path; default: `[agent] report` of the config, else /zkrender/agents.
+        #[arg(long, value_name = "PATH", value_parser = parse_znode)]
+        report: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Read again until every agent is current or DURATION has passed (e.g. 60s).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        wait: Option<Duration>,
+    },
     /// Print shell completions for zkrender to stdout.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -154,6 +174,10 @@ impl Cli {
             templates: self.template.clone(),
         }
     }
+}
+
+fn parse_znode(s: &str) -> Result<String, String> {
+    crate::model::ZnodePath::parse(s).map(|p| p.to_string()).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -64,6 +64,9 @@ pub enum AgentError {
     /// The async runtime could not be started (threads, epoll).
     #[error("starting the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// `zkrender fleet`: reading the reports or the znodes they name failed.
+    #[error("zkrender fleet: {0}")]
+    Fleet(String),
     #[error("bug: a task panicked")]
     TaskPanicked(#[source] tokio::task::JoinError),
 }

@@ -82,6 +82,11 @@ pub async fn run(
                         "[zookeeper] settings changed; they take effect at the next restart (the session is kept)"
                     );
                 }
+                if config.agent.report != current.agent.report {
+                    warn!(
+                        "[agent] report, id or report_interval changed; they take effect at the next restart"
+                    );
+                }
                 let reconf = Reconfigure {
                     core,
                     wait: config.agent.wait,

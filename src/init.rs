@@ -94,6 +94,13 @@ resync = "10m"
 # Address of the HTTP endpoint (/healthz, /readyz, /metrics, /status);
 # "" disables it.
 listen = "127.0.0.1:9102"
+# Fleet report (off unless set): keep an ephemeral znode <report>/<id> saying
+# what this agent applied, read by `zkrender fleet`.
+# report = "/zkrender/agents"
+# This agent's name under report (default: the host name).
+# id = "web-7f9c"
+# At most one report write per this period.
+# report_interval = "1s"
 
 # One [[file]] per file to keep up to date. Give exactly one of znode,
 # template, inline or tree.

@@ -40,3 +40,4 @@ pub mod init;
 pub mod ops;
 pub mod reference;
 pub mod status;
+pub mod fleet;

@@ -103,6 +103,9 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     if let CommandKind::Status { listen, json } = &cli.command {
         return status(&cli.sources(), listen.as_deref(), *json);
     }
+    if let CommandKind::Fleet { report, json, wait } = &cli.command {
+        return fleet(&cli, report.as_deref(), *json, *wait);
+    }
     let sources = cli.sources();
     if let CommandKind::Exec { timeout, command } = cli.command {
         let config = config::load_sources(&sources)?;
@@ -135,6 +138,7 @@ fn run(cli: Cli) -> Result<(), AgentError> {
             CommandKind::Check { .. }
             | CommandKind::Exec { .. }
             | CommandKind::Status { .. }
+            | CommandKind::Fleet { .. }
             | CommandKind::Completions { .. }
             | CommandKind::Init { .. }
             | CommandKind::Man => {
@@ -151,6 +155,50 @@ fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)
+}
+
+/// `zkrender fleet`: who applied what. Connects with the `[zookeeper]` of the config files
+/// (or `--zookeeper` alone when there is no config file); `--znode` names znodes to show.
+/// Exits 1 (after printing) when some agent is not current.
+fn fleet(
+    cli: &Cli,
+    report: Option<&str>,
+    json: bool,
+    wait: Option<std::time::Duration>,
+) -> Result<(), AgentError> {
+    use zkrender::fleet::command;
+    use zkrender::model::ZnodePath;
+    let sources =
+        config::Sources { paths: cli.config.clone(), zookeeper: cli.zookeeper.clone(), ..Default::default() };
+    let config = match &cli.zookeeper {
+        // Only the hosts: no config file needed.
+        Some(hosts) if cli.config.is_empty() && !Path::new(config::DEFAULT_PATH).exists() => {
+            let text = format!("[zookeeper]\nhosts = {}\n", toml::Value::String(hosts.clone()));
+            config::parse(&std::path::absolute("--zookeeper").map_err(AgentError::Stdout)?, &text)?
+        }
+        _ => config::load_sources(&sources)?,
+    };
+    let report = match (report, &config.agent.report) {
+        (Some(path), _) => path.to_owned(),
+        (None, Some(r)) => r.path.to_string(),
+        (None, None) => command::DEFAULT_REPORT.to_owned(),
+    };
+    let report = ZnodePath::parse(&report).map_err(|e| AgentError::Fleet(e.to_string()))?;
+    let only: Vec<String> =
+        cli.znode.iter().map(|z| ZnodePath::parse(z).map_or_else(|_| z.clone(), |p| p.to_string())).collect();
+    let fleet = runtime()?.block_on(command::run(&config.zookeeper, &report, &only, wait))?;
+    let text = if json {
+        let mut text = serde_json::to_string_pretty(&fleet).unwrap_or_default();
+        text.push('\n');
+        text
+    } else {
+        zkrender::fleet::view::render_table(&fleet, zkrender::ops::unix_now())
+    };
+    write_stdout(text.as_bytes())?;
+    if !fleet.current {
+        std::process::exit(zkrender::error::EXIT_FAILURE);
+    }
+    Ok(())
 }
 
 /// `zkrender status`: fetch `/status` from a running agent and print it.

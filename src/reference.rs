@@ -143,6 +143,21 @@ pub const AGENT: Table = Table {
             "`\"127.0.0.1:9102\"`",
             "address of the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/status`); `\"\"` disables it",
         ],
+        &[
+            "`report`",
+            "none (off)",
+            "fleet report: keep one ephemeral znode `<report>/<id>` saying what this agent applied (per file: sha256, the mzxid of each znode read, state, last reload; never contents); created with its parents; read by `zkrender fleet`",
+        ],
+        &[
+            "`id`",
+            "the host name",
+            "this agent's name under `report`; one znode name. Taken by a live agent: `run` fails at start naming the holder",
+        ],
+        &[
+            "`report_interval`",
+            "`\"1s\"`",
+            "the report is written after a change is installed and reloaded, at most once per `report_interval`",
+        ],
     ],
     notes: "",
 };
@@ -296,7 +311,7 @@ pub const EXIT_CODES: Table = Table {
         ],
         &[
             "1",
-            "`once`/`render`: a file could not be written (each is named with its error and cause; I/O failures are retried until `--timeout` first); a fatal ZooKeeper error; `diff`: some file would change; `init --output`: the file exists",
+            "`once`/`render`: a file could not be written (each is named with its error and cause; I/O failures are retried until `--timeout` first); a fatal ZooKeeper error; `diff`: some file would change; `init --output`: the file exists; `fleet`: some agent is not current, or the reports could not be read; `run`: the `[agent] id` is taken by a live agent",
         ],
         &[
             "2",

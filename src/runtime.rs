@@ -19,7 +19,7 @@ use crate::error::AgentError;
 use crate::exec::{self, ChildHandle};
 use crate::pipeline::{self, Channels, ConnectionState, Core, Mode, Status, Summary};
 use crate::status::StatusReport;
-use crate::{hotreload, notify, ops, source};
+use crate::{fleet, hotreload, notify, ops, source};
 
 /// How long the pipeline may take to finish the install in progress after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -357,7 +357,8 @@ async fn drive(
     let source_stop = shutdown.child_token();
     // One deadline for both: the source tries to connect for the whole of it.
     let deadline = timeout.map(|t| Instant::now() + t);
-    let opts = source::Options { connect_deadline: deadline.zip(timeout) };
+    let report = if mode == Mode::Run { fleet_report(config, &status_tx) } else { None };
+    let opts = source::Options { connect_deadline: deadline.zip(timeout), report };
     let mut source =
         tokio::spawn(source::run(config.zookeeper.clone(), opts, source_rx, events_tx, source_stop.clone()));
     let popts = pipeline::Options {
@@ -435,6 +436,19 @@ async fn drive(
     };
     source_result?;
     Ok(summary)
+}
+
+/// `[agent] report`: starts the task that turns the status into the agent's report; the
+/// source writes it (`source::report`).
+fn fleet_report(
+    config: &Config,
+    status: &watch::Sender<Arc<StatusReport>>,
+) -> Option<source::report::Report> {
+    let settings = fleet::publish::Settings::of(config)?;
+    let node = config.agent.report.as_ref()?.node();
+    let (doc_tx, doc) = watch::channel(settings.initial());
+    tokio::spawn(fleet::publish::run(status.subscribe(), doc_tx, settings));
+    Some(source::report::Report { node, doc })
 }
 
 /// Removes temporary files a crash (a SIGKILL mid-install) left beside the destinations.

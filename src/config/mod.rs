@@ -32,6 +32,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9102";
 /// Default `[agent] resync`: ten minutes.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
 
+/// Default `[agent] report_interval`: one second.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Longest process name `/proc/PID/comm` holds (the kernel's `TASK_COMM_LEN` - 1): a
 /// `[file.reload] process` longer than this could never match, so validation refuses it.
 pub const COMM_NAME_MAX: usize = 15;
@@ -150,6 +153,27 @@ pub struct AgentConfig {
     /// `listen`: address of the HTTP endpoint (health, readiness, metrics, status); `None`
     /// when disabled with `listen = ""`. Default `127.0.0.1:9102`.
     pub listen: Option<String>,
+    /// `report`, `id`, `report_interval`: the fleet report; `None` unless `report` is set.
+    pub report: Option<ReportConfig>,
+}
+
+/// `[agent] report`: the agent keeps one ephemeral znode `<path>/<id>` describing what it
+/// applied (see `crate::fleet`). Read at start; a config reload does not change it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportConfig {
+    /// The parent znode (`report`), created if missing.
+    pub path: ZnodePath,
+    /// The report's name under `path` (`id`, default: the host name).
+    pub id: String,
+    /// `report_interval`: at most one write per this period (default 1s).
+    pub interval: Duration,
+}
+
+impl ReportConfig {
+    /// The agent's own report znode, `<path>/<id>`.
+    pub fn node(&self) -> ZnodePath {
+        self.path.join(&self.id).expect("bug: `id` is validated as one znode name")
+    }
 }
 
 impl Default for AgentConfig {
@@ -159,8 +183,18 @@ impl Default for AgentConfig {
             max_wait: Duration::ZERO,
             resync: DEFAULT_RESYNC,
             listen: Some(DEFAULT_LISTEN.to_owned()),
+            report: None,
         }
     }
+}
+
+/// The host name (`[agent] id`'s default), from the kernel.
+///
+/// # Errors
+/// `/proc/sys/kernel/hostname` cannot be read.
+pub fn host_name() -> std::io::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(name.trim().to_owned())
 }
 
 /// Index of a `[[file]]` entry in [`Config::files`].

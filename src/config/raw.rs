@@ -117,6 +117,12 @@ pub struct RawAgent {
     pub resync: Option<Spanned<String>>,
     /// A socket address, or `""` to disable the HTTP endpoint.
     pub listen: Option<Spanned<String>>,
+    /// Fleet report: the znode under which this agent keeps its ephemeral report.
+    pub report: Option<Spanned<String>>,
+    /// The report's name under `report` (default: the host name).
+    pub id: Option<Spanned<String>>,
+    /// Humantime; the report is written at most this often.
+    pub report_interval: Option<Spanned<String>>,
 }
 
 /// One `[[file]]`.

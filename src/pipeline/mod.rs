@@ -307,6 +307,7 @@ async fn run_cycle(
     } else {
         let results = install::carry_out(core, plan.actions, opts.write_parallelism).await;
         let now = SystemTime::now();
+        let mut applied = Vec::new();
         for Installed { id, changed, result, rollback } in results {
             let failure = result.as_ref().err().map(|e| Failure { kind: e.kind(), message: report(e) });
             let result = failure.clone().map_or(Ok(()), Err);
@@ -321,8 +322,18 @@ async fn run_cycle(
                 metrics().check_failures_total.inc();
             }
             telemetry.on_result(id, changed, failure.is_none(), now);
+            if failure.is_none() {
+                applied.push(id);
+            }
             if changed && let Some(reload) = &core.targets()[id].spec.reload {
                 to_reload.add(reload, id, rollback);
+            }
+        }
+        // What each file now on disk was rendered from: the store as this cycle rendered it.
+        if !applied.is_empty() {
+            let views: Vec<_> = core.views().collect();
+            for id in applied {
+                telemetry.on_applied(id, views[id].deps, core.values());
             }
         }
     }

@@ -18,6 +18,7 @@
 //!   did not change.
 
 mod probe;
+pub mod report;
 mod tls;
 mod watch;
 
@@ -132,6 +133,12 @@ pub enum SourceError {
     /// A `[zookeeper] tls` file cannot be read or is not what it should be (never shows key material).
     #[error("zookeeper tls {what} {}: {reason}", .path.display())]
     Tls { what: &'static str, path: std::path::PathBuf, reason: String },
+    /// `[agent] report`: the report znode `<report>/<id>` belongs to another live session.
+    #[error(
+        "fleet report {node}: the id is taken by a live agent ({holder}); give this agent another \
+         [agent] id, or wait until that agent's session ends"
+    )]
+    ReportIdTaken { node: String, holder: String },
 }
 
 /// Options for [`run`] beyond the config.
@@ -140,6 +147,9 @@ pub struct Options {
     /// Give up connecting at this instant (for `once`/`render`: their `--timeout`, the
     /// duration, for messages); `None` retries forever.
     pub connect_deadline: Option<(tokio::time::Instant, Duration)>,
+    /// `[agent] report`: the agent's report znode, claimed at each session's start and kept
+    /// up to date beside the watches ([`report`]).
+    pub report: Option<report::Report>,
 }
 
 /// Runs the source until `stop` is cancelled, the command channel closes, or a fatal error.
@@ -157,6 +167,7 @@ pub async fn run(
     let mut deps: Vec<Dep> = Vec::new();
     let mut first = true;
     let mut quiet = probe::Quiet::default();
+    let mut report = opts.report.clone();
     loop {
         let Some(client) = connect(&cfg, &hosts, &stop, opts.connect_deadline, &out, &mut quiet).await?
         else {
@@ -170,10 +181,36 @@ pub async fn run(
         } else {
             info!(hosts = %hosts, session = %client.session_id(), watches = deps.len(), failed_attempts = attempts, unreachable_for = %after, "new zookeeper session; re-establishing every watch");
         }
+        // The report znode first: an id taken by another live agent stops the agent before it
+        // writes any file.
+        let mut claimed = false;
+        if let Some(rep) = &mut report {
+            match report::claim(
+                &client,
+                rep,
+                report::authenticated(&cfg),
+                cfg.session_timeout.max(Duration::from_secs(1)),
+            )
+            .await
+            {
+                Ok(()) => {
+                    info!(znode = %rep.node, "fleet report created");
+                    claimed = true;
+                }
+                Err(report::ClaimError::Taken(holder)) if first => {
+                    return Err(SourceError::ReportIdTaken { node: rep.node.to_string(), holder });
+                }
+                // Another try in the session's report task, which logs why.
+                Err(_) => {}
+            }
+        }
         first = false;
         let _ = out.send(SourceEvent::Connection(Connection::Connected)).await;
         let mut session =
             Session::new(client, &hosts, cfg.watch, out.clone(), stop.child_token(), cfg.session_timeout);
+        if let Some(rep) = &report {
+            session.keep_report(rep.clone(), report::authenticated(&cfg), claimed);
+        }
         for dep in &deps {
             session.watch(dep.clone());
         }
@@ -353,6 +390,12 @@ impl Session {
         let ctx = watch::WatchCtx { shared: self.shared.clone(), stop: stop.clone(), poke: poke.clone() };
         self.watching.insert(dep.clone(), (stop, poke));
         self.tasks.push(Box::pin(AssertUnwindSafe(watch::run(ctx, dep)).catch_unwind()));
+    }
+
+    /// Runs the report task ([`report::keep`]) beside the watch loops, polled with them.
+    fn keep_report(&mut self, report: report::Report, authenticated: bool, claimed: bool) {
+        let keep = report::keep(self.shared.clone(), report, authenticated, claimed, self.stop.child_token());
+        self.tasks.push(Box::pin(AssertUnwindSafe(keep).catch_unwind()));
     }
 
     fn unwatch(&mut self, dep: &Dep) {

@@ -233,6 +233,11 @@ pub struct FileStatus {
     pub stale_since: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_reload: Option<ReloadStatus>,
+    /// The dependencies' values the file on disk was rendered from, as of its last
+    /// successful install (or check that it was already correct). `deps` shows the values
+    /// read last, which may be newer. For the fleet report (`crate::fleet`); not in `/status`.
+    #[serde(skip)]
+    pub applied: Option<Vec<DepStatus>>,
 }
 
 /// One dependency of a file.

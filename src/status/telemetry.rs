@@ -35,6 +35,8 @@ pub struct Telemetry {
     last_write: Vec<Option<SystemTime>>,
     stale_since: Vec<Option<SystemTime>>,
     last_reload: Vec<Option<ReloadStatus>>,
+    /// Per file: the values its file on disk was rendered from (see [`Telemetry::on_applied`]).
+    applied: Vec<Option<Vec<DepStatus>>>,
 }
 
 /// What a connection event changed, for the loop's metrics and publishing.
@@ -59,6 +61,7 @@ impl Telemetry {
             last_write: vec![None; n],
             stale_since: vec![None; n],
             last_reload: vec![None; n],
+            applied: vec![None; n],
         }
     }
 
@@ -79,6 +82,7 @@ impl Telemetry {
             last_write: carry(old_index, &self.last_write),
             stale_since: carry(old_index, &self.stale_since),
             last_reload: carry(old_index, &self.last_reload),
+            applied: carry(old_index, &self.applied),
         }
     }
 
@@ -132,6 +136,13 @@ impl Telemetry {
     /// Since when the change now installed for `id` had been waiting, if it was timed.
     pub fn change_waited(&self, id: TargetId) -> Option<Duration> {
         self.changed_at[id].map(|since| since.elapsed())
+    }
+
+    /// File `id` on disk is now its rendering from the values of `deps` in `values` (after a
+    /// successful install, or a check that it already was): what the fleet report says the
+    /// agent applied.
+    pub fn on_applied(&mut self, id: TargetId, deps: &BTreeSet<Dep>, values: &dyn Snapshot) {
+        self.applied[id] = Some(deps.iter().map(|d| dep_status(d, values)).collect());
     }
 
     /// Records the result of installing file `id`: `changed` when its bytes on disk changed.
@@ -262,28 +273,7 @@ pub fn report<'a>(
                     (Some(failure.kind.as_str().to_owned()), Some(failure.message.clone()))
                 }
             };
-            let deps = f
-                .deps
-                .iter()
-                .map(|d| {
-                    let value = values.get(d);
-                    DepStatus {
-                        znode: d.znode.to_string(),
-                        kind: match d.kind {
-                            DepKind::Data => "data",
-                            DepKind::Children => "children",
-                        }
-                        .to_owned(),
-                        exists: value.map(|v| *v != Value::Missing),
-                        mzxid: value.and_then(Value::zxid),
-                        version: match value {
-                            Some(Value::Data { version, .. }) => Some(*version),
-                            Some(Value::Children { cversion, .. }) => Some(*cversion),
-                            _ => None,
-                        },
-                    }
-                })
-                .collect();
+            let deps = f.deps.iter().map(|d| dep_status(d, values)).collect();
             FileStatus {
                 dest: f.dest.display().to_string(),
                 state: f.status.as_str().to_owned(),
@@ -294,6 +284,7 @@ pub fn report<'a>(
                 last_write: telemetry.last_write[id].map(unix_seconds),
                 stale_since: telemetry.stale_since[id].map(unix_seconds),
                 last_reload: telemetry.last_reload[id].clone(),
+                applied: telemetry.applied[id].clone(),
             }
         })
         .collect();
@@ -312,6 +303,26 @@ pub fn report<'a>(
             error: telemetry.unreachable.clone(),
         },
         files,
+    }
+}
+
+/// One dependency and its value in `values`, as the report shows it.
+fn dep_status(d: &Dep, values: &dyn Snapshot) -> DepStatus {
+    let value = values.get(d);
+    DepStatus {
+        znode: d.znode.to_string(),
+        kind: match d.kind {
+            DepKind::Data => "data",
+            DepKind::Children => "children",
+        }
+        .to_owned(),
+        exists: value.map(|v| *v != Value::Missing),
+        mzxid: value.and_then(Value::zxid),
+        version: match value {
+            Some(Value::Data { version, .. }) => Some(*version),
+            Some(Value::Children { cversion, .. }) => Some(*cversion),
+            _ => None,
+        },
     }
 }
 

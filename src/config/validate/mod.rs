@@ -749,6 +749,7 @@ restart = true
                 max_wait: Duration::from_secs(2),
                 resync: Duration::ZERO,
                 listen: Some("0.0.0.0:9200".into()),
+                report: None,
             }
         );
         assert_eq!(config.files.len(), 7);
