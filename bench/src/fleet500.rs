@@ -9,6 +9,10 @@
 //! packets, at idle and per change); then the whole ensemble restarted (`scripts/zk ctl
 //! restart all`): the time until every file holds a value set after it and every report is
 //! back and current.
+//!
+//! The benchmark's own client (the sets) and `zkrender fleet` connect to the voters only, so
+//! that what the observers count is the agents' traffic alone: reads are taken from the
+//! observers, writes from the largest member count (every member applies every write).
 
 use std::collections::HashMap;
 use std::fs;
@@ -117,6 +121,11 @@ fn sum_ns(ms: &[Member], ns: &str, slot: usize) -> u64 {
     ms.iter().map(|m| m.ns(ns)[slot]).sum()
 }
 
+/// [`sum_ns`] over the observers only (the agents' servers).
+fn obs_ns(zk: &Zk, ms: &[Member], ns: &str, slot: usize) -> u64 {
+    ms.iter().enumerate().filter(|(i, _)| zk.is_observer(*i)).map(|(_, m)| m.ns(ns)[slot]).sum()
+}
+
 fn max_ns(ms: &[Member], ns: &str, slot: usize) -> u64 {
     ms.iter().map(|m| m.ns(ns)[slot]).max().unwrap_or(0)
 }
@@ -138,7 +147,8 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
         ctx.zk_version = zk.version();
     }
     let obs = zk.observer_hosts();
-    let client = connect(&zk.hosts).await?;
+    let voters = zk.voter_hosts();
+    let client = connect(&voters).await?;
     ensure_path(&client, "/f500").await?;
     put_many(&client, &[(KEY.to_owned(), b"init".to_vec())]).await?;
     if report {
@@ -173,7 +183,7 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
     let start_files_ms = ms(t_spawn.elapsed());
     let mut start_reports_ms = f64::NAN;
     if report {
-        let (t, _, last) = wait_fleet_current(&ctx.bin, &obs, &client, n, Duration::from_secs(60)).await;
+        let (t, _, last) = wait_fleet_current(&ctx.bin, &voters, &client, n, Duration::from_secs(60)).await;
         let t = t.ok_or_else(|| format!("zkrender fleet never showed all {n} current at start:\n{last}"))?;
         start_reports_ms = ms(t - t_spawn);
     }
@@ -186,8 +196,14 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
     w.drain().await;
     let idle_s = ctx.pick(10, 5);
     let m0 = zk.members()?;
+    let (idle_a0, idle_z0) = cpu_ms(&agents, &zk);
+    let t_idle = Instant::now();
     tokio::time::sleep(Duration::from_secs(idle_s)).await;
+    let (idle_a1, idle_z1) = cpu_ms(&agents, &zk);
+    let idle_secs = t_idle.elapsed().as_secs_f64();
     let m1 = zk.members()?;
+    // CPU per second with nothing changing (pings, timers): subtracted from the change loop.
+    let (idle_agents_ms_s, idle_zk_ms_s) = ((idle_a1 - idle_a0) / idle_secs, (idle_z1 - idle_z0) / idle_secs);
     let idle = delta(&m1, &m0);
     let rss: Vec<ProcStats> = agents.iter().map(|a| a.stats()).collect();
     let jvm_rss: Vec<u64> =
@@ -196,18 +212,23 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
         (0..zk.ports.len()).map(|i| member_json(&zk, i, &m1[i], jvm_rss[i])).collect();
     let idle_packets_per_s: Vec<f64> =
         idle.iter().map(|m| r3((m.packets_received + m.packets_sent) as f64 / idle_s as f64)).collect();
+    let mut per_member = per_member;
+    for (m, p) in per_member.iter_mut().zip(&idle_packets_per_s) {
+        m["idle_packets_per_s"] = json!(p);
+    }
 
     // One `zkrender fleet` run alone: its requests.
     let mut fleet_run = json!(null);
     if report {
         let b = zk.members()?;
         let t = Instant::now();
-        let (ok, _) = fleet_cmd(&ctx.bin, &obs);
+        let (ok, _) = fleet_cmd(&ctx.bin, &voters);
         let took = ms(t.elapsed());
         let d = delta(&zk.members()?, &b);
         fleet_run = json!({
             "ok": ok, "ms": r3(took),
-            "reads": sum_ns(&d, REPORT_NS, 0), "read_bytes": sum_ns(&d, REPORT_NS, 1),
+            "reads": sum_ns(&d, REPORT_NS, 0) + sum_ns(&d, DATA_NS, 0),
+            "read_bytes": sum_ns(&d, REPORT_NS, 1) + sum_ns(&d, DATA_NS, 1),
         });
     }
 
@@ -222,10 +243,15 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
     let mut report_writes = Vec::new();
     let mut report_write_bytes = Vec::new();
     let mut report_reads = Vec::new();
+    let mut fleet_reads = Vec::new();
     let mut obs_packets = Vec::new();
     let mut voter_packets = Vec::new();
     let mut misses = 0;
     let mut per_change_curves = Vec::new();
+    let (agents_cpu0, zk_cpu0) = cpu_ms(&agents, &zk);
+    let busy0 = machine_busy_ms();
+    let own0 = ProcStats::of(std::process::id() as i32).cpu_stat_ns;
+    let t_loop = Instant::now();
     for rep in 0..changes {
         tokio::time::sleep(gap).await;
         w.drain().await;
@@ -244,19 +270,24 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
         per_change_curves.push(lat.iter().map(|x| r3(*x)).collect::<Vec<_>>());
         per_agent.extend(lat);
         if report {
-            let (t, runs, _) = wait_fleet_current(&ctx.bin, &obs, &client, n, Duration::from_secs(20)).await;
+            let (t, runs, _) =
+                wait_fleet_current(&ctx.bin, &voters, &client, n, Duration::from_secs(20)).await;
             fleet_ms.push(t.map_or(f64::NAN, |t| ms(t - t0)));
             fleet_runs.push(runs as f64);
         }
         // Trailing report writes (throttled to one per report_interval) land meanwhile.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let d = delta(&zk.members()?, &c0);
-        data_reads.push(sum_ns(&d, DATA_NS, 0) as f64);
-        data_read_bytes.push(sum_ns(&d, DATA_NS, 1) as f64);
+        data_reads.push(obs_ns(&zk, &d, DATA_NS, 0) as f64);
+        data_read_bytes.push(obs_ns(&zk, &d, DATA_NS, 1) as f64);
         data_writes.push(max_ns(&d, DATA_NS, 2) as f64);
         report_writes.push(max_ns(&d, REPORT_NS, 2) as f64);
         report_write_bytes.push(max_ns(&d, REPORT_NS, 3) as f64);
-        report_reads.push(sum_ns(&d, REPORT_NS, 0) as f64);
+        report_reads.push(obs_ns(&zk, &d, REPORT_NS, 0) as f64);
+        fleet_reads.push(
+            (sum_ns(&d, REPORT_NS, 0) + sum_ns(&d, DATA_NS, 0)) as f64
+                - (obs_ns(&zk, &d, REPORT_NS, 0) + obs_ns(&zk, &d, DATA_NS, 0)) as f64,
+        );
         let pk = |obs: bool| -> f64 {
             d.iter()
                 .enumerate()
@@ -267,6 +298,31 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
         obs_packets.push(pk(true));
         voter_packets.push(pk(false));
     }
+
+    // CPU per change (the whole loop, gaps included: idle costs little next to a change).
+    let (agents_cpu1, zk_cpu1) = cpu_ms(&agents, &zk);
+    let busy = machine_busy_ms() - busy0;
+    let loop_ms = ms(t_loop.elapsed());
+    let own = (ProcStats::of(std::process::id() as i32).cpu_stat_ns - own0) as f64 / 1e6;
+    let per = |x: f64| r3(x / changes as f64);
+    let loop_s = loop_ms / 1000.0;
+    let agents_net = (agents_cpu1 - agents_cpu0) - idle_agents_ms_s * loop_s;
+    let zk_net = (zk_cpu1 - zk_cpu0) - idle_zk_ms_s * loop_s;
+    let cpu = json!({
+        "note": "over the change loop, divided by the changes; *_net: minus the idle rate (measured over the idle window) times the loop's duration",
+        "loop_s": r3(loop_s),
+        "agents_idle_ms_per_s": r3(idle_agents_ms_s),
+        "zookeeper_idle_ms_per_s": r3(idle_zk_ms_s),
+        "agents_ms_per_change": per(agents_cpu1 - agents_cpu0),
+        "agents_net_ms_per_change": per(agents_net),
+        "agent_net_ms_per_change": r3(agents_net / (changes * n) as f64),
+        "zookeeper_ms_per_change": per(zk_cpu1 - zk_cpu0),
+        "zookeeper_net_ms_per_change": per(zk_net),
+        "benchmark_ms_per_change": per(own),
+        "machine_busy_ms_per_change": per(busy),
+        "machine_capacity_ms_per_change": per(loop_ms * ctx.cpus as f64),
+        "other_ms_per_change": per(busy - (agents_cpu1 - agents_cpu0) - (zk_cpu1 - zk_cpu0) - own),
+    });
 
     // The whole ensemble restarted: SIGTERM all 5 JVMs, relaunch them, wait until they serve.
     let sessions_before = count_logs(&agents, "new zookeeper session");
@@ -289,7 +345,7 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
     let mut reports_after_restart_ms = f64::NAN;
     let mut reports_after_set_ms = f64::NAN;
     if report {
-        let (t, _, last) = wait_fleet_current(&ctx.bin, &obs, &client, n, Duration::from_secs(120)).await;
+        let (t, _, last) = wait_fleet_current(&ctx.bin, &voters, &client, n, Duration::from_secs(120)).await;
         let t = t.ok_or_else(|| {
             format!("after the restart, zkrender fleet never showed all {n} current:\n{last}")
         })?;
@@ -342,6 +398,19 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
         None,
     ));
     rows.push(row(
+        &format!(
+            "N={n}: CPU per change, idle subtracted (ms): agents / ZooKeeper / other processes ({} CPUs)",
+            ctx.cpus
+        ),
+        format!(
+            "{} / {} / {}",
+            f(get(&cpu, "agents_net_ms_per_change")),
+            f(get(&cpu, "zookeeper_net_ms_per_change")),
+            f(get(&cpu, "other_ms_per_change"))
+        ),
+        None,
+    ));
+    rows.push(row(
         &format!("N={n}: packets per change: observers / voters"),
         format!("{} / {}", f(mean(&obs_packets)), f(mean(&voter_packets))),
         None,
@@ -382,7 +451,8 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
             "data_reads": r3(mean(&data_reads)), "data_read_bytes": r3(mean(&data_read_bytes)),
             "data_writes": r3(mean(&data_writes)),
             "report_writes": r3(mean(&report_writes)), "report_write_bytes": r3(mean(&report_write_bytes)),
-            "report_reads_incl_fleet_polls": r3(mean(&report_reads)),
+            "agents_report_reads": r3(mean(&report_reads)),
+            "fleet_polls_reads_on_voters": r3(mean(&fleet_reads)),
             "packets_observers": r3(mean(&obs_packets)), "packets_voters": r3(mean(&voter_packets)),
         },
         "idle": { "seconds": idle_s, "packets_per_s_per_member": idle_packets_per_s },
@@ -392,6 +462,7 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
             "max": mib(rss.iter().map(|s| s.rss_kib).max().unwrap_or(0)),
             "total": mib(rss.iter().map(|s| s.rss_kib).sum()),
         },
+        "cpu": cpu,
         "agent_fds_mean": r3(rss.iter().map(|s| s.fds).sum::<u64>() as f64 / n as f64),
         "agent_threads_mean": r3(rss.iter().map(|s| s.threads).sum::<u64>() as f64 / n as f64),
         "restart": {
@@ -413,6 +484,31 @@ pub async fn fleet500(ctx: &mut Ctx) -> Res<Value> {
             "restart_all_ms": r3(restart_ms),
         },
     }))
+}
+
+/// CPU time (ms) the whole machine spent busy (everything but idle and iowait, all CPUs), from
+/// /proc/stat: with the agents' and ZooKeeper's own, it says how much went to other work.
+fn machine_busy_ms() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse::<f64>().ok())
+        .collect();
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle) * 1000.0 / tick
+}
+
+/// CPU time (ms, utime + stime of all threads) of the agents and of the ZooKeeper JVMs.
+fn cpu_ms(agents: &[Agent], zk: &Zk) -> (f64, f64) {
+    let a: u64 = agents.iter().map(|a| a.stats().cpu_stat_ns).sum();
+    let z: u64 = (0..zk.ports.len()).filter_map(|i| zk.pid(i)).map(|p| ProcStats::of(p).cpu_stat_ns).sum();
+    (a as f64 / 1e6, z as f64 / 1e6)
 }
 
 /// How many agent logs hold `needle`, in total.

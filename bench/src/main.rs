@@ -182,6 +182,7 @@ fn run(
         quick,
         report,
         work: work.clone(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         scale_stats: None,
         zk_version: String::new(),
     };

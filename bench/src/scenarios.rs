@@ -29,6 +29,8 @@ pub struct Ctx {
     /// fleet500: agents with the fleet report on (`--no-report` turns it off).
     pub report: bool,
     pub work: PathBuf,
+    /// Online CPUs (for CPU shares).
+    pub cpus: usize,
     /// Set by `scale` for `footprint`: the agent's /proc stats once scale settled.
     pub scale_stats: Option<ProcStats>,
     pub zk_version: String,

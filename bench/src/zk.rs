@@ -64,6 +64,11 @@ impl Zk {
         self.hosts.split(',').skip(self.ports.len() - self.observers).collect::<Vec<_>>().join(",")
     }
 
+    /// The connect string of the voting members only.
+    pub fn voter_hosts(&self) -> String {
+        self.hosts.split(',').take(self.ports.len() - self.observers).collect::<Vec<_>>().join(",")
+    }
+
     /// Whether member `i` (0-based) is an observer.
     pub fn is_observer(&self, i: usize) -> bool {
         i >= self.ports.len() - self.observers
