@@ -90,7 +90,7 @@ fn run_zk_script(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// A real ZooKeeper for a test.
 ///
-/// [`Zk::standalone`] and [`Zk::ensemble`] start their own JVMs on free
+/// [`Zk::standalone`], [`Zk::ensemble`] and [`Zk::with_observers`] start their own JVMs on free
 /// loopback ports, with their state in a temporary directory this value owns;
 /// dropping it runs `scripts/zk down` (the JVMs are gone when `drop` returns).
 /// As a safety net, `scripts/zk up --owner` also takes them down within about
