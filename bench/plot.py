@@ -5,6 +5,10 @@ latency.png: distribution of change-to-file latency (the latency scenario; the s
 scenario's single changes too, when present): histogram and CDF.
 fleet.png: fan-out of one change to N agents: fraction of agents whose file holds the new
 value, against time since the set (all changes of the run pooled), per fleet size.
+fleet500.png: convergence over time of the fleet500 scenario (3 voters + 2 observers):
+fraction of the agents' files holding each change against time since its set, with the time
+`zkrender fleet` first showed every agent current; and, after the whole ensemble was
+restarted, the fraction holding the value set after the restart against time since that set.
 """
 import json
 import sys
@@ -84,6 +88,63 @@ def main():
         fig.tight_layout()
         fig.savefig(f"{out}/fleet.png", dpi=110)
         plt.close(fig)
+
+    f5 = by.get("fleet500")
+    if f5 and f5.get("samples", {}).get("per_change_ms"):
+        fleet500(f5, sub, out)
+
+
+def fleet500(f5, sub, out):
+    smp = f5["samples"]
+    n = f5["agents"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.6))
+    pooled = []
+    for i, curve in enumerate(smp["per_change_ms"]):
+        if not curve:
+            continue
+        pooled += curve
+        x = sorted(curve)
+        y = [(k + 1) / n for k in range(len(x))]
+        a.step(x, y, where="post", color="#3572b0", alpha=0.35, linewidth=0.8,
+               label="each change" if i == 0 else None)
+    if pooled:
+        x, y = cdf(pooled)
+        a.plot(x, y, color="#3572b0", linewidth=2,
+               label=f"all changes (p50 {pct(pooled, 50):.0f}, p99 {pct(pooled, 99):.0f} ms)")
+    fl = [v for v in smp.get("fleet_all_current_ms", []) if v == v]
+    for i, v in enumerate(fl):
+        a.axvline(v, color="#e08000", linewidth=0.8, alpha=0.7,
+                  label=f"`zkrender fleet`: all current (p50 {pct(fl, 50):.0f} ms)" if i == 0 else None)
+    a.axvline(300, color="r", linestyle="--", linewidth=0.8, label="target p99 300 ms")
+    if fl:
+        a.axvline(2000, color="#e08000", linestyle="--", linewidth=0.8, label="target fleet 2 s")
+    a.set_xlabel("time since the set (ms)")
+    a.set_ylabel(f"fraction of the {n} files holding the value")
+    a.set_title(f"{len(smp['per_change_ms'])} changes, {n} agents on 2 observers")
+    a.grid(True, alpha=0.3)
+    a.legend(fontsize=7, loc="lower right")
+
+    rc = smp.get("restart_files_ms") or []
+    if rc:
+        rs = f5.get("restart", {})
+        x = sorted(rc)
+        y = [(k + 1) / n for k in range(len(x))]
+        b.step([0] + x, [0] + y, where="post", color="#3572b0", linewidth=2,
+                label=f"files holding it (all in {x[-1]:.0f} ms)")
+        rep = rs.get("reports_ms_from_set")
+        if rep and rep == rep:
+            b.axvline(rep, color="#e08000", linewidth=1,
+                      label=f"`zkrender fleet`: all {n} back and current ({rep:.0f} ms)")
+        b.set_xlabel("time since the first set after the restart (ms)")
+        b.set_ylabel("fraction of files")
+        b.set_title(f"after `scripts/zk ctl restart all` (serving again in {smp['restart_all_ms'] / 1000:.1f} s)")
+        b.grid(True, alpha=0.3)
+        b.legend(fontsize=7, loc="lower right")
+    report = "report on" if f5.get("report") else "report off"
+    fig.suptitle(f"fleet500: convergence over time ({report}; {sub})")
+    fig.tight_layout()
+    fig.savefig(f"{out}/fleet500.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@
 //! ```
 //!
 //! Scenarios: latency, burst, scale, footprint, fleet, soak, compare (all by default, in that
-//! order).
+//! order), and fleet500 (500 agent processes on 3 voters + 2 observers: only when named).
 //! Prints one JSON line per scenario on stdout as it finishes, then a table; writes
 //! `results.json` and `table.md` to the output directory and, when bench/.venv has
 //! matplotlib (bench/run sets it up), the plots.
 
 mod agent;
 mod compare;
+mod fleet500;
 mod hook;
 mod scenarios;
 mod stats;
@@ -30,11 +31,14 @@ use scenarios::Ctx;
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const ALL: [&str; 7] = ["latency", "burst", "scale", "footprint", "fleet", "soak", "compare"];
+/// Scenarios that run only when named (after the others).
+const EXTRA: [&str; 1] = ["fleet500"];
 
 const USAGE: &str =
-    "usage: zkrender-bench [--quick] [--agent PATH] [--baseline PATH] [--out DIR] [--keep] [SCENARIO...]
+    "usage: zkrender-bench [--quick] [--agent PATH] [--baseline PATH] [--out DIR] [--keep] [--no-report] [SCENARIO...]
 
-  SCENARIO    latency burst scale footprint fleet soak compare (default: all, in this order)
+  SCENARIO    latency burst scale footprint fleet soak compare (default: all, in this order);
+              fleet500 (500 agent processes on 3 voters + 2 observers) runs only when named
   --quick     CI-sized run (fewer iterations, smaller N; about 3 minutes)
   --agent P   the zkrender binary to measure (default: build it with `cargo build --release`
               in the repository, CARGO_TARGET_DIR=$ZKR_AGENT_TARGET_DIR or <repo>/target)
@@ -43,6 +47,7 @@ const USAGE: &str =
   --out DIR   where results.json, table.md and the PNGs go
               (default bench/results, or bench/results/quick with --quick)
   --keep      keep the work directory (configs, agent logs, ZooKeeper logs)
+  --no-report fleet500: agents without the fleet report ([agent] report), no `zkrender fleet`
 
 Environment: BENCH_TMPDIR (else TMPDIR, else /tmp): where the work directory is made. It
 must be a real disk file system (not tmpfs), or fsync costs nothing. BENCH_PYTHON (else
@@ -51,6 +56,7 @@ must be a real disk file system (not tmpfs), or fsync costs nothing. BENCH_PYTHO
 fn main() {
     let mut quick = false;
     let mut keep = false;
+    let mut report = true;
     let mut agent: Option<PathBuf> = None;
     let mut baseline: Option<PathBuf> = None;
     let mut out: Option<PathBuf> = None;
@@ -60,6 +66,7 @@ fn main() {
         match a.as_str() {
             "--quick" => quick = true,
             "--keep" => keep = true,
+            "--no-report" => report = false,
             "--agent" => agent = args.next().map(PathBuf::from),
             "--baseline" => baseline = args.next().map(PathBuf::from),
             "--out" => out = args.next().map(PathBuf::from),
@@ -67,7 +74,7 @@ fn main() {
                 println!("{USAGE}");
                 return;
             }
-            s if ALL.contains(&s) => wanted.push(s.to_owned()),
+            s if ALL.contains(&s) || EXTRA.contains(&s) => wanted.push(s.to_owned()),
             s => {
                 eprintln!("zkrender-bench: unknown argument '{s}'\n\n{USAGE}");
                 std::process::exit(2);
@@ -77,7 +84,7 @@ fn main() {
     if wanted.is_empty() {
         wanted = ALL.iter().map(|s| (*s).to_owned()).collect();
     }
-    let code = match run(quick, keep, agent, baseline, out, wanted) {
+    let code = match run(quick, keep, report, agent, baseline, out, wanted) {
         Ok(failed) => i32::from(failed),
         Err(e) => {
             eprintln!("zkrender-bench: error: {e}");
@@ -121,9 +128,11 @@ fn sh(cmd: &str) -> String {
 }
 
 /// Runs the scenarios; true when one failed.
+#[allow(clippy::too_many_arguments)]
 fn run(
     quick: bool,
     keep: bool,
+    report: bool,
     agent: Option<PathBuf>,
     baseline: Option<PathBuf>,
     out: Option<PathBuf>,
@@ -171,7 +180,9 @@ fn run(
         bin: bin.clone(),
         baseline: baseline.clone(),
         quick,
+        report,
         work: work.clone(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         scale_stats: None,
         zk_version: String::new(),
     };
@@ -179,7 +190,7 @@ fn run(
     let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
     let mut results: Vec<Value> = Vec::new();
     let mut failed = false;
-    for name in ALL.iter().filter(|s| wanted.iter().any(|w| w == *s)) {
+    for name in ALL.iter().chain(EXTRA.iter()).filter(|s| wanted.iter().any(|w| w == *s)) {
         eprintln!("zkrender-bench: == {name}");
         let t = Instant::now();
         let r = rt.block_on(async {
@@ -191,6 +202,7 @@ fn run(
                 "fleet" => scenarios::fleet(&mut ctx).await,
                 "soak" => scenarios::soak(&mut ctx).await,
                 "compare" => compare::compare(&mut ctx).await,
+                "fleet500" => fleet500::fleet500(&mut ctx).await,
                 _ => unreachable!(),
             }
         });

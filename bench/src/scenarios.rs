@@ -26,7 +26,11 @@ pub struct Ctx {
     /// `--baseline`: a second zkrender binary for `compare` (e.g. an older build).
     pub baseline: Option<PathBuf>,
     pub quick: bool,
+    /// fleet500: agents with the fleet report on (`--no-report` turns it off).
+    pub report: bool,
     pub work: PathBuf,
+    /// Online CPUs (for CPU shares).
+    pub cpus: usize,
     /// Set by `scale` for `footprint`: the agent's /proc stats once scale settled.
     pub scale_stats: Option<ProcStats>,
     pub zk_version: String,

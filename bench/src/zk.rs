@@ -19,15 +19,30 @@ pub struct Zk {
     state: PathBuf,
     pub hosts: String,
     pub ports: Vec<u16>,
+    /// How many of the members are observers (the last ones).
+    pub observers: usize,
 }
 
 impl Zk {
     /// `ZK_STATE_DIR=<work>/zk-<tag> scripts/zk up --ensemble N --port auto --owner <our pid>`.
     pub fn up(root: &Path, work: &Path, tag: &str, members: usize) -> Res<Zk> {
+        Zk::up_with_observers(root, work, tag, members, 0)
+    }
+
+    /// [`Zk::up`] with `--observers M`: members `N+1..N+M` are observers; `hosts` and
+    /// `ports` list all N+M servers, voters first.
+    pub fn up_with_observers(
+        root: &Path,
+        work: &Path,
+        tag: &str,
+        members: usize,
+        observers: usize,
+    ) -> Res<Zk> {
         let script = root.join("scripts").join("zk");
         let state = work.join(format!("zk-{tag}"));
         let out = Command::new(&script)
-            .args(["up", "--ensemble", &members.to_string(), "--port", "auto", "--owner"])
+            .args(["up", "--ensemble", &members.to_string(), "--observers", &observers.to_string()])
+            .args(["--port", "auto", "--owner"])
             .arg(std::process::id().to_string())
             .env("ZK_STATE_DIR", &state)
             .stdin(Stdio::null())
@@ -41,7 +56,47 @@ impl Zk {
             .split(',')
             .map(|h| h.rsplit(':').next().unwrap_or("").parse::<u16>())
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Zk { script, state, hosts, ports })
+        Ok(Zk { script, state, hosts, ports, observers })
+    }
+
+    /// The connect string of the observers only.
+    pub fn observer_hosts(&self) -> String {
+        self.hosts.split(',').skip(self.ports.len() - self.observers).collect::<Vec<_>>().join(",")
+    }
+
+    /// The connect string of the voting members only.
+    pub fn voter_hosts(&self) -> String {
+        self.hosts.split(',').take(self.ports.len() - self.observers).collect::<Vec<_>>().join(",")
+    }
+
+    /// Whether member `i` (0-based) is an observer.
+    pub fn is_observer(&self, i: usize) -> bool {
+        i >= self.ports.len() - self.observers
+    }
+
+    /// `scripts/zk ctl ARGS...` on this ZooKeeper (stderr passed through); its stdout.
+    pub fn ctl(&self, args: &[&str]) -> Res<String> {
+        let out = Command::new(&self.script)
+            .arg("ctl")
+            .args(args)
+            .env("ZK_STATE_DIR", &self.state)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("scripts/zk ctl {} failed ({})", args.join(" "), out.status).into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Pid of member `i`'s JVM (0-based), from the launcher's state.
+    pub fn pid(&self, i: usize) -> Option<i32> {
+        std::fs::read_to_string(self.state.join(format!("zk{}", i + 1)).join("pid")).ok()?.trim().parse().ok()
+    }
+
+    /// What every member says (see [`Member`]).
+    pub fn members(&self) -> Res<Vec<Member>> {
+        (0..self.ports.len()).map(|i| Ok(Member::of(&self.mntr(i)?))).collect()
     }
 
     /// `mntr` of member `i` (0-based), as key -> value. Same bytes as `scripts/zk cli 4lw mntr N`,
@@ -124,6 +179,74 @@ impl Counters {
             watches: self.watches,
             connections: self.connections,
         }
+    }
+}
+
+/// One member's `mntr`: connections, watches, packets and the per-namespace request
+/// counters (`zk_{cnt,sum}_<ns>_{read,write}_per_namespace`: requests and bytes, per
+/// top-level znode). Each member counts what it served itself; every member applies every
+/// write.
+#[derive(Debug, Default, Clone)]
+pub struct Member {
+    pub connections: u64,
+    pub watches: u64,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub znodes: u64,
+    pub data_bytes: u64,
+    /// namespace -> (reads, read bytes, writes, write bytes).
+    pub ns: HashMap<String, [u64; 4]>,
+}
+
+impl Member {
+    fn of(m: &HashMap<String, String>) -> Member {
+        let num = |k: &str| m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+        let mut ns: HashMap<String, [u64; 4]> = HashMap::new();
+        for (k, v) in m {
+            let v = v.parse::<f64>().unwrap_or(0.0) as u64;
+            let (slot, name) = if let Some(r) = k.strip_prefix("zk_cnt_") {
+                (r.strip_suffix("_read_per_namespace").map(|n| (0, n)))
+                    .or_else(|| r.strip_suffix("_write_per_namespace").map(|n| (2, n)))
+                    .map_or((9, ""), |(s, n)| (s, n))
+            } else if let Some(r) = k.strip_prefix("zk_sum_") {
+                (r.strip_suffix("_read_per_namespace").map(|n| (1, n)))
+                    .or_else(|| r.strip_suffix("_write_per_namespace").map(|n| (3, n)))
+                    .map_or((9, ""), |(s, n)| (s, n))
+            } else {
+                (9, "")
+            };
+            if slot < 4 {
+                ns.entry(name.to_owned()).or_default()[slot] += v;
+            }
+        }
+        Member {
+            connections: num("zk_num_alive_connections"),
+            watches: num("zk_watch_count"),
+            packets_received: num("zk_packets_received"),
+            packets_sent: num("zk_packets_sent"),
+            znodes: num("zk_znode_count"),
+            data_bytes: num("zk_approximate_data_size"),
+            ns,
+        }
+    }
+
+    /// `self - before` for the counters (connections, watches and sizes stay as they are now).
+    pub fn delta(&self, before: &Member) -> Member {
+        let mut d = self.clone();
+        d.packets_received = self.packets_received.saturating_sub(before.packets_received);
+        d.packets_sent = self.packets_sent.saturating_sub(before.packets_sent);
+        for (k, v) in d.ns.iter_mut() {
+            let b = before.ns.get(k).copied().unwrap_or_default();
+            for j in 0..4 {
+                v[j] = v[j].saturating_sub(b[j]);
+            }
+        }
+        d
+    }
+
+    /// (reads, read bytes, writes, write bytes) of namespace `ns`.
+    pub fn ns(&self, ns: &str) -> [u64; 4] {
+        self.ns.get(ns).copied().unwrap_or_default()
     }
 }
 

@@ -90,7 +90,7 @@ fn run_zk_script(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// A real ZooKeeper for a test.
 ///
-/// [`Zk::standalone`] and [`Zk::ensemble`] start their own JVMs on free
+/// [`Zk::standalone`], [`Zk::ensemble`] and [`Zk::with_observers`] start their own JVMs on free
 /// loopback ports, with their state in a temporary directory this value owns;
 /// dropping it runs `scripts/zk down` (the JVMs are gone when `drop` returns).
 /// As a safety net, `scripts/zk up --owner` also takes them down within about
@@ -105,6 +105,8 @@ fn run_zk_script(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 pub struct Zk {
     hosts: String,
     members: usize,
+    /// How many of the members are observers: the last ones (0 for an external server).
+    observers: usize,
     /// `ZK_STATE_DIR` of the JVMs this value started; `None` for an external server.
     state: Option<TempDir>,
 }
@@ -112,20 +114,31 @@ pub struct Zk {
 impl Zk {
     /// Starts a standalone server (member 1).
     pub fn standalone() -> Zk {
-        Zk::up(1, &[])
+        Zk::up(1, 0, &[])
     }
 
     /// Starts a standalone server with extra environment for `scripts/zk up` (e.g.
     /// `ZK_EXTRA_CFG` lines for zoo.cfg, `ZK_JAVA_OPTS`).
     pub fn standalone_with_env(env: &[(&str, &str)]) -> Zk {
-        Zk::up(1, env)
+        Zk::up(1, 0, env)
     }
 
     /// Starts an ensemble of `n` members and waits until all of them serve
     /// and exactly one leads.
     pub fn ensemble(n: usize) -> Zk {
         assert!((1..=9).contains(&n), "an ensemble has 1 to 9 members, not {n}");
-        Zk::up(n, &[])
+        Zk::up(n, 0, &[])
+    }
+
+    /// Starts an ensemble of `voters` voting members plus `observers` observers
+    /// (non-voting members that serve reads and watches; `scripts/zk up --observers`),
+    /// and waits until all of them serve and exactly one voter leads. Members
+    /// `1..=voters` vote, `voters+1..=voters+observers` observe; [`Zk::hosts`] lists them
+    /// all, [`Zk::observer_hosts`] only the observers.
+    pub fn with_observers(voters: usize, observers: usize) -> Zk {
+        assert!((1..=9).contains(&voters), "an ensemble has 1 to 9 voters, not {voters}");
+        assert!((1..=9).contains(&observers), "1 to 9 observers, not {observers}");
+        Zk::up(voters, observers, &[])
     }
 
     /// The server of `ZK_TEST_HOSTS` when that is set (not stopped on drop),
@@ -141,22 +154,26 @@ impl Zk {
     /// An already running server this harness neither started nor stops.
     pub fn external(hosts: &str) -> Zk {
         let members = hosts.split('/').next().unwrap_or_default().split(',').count();
-        Zk { hosts: hosts.to_string(), members, state: None }
+        Zk { hosts: hosts.to_string(), members, observers: 0, state: None }
     }
 
-    fn up(n: usize, env: &[(&str, &str)]) -> Zk {
+    fn up(n: usize, observers: usize, env: &[(&str, &str)]) -> Zk {
         let state = tempfile::Builder::new()
             .prefix("zkrender-zk-")
             .tempdir()
             .expect("cannot create a temporary ZK_STATE_DIR");
         let started = Instant::now();
         let owner = std::process::id().to_string();
-        let args = ["up", "--port", "auto", "--ensemble", &n.to_string(), "--owner", &owner];
+        let (voters, observing) = (n.to_string(), observers.to_string());
+        let mut args = vec!["up", "--port", "auto", "--ensemble", &voters, "--owner", &owner];
+        if observers > 0 {
+            args.extend(["--observers", &observing]);
+        }
         let out = run_zk_script(state.path(), &args, env);
         if !out.status.success() {
             panic!(
-                "`scripts/zk up --ensemble {n}` failed ({}) after {:?}; is ZooKeeper installed \
-                 (scripts/zk install)?\n{}",
+                "`scripts/zk up --ensemble {n} --observers {observers}` failed ({}) after {:?}; is \
+                 ZooKeeper installed (scripts/zk install)?\n{}",
                 out.status,
                 started.elapsed(),
                 String::from_utf8_lossy(&out.stderr)
@@ -165,7 +182,7 @@ impl Zk {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let hosts = stdout.lines().last().unwrap_or_default().trim().to_string();
         assert!(hosts.contains(':'), "scripts/zk up printed no connect string: {stdout:?}");
-        Zk { hosts, members: n, state: Some(state) }
+        Zk { hosts, members: n + observers, observers, state: Some(state) }
     }
 
     /// The connect string, e.g. `127.0.0.1:21810,127.0.0.1:21811,127.0.0.1:21812`.
@@ -173,9 +190,35 @@ impl Zk {
         &self.hosts
     }
 
-    /// The number of members (1 for a standalone server).
+    /// The number of members (1 for a standalone server), observers included.
     pub fn members(&self) -> usize {
         self.members
+    }
+
+    /// The number of observers (the last members; 0 without them).
+    pub fn observers(&self) -> usize {
+        self.observers
+    }
+
+    /// The voting members' numbers (`1..=voters`).
+    pub fn voter_members(&self) -> Vec<usize> {
+        (1..=self.members - self.observers).collect()
+    }
+
+    /// The observers' member numbers (after the voters).
+    pub fn observer_members(&self) -> Vec<usize> {
+        (self.members - self.observers + 1..=self.members).collect()
+    }
+
+    /// The connect string of the given members only, e.g. for an agent that must
+    /// reach nothing but the observers.
+    pub fn hosts_of(&self, members: &[usize]) -> String {
+        members.iter().map(|&i| self.address(i)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The connect string of the observers only.
+    pub fn observer_hosts(&self) -> String {
+        self.hosts_of(&self.observer_members())
     }
 
     /// True when this value started (and will stop) the servers itself.
