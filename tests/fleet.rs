@@ -144,6 +144,51 @@ async fn the_report_names_the_sha256_and_mzxid_of_what_was_installed_and_reloade
 /// is lagging (exit 1) until it resumes (`--wait`); one whose check rejects the value is
 /// failed, with the cause; `--znode` looks at one znode only.
 #[tokio::test]
+async fn a_bundle_is_one_unit_with_its_files_and_every_znode_they_read() {
+    let env = Env::new("fleet-bundle").await;
+    env.set("/app/a", "one").await;
+    env.set("/app/b", "two").await;
+    let dir = env.path("conf");
+    let files = format!(
+        "[[bundle]]\ndir = {}\n[[bundle.file]]\npath = \"a.conf\"\nznode = \"/app/a\"\n\
+         [[bundle.file]]\npath = \"sub/b.conf\"\ninline = \"{{{{ znode('/app/b') }}}}\"\n",
+        toml_path(&dir)
+    );
+    let config = agent_config(&env, env.dir(), "web-b", "10s", &files);
+    let agent = Agent::run(&config);
+    agent.wait_for_bytes(&dir.join("sub/b.conf"), b"two", T, "first swap");
+    env.set("/app/b", "three").await;
+    agent.wait_for_bytes(&dir.join("sub/b.conf"), b"three", T, "second swap");
+    let (a, b) = (mzxid(&env, "/app/a").await, mzxid(&env, "/app/b").await);
+    let doc =
+        wait_report(&env, "web-b", "report of the bundle", |d| applied(&d["units"][0], "/app/b") == Some(b))
+            .await;
+    let units = doc["units"].as_array().unwrap();
+    assert_eq!(units.len(), 1, "one unit for the bundle: {doc}");
+    let unit = &units[0];
+    assert_eq!(unit["kind"], "bundle", "{doc}");
+    assert_eq!(unit["dest"], dir.display().to_string(), "{doc}");
+    let listed: Vec<&str> = unit["files"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let (fa, fb) = (dir.join("a.conf"), dir.join("sub/b.conf"));
+    assert_eq!(listed, [fa.to_str().unwrap(), fb.to_str().unwrap()], "{doc}");
+    assert_eq!(applied(unit, "/app/a"), Some(a), "{doc}");
+    assert_eq!(unit["state"], "ok", "{doc}");
+    // The digest covers both files: the one recomputed here from the files on disk.
+    let mut h = Sha256::new();
+    for f in [&fa, &fb] {
+        h.update(f.to_str().unwrap().as_bytes());
+        h.update([0]);
+        h.update(sha256_hex(f).as_bytes());
+        h.update([b'\n']);
+    }
+    let expected: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(unit["sha256"], expected, "{doc}");
+    let (code, view) = fleet_json(&config, &["--report", "/agents"]);
+    assert_eq!(code, 0, "every agent is current: {view}");
+    agent.stop();
+}
+
+#[tokio::test]
 async fn fleet_shows_who_is_current_lagging_or_failed() {
     let env = Env::new("fleet-cli").await;
     env.set("/app/a", "v1").await;

@@ -1,7 +1,7 @@
 //! The fleet report (`[agent] report`): which agent applied what.
 //!
 //! Each agent keeps one ephemeral znode `<report>/<id>` whose data is an [`AgentReport`]: a
-//! small JSON document saying, per unit (a `[[file]]` today; a bundle joins as another
+//! small JSON document saying, per unit (a `[[file]]`, or a `[[bundle]]` as one unit, see
 //! [`Unit::kind`]), the sha256 of the bytes installed, the zxid of every znode they were
 //! rendered from, when they were written, whether they are stale and why, and how the last
 //! reload went. Never a znode's contents, nor an error message (a `check`'s output may quote
@@ -44,14 +44,17 @@ pub struct AgentReport {
     pub units: Vec<Unit>,
 }
 
-/// One unit the agent keeps up to date: a `[[file]]` (`kind = "file"`).
+/// One unit the agent keeps up to date: a `[[file]]` (`kind = "file"`) or a `[[bundle]]`
+/// (`kind = "bundle"`, `dest` its `dir`, its files in `files`: they are written, checked and
+/// reloaded as one, so the unit has one state, one reload and one digest over all its files).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Unit {
-    /// `file` (a bundle will be `bundle`).
+    /// `file` or `bundle`.
     pub kind: String,
     /// The file (a bundle: its directory).
     pub dest: String,
-    /// SHA-256 (hex) of the bytes on disk; absent when there is no file.
+    /// SHA-256 (hex) of the bytes on disk; absent when there is no file. A bundle's is
+    /// [`bundle_digest`] of its files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// Every znode the bytes on disk were rendered from, with its zxid then. Empty until the
@@ -72,6 +75,10 @@ pub struct Unit {
     pub stale_since: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<Reload>,
+    /// A bundle's files (their paths on disk, through `dir/`), in config order; empty for a
+    /// `[[file]]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 /// A znode a unit was rendered from. A data dependency carries its `mzxid`, a children
@@ -109,10 +116,50 @@ pub struct Reload {
     pub at: f64,
 }
 
-/// The agent's units, from its status report. `sha256` gives the digest of the file at a
-/// `dest` (read by the caller; `None` when there is no file).
-pub fn units(report: &StatusReport, mut sha256: impl FnMut(&str) -> Option<String>) -> Vec<Unit> {
-    report.files.iter().map(|f| file_unit(f, sha256(&f.dest))).collect()
+/// The agent's units, from its status report: one per `[[file]]`, one per bundle (its files
+/// folded into one unit). `sha256` gives a unit's digest (read by the caller; `None` when
+/// there is no file).
+pub fn units(report: &StatusReport, mut sha256: impl FnMut(&Unit) -> Option<String>) -> Vec<Unit> {
+    let mut units: Vec<Unit> = Vec::with_capacity(report.files.len());
+    for f in &report.files {
+        let unit = file_unit(f, None);
+        match &f.bundle {
+            None => units.push(unit),
+            Some(dir) => match units.iter_mut().find(|u| u.kind == "bundle" && &u.dest == dir) {
+                Some(bundle) => bundle.fold(unit),
+                None => units.push(Unit {
+                    kind: "bundle".to_owned(),
+                    dest: dir.clone(),
+                    files: vec![unit.dest.clone()],
+                    ..unit
+                }),
+            },
+        }
+    }
+    for u in &mut units {
+        if !u.files.is_empty() {
+            // Files of a bundle often share znodes: each once.
+            u.znodes.sort();
+            u.znodes.dedup();
+        }
+        u.sha256 = sha256(u);
+    }
+    units
+}
+
+/// The digest of a bundle: SHA-256 over each file's path and the SHA-256 of its bytes, in
+/// order, so that any file's change, and a file joining or leaving, changes it. `None` when a
+/// file is missing.
+pub fn bundle_digest(files: impl IntoIterator<Item = (String, Option<String>)>) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for (path, digest) in files {
+        hasher.update(path.as_bytes());
+        hasher.update([0]);
+        hasher.update(digest?.as_bytes());
+        hasher.update([b'\n']);
+    }
+    Some(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn file_unit(f: &FileStatus, sha256: Option<String>) -> Unit {
@@ -131,6 +178,7 @@ fn file_unit(f: &FileStatus, sha256: Option<String>) -> Unit {
         cause,
         stale_since: f.stale_since,
         reload: f.last_reload.as_ref().map(|r| Reload { outcome: r.outcome.clone(), at: r.at }),
+        files: Vec::new(),
     }
 }
 
@@ -148,6 +196,35 @@ fn applied(d: &DepStatus) -> Applied {
 }
 
 impl Unit {
+    /// Folds a bundle's next file into the bundle's unit: every znode, the last write and
+    /// reload, and the worst state (stale over pending over ok).
+    fn fold(&mut self, file: Unit) {
+        fn rank(state: &str) -> u8 {
+            match state {
+                "ok" => 0,
+                "pending" => 1,
+                _ => 2,
+            }
+        }
+        self.files.push(file.dest);
+        self.znodes.extend(file.znodes);
+        self.written = match (self.written, file.written) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if rank(&file.state) > rank(&self.state) {
+            self.state = file.state;
+            self.cause = file.cause;
+        }
+        self.stale_since = match (self.stale_since, file.stale_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if file.reload.as_ref().map(|r| r.at) > self.reload.as_ref().map(|r| r.at) {
+            self.reload = file.reload;
+        }
+    }
+
     /// Written by this agent since its last reload: the reload is still to come (or under
     /// way). Only meaningful for a unit that has a reload.
     pub fn awaits_reload(&self) -> bool {
@@ -208,6 +285,58 @@ mod tests {
     }
 
     #[test]
+    fn a_bundles_files_fold_into_one_unit_with_every_znode_and_the_worst_state() {
+        let file = |dest: &str, bundle: Option<&str>, state: &str, zxid: i64, written: f64| FileStatus {
+            dest: dest.into(),
+            state: state.into(),
+            reason: (state != "ok").then(|| "check_failed".to_owned()),
+            stale_since: (state != "ok").then_some(written),
+            applied: Some(
+                vec![dep("/shared", "data", Some(true), Some(3)), dep(dest, "data", Some(true), Some(zxid))]
+                    .into(),
+            ),
+            last_write: Some(written),
+            last_reload: Some(ReloadStatus { outcome: "ok".into(), at: written + 1.0, error: None }),
+            bundle: bundle.map(Into::into),
+            ..Default::default()
+        };
+        let report = StatusReport {
+            files: vec![
+                file("/etc/lone.conf", None, "ok", 1, 5.0),
+                file("/b/a.conf", Some("/b"), "ok", 7, 10.0),
+                file("/b/sub/r.json", Some("/b"), "stale", 8, 12.0),
+            ],
+            ..Default::default()
+        };
+        let units = units(&report, |u| Some(format!("{}:{}", u.kind, u.files.len())));
+        assert_eq!(units.len(), 2, "{units:?}");
+        assert_eq!((units[0].kind.as_str(), units[0].sha256.as_deref()), ("file", Some("file:0")));
+        let b = &units[1];
+        assert_eq!(
+            (b.kind.as_str(), b.dest.as_str(), b.sha256.as_deref()),
+            ("bundle", "/b", Some("bundle:2"))
+        );
+        assert_eq!(b.files, ["/b/a.conf", "/b/sub/r.json"]);
+        let znodes: Vec<_> = b.znodes.iter().map(|a| (a.znode.as_str(), a.mzxid)).collect();
+        assert_eq!(znodes, [("/b/a.conf", Some(7)), ("/b/sub/r.json", Some(8)), ("/shared", Some(3))]);
+        assert_eq!((b.state.as_str(), b.cause.as_deref()), ("stale", Some("check_failed")));
+        assert_eq!((b.written, b.stale_since), (Some(12.0), Some(12.0)));
+        assert_eq!(b.reload.as_ref().map(|r| r.at), Some(13.0));
+    }
+
+    #[test]
+    fn a_bundle_digest_changes_with_any_file_and_needs_every_file() {
+        let d = |files: &[(&str, Option<&str>)]| {
+            bundle_digest(files.iter().map(|(p, h)| (p.to_string(), h.map(str::to_owned))))
+        };
+        let base = d(&[("a", Some("1")), ("b", Some("2"))]).unwrap();
+        assert_eq!(base.len(), 64);
+        assert_ne!(Some(&base), d(&[("a", Some("1")), ("b", Some("3"))]).as_ref());
+        assert_ne!(Some(&base), d(&[("a", Some("1"))]).as_ref());
+        assert_eq!(d(&[("a", Some("1")), ("b", None)]), None);
+    }
+
+    #[test]
     fn a_unit_carries_the_applied_zxids_not_the_last_read_ones() {
         let file = FileStatus {
             dest: "/etc/a.conf".into(),
@@ -227,7 +356,7 @@ mod tests {
             ..Default::default()
         };
         let report = StatusReport { files: vec![file], ..Default::default() };
-        let units = units(&report, |dest| Some(format!("sha of {dest}")));
+        let units = units(&report, |u| Some(format!("sha of {}", u.dest)));
         let u = &units[0];
         assert_eq!((u.kind.as_str(), u.state.as_str(), u.cause.as_deref()), ("file", "ok", None));
         assert_eq!(u.sha256.as_deref(), Some("sha of /etc/a.conf"));

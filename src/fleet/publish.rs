@@ -49,18 +49,15 @@ impl Settings {
             started: unix_seconds(SystemTime::now()),
             units: Vec::new(),
         };
-        let reloads: HashSet<String> = config
-            .files
-            .iter()
-            .filter(|f| f.reload.is_some())
-            .map(|f| f.dest.display().to_string())
+        // A bundle's unit is its `dir` (see `fleet::units`).
+        let reloads: HashSet<String> = (config.files.iter().filter(|f| f.reload.is_some()).map(|f| &f.dest))
+            .chain(config.bundles.iter().filter(|b| b.reload.is_some()).map(|b| &b.dir))
+            .map(|path| path.display().to_string())
             .collect();
         // A reload's longest run: its splay, then every attempt to its timeout with the
         // backoff between (100 ms doubling), plus a second.
-        let hold = config
-            .files
-            .iter()
-            .filter_map(|f| f.reload.as_ref())
+        let hold = (config.files.iter().filter_map(|f| f.reload.as_ref()))
+            .chain(config.bundles.iter().filter_map(|b| b.reload.as_ref()))
             .map(|r| {
                 let attempts = r.retries.saturating_add(1).min(16);
                 let backoff = Duration::from_millis(100) * (1u32 << attempts.min(16));
@@ -141,14 +138,14 @@ struct Digests {
 impl Digests {
     async fn units(&mut self, report: &StatusReport) -> Vec<Unit> {
         let mut units = units(report, |_| None);
-        let stale: Vec<String> = units
+        let stale: Vec<(String, Vec<String>)> = units
             .iter()
             .filter(|u| self.known.get(&u.dest).is_none_or(|(seen, _)| seen != *u))
-            .map(|u| u.dest.clone())
+            .map(|u| (u.dest.clone(), u.files.clone()))
             .collect();
         if !stale.is_empty() {
             let read = tokio::task::spawn_blocking(move || {
-                stale.into_iter().map(|dest| (sha256_of(&dest), dest)).collect::<Vec<_>>()
+                stale.into_iter().map(|(dest, files)| (digest_of(&dest, &files), dest)).collect::<Vec<_>>()
             })
             .await
             .unwrap_or_default();
@@ -164,6 +161,15 @@ impl Digests {
         self.known.retain(|dest, _| units.iter().any(|u| &u.dest == dest));
         units
     }
+}
+
+/// The digest of a unit: of the file at `dest`, or for a bundle ([`Unit::files`] not empty)
+/// [`crate::fleet::bundle_digest`] of its files.
+fn digest_of(dest: &str, files: &[String]) -> Option<String> {
+    if files.is_empty() {
+        return sha256_of(dest);
+    }
+    crate::fleet::bundle_digest(files.iter().map(|f| (f.clone(), sha256_of(f))))
 }
 
 /// The SHA-256 (hex) of the file at `dest`, if it can be read.
