@@ -631,12 +631,8 @@ async fn ensemble_quorum_lost(mode: Mode, session_timeout: &str, expires: bool) 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let served = probing.elapsed();
-    let took = agent.wait_for_bytes(
-        &setup.files[0].dest,
-        b"after-quorum-1",
-        CONVERGE,
-        "after the quorum returned",
-    );
+    let took =
+        agent.wait_for_bytes(&setup.files[0].dest, b"after-quorum-1", CONVERGE, "after the quorum returned");
     starting.await.expect("starting the members");
     // Later changes still arrive (the watch is in place, whichever path was taken).
     let client = setup.fresh_client().await;
