@@ -61,7 +61,8 @@
 //! At the end (after a 12 s rest, so that idle blocking-pool threads have exited) it prints
 //! a summary and asserts: every check passed; the agent still runs and exits 0 on SIGTERM;
 //! RSS grew by less than 2 MiB and open fds by at most 2 from the end of the warm-up (the
-//! first minute, or the first 20% of a shorter run) to the end.
+//! first minute, or the first third of a shorter run: CI's 60 s runs measure from 20 s on, past
+//! the steepest part of the ramp-up) to the end.
 //!
 //! Reading the RSS numbers: the summary splits RSS into anonymous and file-backed memory and
 //! prints a timeline with the thread count. Growth of RSS without growth of the live heap is
@@ -980,7 +981,7 @@ async fn soak() {
     let duration = Duration::from_secs(env_u64("SOAK_SECS").unwrap_or(600));
     let seed = env_u64("SOAK_SEED").unwrap_or_else(rand::random);
     let watch = std::env::var("SOAK_WATCH").unwrap_or_else(|_| "oneshot".into());
-    let warmup = Duration::from_secs(60).min(duration / 5);
+    let warmup = Duration::from_secs(60).min(duration / 3);
     let gap = env_u64("SOAK_FAULT_GAP").unwrap_or(20).max(2);
     println!(
         "soak: SOAK_SECS={} SOAK_SEED={seed} SOAK_WATCH={watch} SOAK_FAULT_GAP={gap}",
