@@ -12,6 +12,7 @@ use zkrender::error::{AgentError, EXIT_DIFFERENT, report};
 use zkrender::{config, runtime};
 
 fn main() -> ExitCode {
+    bound_malloc();
     let cli = Cli::parse();
     init_logging(&cli);
     let log_format = cli.log_format;
@@ -22,6 +23,31 @@ fn main() -> ExitCode {
         Err(e) => {
             print_error(&e, log_format);
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+/// Keeps glibc malloc's retained memory bounded, before any thread starts. By default glibc
+/// gives each thread that allocates an arena of its own (up to 8 per CPU: the blocking pool's
+/// threads come and go) and raises its mmap threshold to the largest block freed so far, so
+/// that after one 256 KiB znode value every later one comes from an arena, which keeps the
+/// freed memory. The live heap stays flat under faults (heaptrack: 0.5-0.9 MiB over 4 session
+/// expiries and 16 reconnects) while RSS grew by 0.75-0.9 MiB in 5 minutes of
+/// `scripts/soak`; with 2 arenas and a fixed threshold it stays flat. An operator's own
+/// `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_` or `GLIBC_TUNABLES` wins.
+fn bound_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::libc;
+        let told = ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"];
+        if told.iter().any(|name| std::env::var_os(name).is_some()) {
+            return;
+        }
+        // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+            // glibc's own initial value, fixed (setting it also fixes the trim threshold).
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
         }
     }
 }

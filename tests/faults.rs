@@ -578,16 +578,33 @@ fn start_together(zk: &Zk, members: &[usize]) {
     });
 }
 
+/// How soon after ZooKeeper serves again a file must hold a value written then, whatever the
+/// session timeout (the agent caps its pause between connection attempts at 250 ms).
+const SERVED_TO_FILE: Duration = Duration::from_secs(1);
+
 /// (d) Quorum lost for ~10 s (the two members the agent is not on killed, then started
 /// again); values changed after the quorum returns. With a 4 s session the agent's session
 /// expires during the outage (new session, full re-read); with a 20 s one it survives (the new
 /// leader renews it) and the one-shot watch is restored by SetWatches across the new epoch, or
-/// the persistent one is added again.
+/// the persistent one is re-sent by the client.
+///
+/// The file must hold the first value written after the quorum returns within
+/// [`SERVED_TO_FILE`] of ZooKeeper serving again, which is when a probe (a client of the
+/// test's own, whose session outlives the outage and which tries again every 50 ms) first
+/// succeeds in writing that value: the moment is measured, not assumed from when the members
+/// were started.
 async fn ensemble_quorum_lost(mode: Mode, session_timeout: &str, expires: bool) {
     let t0 = Instant::now();
     let name = format!("ens-quorum-{}-{session_timeout}", mode.as_str());
     let (zk, setup, agent, reader, member) = ensemble_setup(&name, mode, session_timeout).await;
+    let zk = Arc::new(zk);
     let addr = metrics_addr(&agent);
+    let probe = Client::connector()
+        .with_session_timeout(Duration::from_secs(30))
+        .with_max_reconnect_delay(Duration::from_millis(50))
+        .connect(&setup.env.chrooted_hosts())
+        .await
+        .expect("the probe's session");
     setup.write(setup.admin(), 0, b"before-loss").await;
     agent.wait_for_bytes(&setup.files[0].dest, b"before-loss", CONVERGE, "before the quorum loss");
     let gone = others(member);
@@ -597,15 +614,30 @@ async fn ensemble_quorum_lost(mode: Mode, session_timeout: &str, expires: bool) 
     std::thread::sleep(SECS_10);
     assert_eq!(fs::read(&setup.files[0].dest).unwrap(), b"before-loss", "the file changed without a quorum");
     assert!(agent.is_running(), "the agent exited without a quorum:\n{}", agent.log());
-    start_together(&zk, &gone);
-    let client = setup.fresh_client().await;
-    setup.write(&client, 0, b"after-quorum-1").await;
-    setup.write(&client, 0, b"after-quorum-2").await;
+    let starting = {
+        let (zk, gone) = (zk.clone(), gone.clone());
+        tokio::task::spawn_blocking(move || start_together(&zk, &gone))
+    };
+    // The probe writes as soon as ZooKeeper serves: its first success is "served again".
+    setup.files[0].allowed.allow(b"after-quorum-1");
+    let probing = Instant::now();
+    let mut tries = 0;
+    while !matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe.set_data("/v", b"after-quorum-1", None)).await,
+        Ok(Ok(_))
+    ) {
+        tries += 1;
+        assert!(probing.elapsed() < Duration::from_secs(60), "ZooKeeper did not serve again within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let served = probing.elapsed();
     let took =
-        agent.wait_for_bytes(&setup.files[0].dest, b"after-quorum-2", CONVERGE, "after the quorum returned");
+        agent.wait_for_bytes(&setup.files[0].dest, b"after-quorum-1", CONVERGE, "after the quorum returned");
+    starting.await.expect("starting the members");
     // Later changes still arrive (the watch is in place, whichever path was taken).
-    setup.write(&client, 0, b"after-quorum-3").await;
-    agent.wait_for_bytes(&setup.files[0].dest, b"after-quorum-3", CONVERGE, "a later change");
+    let client = setup.fresh_client().await;
+    setup.write(&client, 0, b"after-quorum-2").await;
+    agent.wait_for_bytes(&setup.files[0].dest, b"after-quorum-2", CONVERGE, "a later change");
     reader.finish();
     assert_no_panic(&agent);
     print_zk_log(&name, &agent);
@@ -617,7 +649,16 @@ async fn ensemble_quorum_lost(mode: Mode, session_timeout: &str, expires: bool) 
         "{name}: expected the session to {} the outage; expirations={expirations}",
         if expires { "expire during" } else { "survive" }
     );
-    eprintln!("{name}: converged {took:?} after the last write; test {:?}", t0.elapsed());
+    eprintln!(
+        "{name}: ZooKeeper served again {served:?} after the members were started ({tries} failed probes); \
+         file converged {took:?} after that; test {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        took <= SERVED_TO_FILE,
+        "{name}: the file converged {took:?} after ZooKeeper served again (want <= {SERVED_TO_FILE:?}); agent log:\n{}",
+        agent.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

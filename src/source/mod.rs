@@ -210,7 +210,12 @@ pub async fn run(
     }
 }
 
-/// Connects, retrying with backoff until `deadline`. `Ok(None)` when stopped first.
+/// The longest pause between connection attempts, in a session (the library's reconnects) and
+/// between sessions (`connect`): files converge soon after a server serves again, whatever the
+/// session timeout, at the price of a few attempts a second while none does.
+const RETRY_CONNECT: Duration = Duration::from_millis(250);
+
+/// Connects, retrying every [`RETRY_CONNECT`] until `deadline`. `Ok(None)` when stopped first.
 ///
 /// After a failed attempt each host is probed for the precise cause, which goes to the
 /// pipeline at every attempt and to the log as [`probe::Quiet`] says: the first failure,
@@ -227,14 +232,13 @@ async fn connect(
     if cfg.tls.is_some() {
         tls::install_default_provider();
     }
-    let mut backoff = watch::Backoff::new();
     loop {
         let mut connector = zk::Client::connector()
             .with_session_timeout(cfg.session_timeout)
             .with_connection_timeout(cfg.session_timeout.min(Duration::from_secs(5)))
             // Files converge soon after a server is back, whatever the session timeout: the
             // library's pause between attempts otherwise doubles up to the session timeout.
-            .with_max_reconnect_delay(Duration::from_millis(250))
+            .with_max_reconnect_delay(RETRY_CONNECT)
             .with_fail_eagerly();
         if let Some(auth) = &cfg.auth {
             // Read at each attempt, so a rotated secret is picked up; never logged.
@@ -289,7 +293,9 @@ async fn connect(
                 debug!(hosts = %hosts, error = %cause, attempts = quiet.attempts(), "cannot connect to zookeeper; retrying");
             }
         }
-        let mut pause = backoff.next().max(Duration::from_millis(200));
+        // The same pause as the library's within a session: a session that expired while no
+        // server served is replaced within RETRY_CONNECT of one serving again.
+        let mut pause = RETRY_CONNECT;
         if let Some((at, _)) = deadline {
             pause = pause.min(at.saturating_duration_since(Instant::now()));
         }
