@@ -294,8 +294,9 @@ async fn connect(
             }
         }
         // The same pause as the library's within a session: a session that expired while no
-        // server served is replaced within RETRY_CONNECT of one serving again.
-        let mut pause = RETRY_CONNECT;
+        // server served is replaced within RETRY_CONNECT of one serving again. Jittered over
+        // its upper half, so that a fleet whose ensemble went away does not come back in step.
+        let mut pause = RETRY_CONNECT.mul_f64(rand::random_range(0.5..=1.0));
         if let Some((at, _)) = deadline {
             pause = pause.min(at.saturating_duration_since(Instant::now()));
         }
