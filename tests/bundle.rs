@@ -167,6 +167,8 @@ async fn a_multi_transaction_is_never_seen_half_applied() {
     let config = env.config().write(&(pair_bundle(&dir, "/m", "") + &reload));
     let agent = Agent::run(&config);
     agent.wait_for_bytes(&dir.join("a.conf"), b"0", WAIT, "the first version");
+    // The visible links of new names appear just after the swap, one after the other.
+    agent.wait_for_bytes(&dir.join("sub/b.json"), b"0", WAIT, "the first version's second link");
     assert_eq!(fs::read_link(dir.join("sub")).unwrap(), Path::new("..data/sub"));
     assert_eq!(fs::read_link(dir.join("a.conf")).unwrap(), Path::new("..data/a.conf"));
 
@@ -225,8 +227,10 @@ async fn a_multi_transaction_is_never_seen_half_applied() {
 
     // Every swap a reload ran for: `..data` complete, no older version left.
     let deadline = Instant::now() + WAIT;
-    while !read(&log).contains(&format!("|{last}|{last}")) {
-        assert!(Instant::now() < deadline, "no reload for the last version:\n{}", read(&log));
+    // The log exists once an inspection ran with no swap meanwhile: the last one, at least.
+    let logged = || fs::read_to_string(&log).unwrap_or_default();
+    while !logged().contains(&format!("|{last}|{last}")) {
+        assert!(Instant::now() < deadline, "no reload for the last version:\n{}", logged());
         std::thread::sleep(Duration::from_millis(10));
     }
     let lines = read(&log);
