@@ -12,6 +12,7 @@ use zkrender::error::{AgentError, EXIT_DIFFERENT, report};
 use zkrender::{config, runtime};
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(&cli);
     let log_format = cli.log_format;
@@ -23,6 +24,18 @@ fn main() -> ExitCode {
             print_error(&e, log_format);
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
+    }
+}
+
+/// glibc gives every thread that allocates an arena of its own (up to eight per core), each
+/// keeping what was freed in it: the blocking threads that install files would each hold
+/// one. Two arenas serve the runtime's thread and the few blocking ones with no contention
+/// worth measuring.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
     }
 }
 
