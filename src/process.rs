@@ -769,6 +769,31 @@ mod tests {
         tokio::task::spawn_blocking(move || wait_gone(pid)).await.unwrap();
     }
 
+    #[tokio::test]
+    async fn the_async_run_reports_status_output_and_timeouts_like_the_blocking_one() {
+        let script = "echo one; echo two >&2; echo three; exit 4";
+        let done = run(job(&["sh", "-c", script], Duration::from_secs(5))).await.unwrap();
+        assert!(matches!(done.ending, Ending::Exited(s) if s.code() == Some(4)), "{:?}", done.ending);
+        assert_eq!(done.output, "one\ntwo\nthree");
+        let chatty = "i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); done";
+        let output = run(Job { keep: 100, ..job(&["sh", "-c", chatty], Duration::from_secs(5)) })
+            .await
+            .unwrap()
+            .output;
+        assert!(output.starts_with("...") && output.ends_with("line 2999"), "{output}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > '{}'; wait", pid_file.display());
+        let started = Instant::now();
+        let done = run(job(&["sh", "-c", &script], Duration::from_millis(300))).await.unwrap();
+        assert!(matches!(done.ending, Ending::TimedOut), "{:?}", done.ending);
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        tokio::task::spawn_blocking(move || wait_gone(pid)).await.unwrap();
+        assert!(!cleanup::has_process_group(Pid::from_raw(pid)));
+    }
+
     #[test]
     fn exit_codes_follow_the_shell_convention() {
         assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
