@@ -183,8 +183,10 @@ impl FileWatcher {
             .map_err(std::io::Error::from)
             // SAFETY: the instance moves into the `AsyncFd`, which owns it until dropped: its
             // descriptor stays open and the same for the whole registration.
-            .and_then(|i| unsafe { AsyncFd::register_with_interest(InotifyFd(i), Interest::READABLE) }.map_err(std::io::Error::from))
-        {
+            .and_then(|i| {
+                unsafe { AsyncFd::register_with_interest(InotifyFd(i), Interest::READABLE) }
+                    .map_err(std::io::Error::from)
+            }) {
             Ok(i) => i,
             Err(e) => {
                 warn!(error = %e, "cannot watch the config files; reload with SIGHUP instead");
