@@ -165,10 +165,15 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                     due = core.has_dirty() && opts.mode == Mode::Run;
                 }
                 Some(ev) => {
+                    // A read announced only holds files back: it never gives a held file
+                    // what it waits for, so it starts no cycle (under churn, each would be
+                    // an empty one while a file waits for its read).
+                    let mut news = !matches!(ev, SourceEvent::Reading(_));
                     let mut connection_changed = handle_event(&mut core, &mut telemetry, ev, &mut snapshot);
                     // With wait = 0, everything already queued joins this cycle (a snapshot
                     // read renders at once, from its own values only).
                     while snapshot.is_none() && let Ok(ev) = events.try_recv() {
+                        news |= !matches!(ev, SourceEvent::Reading(_));
                         connection_changed |= handle_event(&mut core, &mut telemetry, ev, &mut snapshot);
                     }
                     if connection_changed {
@@ -178,7 +183,7 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                             break;
                         }
                     }
-                    if core.has_dirty() {
+                    if news && core.has_dirty() {
                         due |= debounce.on_change(Instant::now());
                     }
                 }
