@@ -5,12 +5,15 @@
 //! pipeline core to the running pipeline, which keeps the ZooKeeper session and the values
 //! already read, re-renders, and writes only what changed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::os::fd::{AsFd as _, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -51,16 +54,15 @@ pub async fn run(
             None
         }
     };
-    let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
-    let mut watcher = FileWatcher::new(changed_tx);
+    let mut watcher = FileWatcher::default();
     watcher.watch(&watched_files(&current), &current.origin.dirs);
     loop {
         let trigger = tokio::select! {
             _ = stop.cancelled() => return,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => Trigger::Sighup,
-            Some(()) = changed.recv() => {
+            () = watcher.changed() => {
                 // Debounce: wait until no event has arrived for DEBOUNCE.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, changed.recv()).await {}
+                while tokio::time::timeout(DEBOUNCE, watcher.changed()).await.is_ok() {}
                 Trigger::FileChanged
             }
         };
@@ -142,43 +144,57 @@ fn watched_files(config: &Config) -> BTreeSet<PathBuf> {
 /// Watches the directories holding a set of files (editors replace files by rename, which a
 /// watch on the file itself would miss) and reports changes to those files only, and to any
 /// `*.toml` file directly in a config directory (one added or removed changes the set).
+///
+/// inotify read by the runtime itself: no thread of its own, and no wake-up for what cannot
+/// matter. Opening or reading a file (`IN_OPEN`, `IN_ACCESS`: the agent opens its
+/// destinations' directories to sync them, and its destinations may lie beside the config)
+/// is not asked for; every other event is matched by name before it counts.
+#[derive(Default)]
 struct FileWatcher {
-    inner: Option<notify::RecommendedWatcher>,
-    tx: mpsc::UnboundedSender<()>,
-    dirs: BTreeSet<PathBuf>,
+    inotify: Option<AsyncFd<InotifyFd>>,
+    /// Each watched directory by its watch descriptor.
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    files: BTreeSet<PathBuf>,
+    config_dirs: BTreeSet<PathBuf>,
+}
+
+/// An inotify instance as the runtime's reactor registers it.
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
 }
 
 impl FileWatcher {
-    fn new(tx: mpsc::UnboundedSender<()>) -> Self {
-        FileWatcher { inner: None, tx, dirs: BTreeSet::new() }
-    }
+    /// What a change to a config file or template can look like: written, replaced by
+    /// rename, created, deleted, or its mode changed.
+    const MASK: AddWatchFlags = AddWatchFlags::IN_MODIFY
+        .union(AddWatchFlags::IN_ATTRIB)
+        .union(AddWatchFlags::IN_CLOSE_WRITE)
+        .union(AddWatchFlags::IN_MOVED_FROM)
+        .union(AddWatchFlags::IN_MOVED_TO)
+        .union(AddWatchFlags::IN_CREATE)
+        .union(AddWatchFlags::IN_DELETE);
 
     /// Replaces the watched set: `files`, and the `*.toml` files in `config_dirs`.
     fn watch(&mut self, files: &BTreeSet<PathBuf>, config_dirs: &[PathBuf]) {
-        use notify::Watcher as _;
-        let tx = self.tx.clone();
-        let wanted = files.clone();
-        let wanted_dirs: BTreeSet<PathBuf> = config_dirs.iter().cloned().collect();
-        let in_config_dir = move |p: &PathBuf| {
-            p.extension().is_some_and(|ext| ext == "toml")
-                && p.parent().is_some_and(|d| wanted_dirs.contains(d))
-        };
-        let handler = move |res: notify::Result<notify::Event>| match res {
-            Ok(event) => {
-                if event.kind.is_access() {
-                    return;
-                }
-                if event.paths.iter().any(|p| wanted.contains(p) || in_config_dir(p)) {
-                    let _ = tx.send(());
-                }
-            }
-            Err(e) => debug!(error = %e, "config file watcher error"),
-        };
-        let mut watcher = match notify::recommended_watcher(handler) {
-            Ok(w) => w,
+        self.inotify = None;
+        self.dirs.clear();
+        self.files = files.clone();
+        self.config_dirs = config_dirs.iter().cloned().collect();
+        let inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(std::io::Error::from)
+            // SAFETY: the instance moves into the `AsyncFd`, which owns it until dropped: its
+            // descriptor stays open and the same for the whole registration.
+            .and_then(|i| {
+                unsafe { AsyncFd::register_with_interest(InotifyFd(i), Interest::READABLE) }
+                    .map_err(std::io::Error::from)
+            }) {
+            Ok(i) => i,
             Err(e) => {
                 warn!(error = %e, "cannot watch the config files; reload with SIGHUP instead");
-                self.inner = None;
                 return;
             }
         };
@@ -187,12 +203,41 @@ impl FileWatcher {
             .filter_map(|f| f.parent().map(Path::to_path_buf))
             .chain(config_dirs.iter().cloned())
             .collect();
-        for dir in &dirs {
-            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-                warn!(dir = %dir.display(), error = %e, "cannot watch directory for config changes");
+        for dir in dirs {
+            match inotify.get_ref().0.add_watch(&dir, Self::MASK) {
+                Ok(wd) => {
+                    self.dirs.insert(wd, dir);
+                }
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot watch directory for config changes");
+                }
             }
         }
-        self.dirs = dirs;
-        self.inner = Some(watcher);
+        self.inotify = Some(inotify);
+    }
+
+    /// Waits for a change to a watched file (never returns when nothing can be watched).
+    async fn changed(&mut self) {
+        let Some(inotify) = &self.inotify else { return std::future::pending().await };
+        loop {
+            let Ok(mut ready) = inotify.readable().await else { return std::future::pending().await };
+            let events = match ready.try_io(|fd| fd.get_ref().0.read_events().map_err(std::io::Error::from)) {
+                Ok(Ok(events)) => events,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "config file watcher error");
+                    continue;
+                }
+                Err(_would_block) => continue,
+            };
+            let relevant = events.iter().any(|event| {
+                let (Some(dir), Some(name)) = (self.dirs.get(&event.wd), &event.name) else { return false };
+                let path = dir.join(name);
+                self.files.contains(&path)
+                    || (path.extension().is_some_and(|ext| ext == "toml") && self.config_dirs.contains(dir))
+            });
+            if relevant {
+                return;
+            }
+        }
     }
 }

@@ -181,9 +181,11 @@ fn run(cli: Cli) -> Result<(), AgentError> {
     })
 }
 
+/// One thread runs every task: a change goes from the ZooKeeper client to the rename without
+/// waking a second worker (measured: half the agent's context switches per change were
+/// workers waking each other). Blocking work (installs, checks) still has its own threads.
 fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(8)
         .enable_all()
         .build()

@@ -157,15 +157,181 @@ pub fn run_blocking(job: &Job) -> Result<Finished, RunError> {
     run_until(job, &AtomicBool::new(false))
 }
 
-/// Runs `job` to its end on a blocking thread.
+/// Runs `job` to its end without a thread of its own: the runtime waits for its exit on a
+/// pidfd and reads its output pipe, so a reload costs no thread hand-off and no polling.
+/// Falls back to a blocking thread where pidfds are not available (Linux before 5.3).
 ///
 /// # Errors
 /// [`RunError`] when it could not be started or waited for.
 ///
 /// # Cancel safety
-/// Dropping the future kills the job's whole process group (within [`MAX_POLL`]); the
-/// job may or may not have done its work by then.
+/// Dropping the future kills the job's whole process group at once; the job may or may
+/// not have done its work by then.
 pub async fn run(job: Job) -> Result<Finished, RunError> {
+    if !pidfd::supported() {
+        return run_on_thread(job).await;
+    }
+    let (child, reader) = start(&job)?;
+    let mut running = Running::new(child);
+    let pidfd = match pidfd::open(running.pgid).and_then(pidfd::register) {
+        Ok(fd) => fd,
+        Err(source) => return Err(running.abandon(source)),
+    };
+    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()) {
+        Ok(pipe) => Some(pipe),
+        Err(source) => return Err(running.abandon(source)),
+    };
+    let mut tail = Tail::default();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + job.timeout;
+    let timed_out = loop {
+        tokio::select! {
+            ready = pidfd.readable() => match ready {
+                // Readable once it has exited; still unreaped (see `exited`).
+                Ok(mut guard) => match exited(running.pgid) {
+                    Ok(true) => break false,
+                    Ok(false) => guard.clear_ready(),
+                    Err(source) => return Err(running.abandon(source)),
+                },
+                Err(source) => return Err(running.abandon(source)),
+            },
+            read = read_some(pipe.as_mut(), &mut chunk) => match read {
+                Some(n) => tail.push(&chunk[..n], job.keep),
+                None => pipe = None,
+            },
+            () = tokio::time::sleep_until(deadline) => break true,
+        }
+    };
+    // As in `run_until`: the job is unreaped, so its group id cannot have been reused.
+    if job.kill_leftovers || timed_out {
+        let _ = killpg(running.pgid, Signal::SIGKILL);
+    }
+    cleanup::remove_process_group(running.pgid);
+    if timed_out {
+        // Killed: gone within moments (the pidfd turns readable), reaped below.
+        let _ = tokio::time::timeout(PIPE_GRACE, pidfd.readable()).await;
+    }
+    let status = running.reap();
+    // What is left in the pipe, unless something the job started keeps it open.
+    if pipe.is_some() {
+        let _ = tokio::time::timeout(PIPE_GRACE, async {
+            while let Some(n) = read_some(pipe.as_mut(), &mut chunk).await {
+                tail.push(&chunk[..n], job.keep);
+            }
+        })
+        .await;
+    }
+    let output = tail.text(job.keep);
+    match (timed_out, status) {
+        (true, _) => Ok(Finished { ending: Ending::TimedOut, output }),
+        (false, Err(source)) => Err(RunError::Wait { source, output }),
+        (false, Ok(status)) => Ok(Finished { ending: Ending::Exited(status), output }),
+    }
+}
+
+/// The next bytes from `pipe`: `None` at end of file, on an error, or without a pipe (then
+/// never ready, so a `select!` waits on its other branches).
+async fn read_some(pipe: Option<&mut tokio::net::unix::pipe::Receiver>, chunk: &mut [u8]) -> Option<usize> {
+    use tokio::io::AsyncReadExt as _;
+    let Some(pipe) = pipe else { return std::future::pending().await };
+    loop {
+        match pipe.read(chunk).await {
+            Ok(0) => return None,
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Whether `pid` has exited, without reaping it (WNOWAIT).
+fn exited(pid: Pid) -> io::Result<bool> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    loop {
+        match waitid(Id::Pid(pid), flags) {
+            Ok(WaitStatus::StillAlive) => return Ok(false),
+            Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A job [`run`] started and has not reaped yet. Dropped before [`Running::reap`] (the
+/// future was dropped), it kills the job's process group and reaps it on a thread.
+struct Running {
+    child: Option<Child>,
+    pgid: Pid,
+}
+
+impl Running {
+    fn new(child: Child) -> Self {
+        let pgid = child_pid(&child);
+        cleanup::add_process_group(pgid);
+        Running { child: Some(child), pgid }
+    }
+
+    /// Reaps the job, which has exited (or was killed).
+    fn reap(&mut self) -> io::Result<ExitStatus> {
+        let mut child = self.child.take().expect("bug: reaped twice");
+        child.wait()
+    }
+
+    /// Gives up on a job whose end cannot be observed: kills its group (on drop).
+    fn abandon(self, source: io::Error) -> RunError {
+        RunError::Wait { source, output: String::new() }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = killpg(self.pgid, Signal::SIGKILL);
+            cleanup::remove_process_group(self.pgid);
+            std::thread::spawn(move || child.wait());
+        }
+    }
+}
+
+/// pidfds (Linux 5.3+): a file descriptor that turns readable when a process exits.
+mod pidfd {
+    use std::io;
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    use std::sync::OnceLock;
+
+    use nix::libc;
+    use nix::unistd::Pid;
+    use tokio::io::Interest;
+    use tokio::io::unix::AsyncFd;
+
+    /// Whether this kernel has `pidfd_open` (asked once, about zkrender itself).
+    pub(super) fn supported() -> bool {
+        static SUPPORTED: OnceLock<bool> = OnceLock::new();
+        *SUPPORTED.get_or_init(|| open(nix::unistd::getpid()).is_ok())
+    }
+
+    /// `fd` in the runtime's reactor, for readiness to read (the process exited).
+    pub(super) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+        // SAFETY: the `OwnedFd` moves into the `AsyncFd`, which owns it until dropped: the
+        // descriptor stays open and the same for the whole registration.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+    }
+
+    /// A pidfd of `pid` (close-on-exec), non-blocking as the runtime's reactor needs.
+    pub(super) fn open(pid: Pid) -> io::Result<OwnedFd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), libc::O_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = i32::try_from(fd).map_err(io::Error::other)?;
+        // SAFETY: the kernel just returned this descriptor, owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// Runs `job` on a blocking thread (where pidfds are missing).
+async fn run_on_thread(job: Job) -> Result<Finished, RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
     match tokio::task::spawn_blocking(move || run_until(&job, &stop)).await {
@@ -186,6 +352,33 @@ impl Drop for StopOnDrop {
 
 /// Runs `job` until it exits, overruns its timeout, or `stop` is set (treated as a timeout).
 fn run_until(job: &Job, stop: &AtomicBool) -> Result<Finished, RunError> {
+    let (mut child, reader) = start(job)?;
+    let pgid = child_pid(&child);
+    cleanup::add_process_group(pgid);
+    let output = OutputTail::start(reader, job.keep);
+
+    let timed_out = wait_with_deadline(&child, Instant::now() + job.timeout, stop);
+    // The job is still unreaped, so its pid is still its group's id and cannot have been
+    // reused. Killing the group ends a timed-out job, and after a normal exit it ends
+    // anything left running in the background, which would hold the output pipe open.
+    // ESRCH (nothing left) is the normal case.
+    if job.kill_leftovers || !matches!(timed_out, Ok(false)) {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    cleanup::remove_process_group(pgid);
+    let status = child.wait();
+    let output = output.finish(PIPE_GRACE);
+
+    match (timed_out, status) {
+        (Ok(true), _) => Ok(Finished { ending: Ending::TimedOut, output }),
+        (Err(source), _) | (_, Err(source)) => Err(RunError::Wait { source, output }),
+        (Ok(false), Ok(status)) => Ok(Finished { ending: Ending::Exited(status), output }),
+    }
+}
+
+/// Starts `job` in a process group of its own, its output (as `capture` says) into the
+/// returned pipe.
+fn start(job: &Job) -> Result<(Child, io::PipeReader), RunError> {
     let argv = Argv(&job.argv).substituted(job.file.as_deref());
     let Some((program, args)) = argv.split_first() else {
         return Err(RunError::Empty);
@@ -209,28 +402,7 @@ fn run_until(job: &Job, stop: &AtomicBool) -> Result<Finished, RunError> {
     let spawned = command.spawn();
     // Close our copies of the pipe's write end, or the reader would never see EOF.
     drop(command);
-    let mut child = spawned.map_err(RunError::Start)?;
-    let pgid = child_pid(&child);
-    cleanup::add_process_group(pgid);
-    let output = OutputTail::start(reader, job.keep);
-
-    let timed_out = wait_with_deadline(&child, Instant::now() + job.timeout, stop);
-    // The job is still unreaped, so its pid is still its group's id and cannot have been
-    // reused. Killing the group ends a timed-out job, and after a normal exit it ends
-    // anything left running in the background, which would hold the output pipe open.
-    // ESRCH (nothing left) is the normal case.
-    if job.kill_leftovers || !matches!(timed_out, Ok(false)) {
-        let _ = killpg(pgid, Signal::SIGKILL);
-    }
-    cleanup::remove_process_group(pgid);
-    let status = child.wait();
-    let output = output.finish(PIPE_GRACE);
-
-    match (timed_out, status) {
-        (Ok(true), _) => Ok(Finished { ending: Ending::TimedOut, output }),
-        (Err(source), _) | (_, Err(source)) => Err(RunError::Wait { source, output }),
-        (Ok(false), Ok(status)) => Ok(Finished { ending: Ending::Exited(status), output }),
-    }
+    Ok((spawned.map_err(RunError::Start)?, reader))
 }
 
 fn child_pid(child: &Child) -> Pid {
@@ -283,16 +455,7 @@ impl OutputTail {
             loop {
                 match reader.read(&mut chunk) {
                     Ok(0) => break,
-                    Ok(n) => {
-                        let mut tail = shared.lock().unwrap_or_else(PoisonError::into_inner);
-                        tail.bytes.extend_from_slice(&chunk[..n]);
-                        // Trimmed only once twice the limit is held: not on every read.
-                        if tail.bytes.len() > 2 * keep {
-                            let excess = tail.bytes.len() - keep;
-                            tail.bytes.drain(..excess);
-                            tail.truncated = true;
-                        }
-                    }
+                    Ok(n) => shared.lock().unwrap_or_else(PoisonError::into_inner).push(&chunk[..n], keep),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }
@@ -307,11 +470,28 @@ impl OutputTail {
     /// then left to finish on its own.
     fn finish(self, grace: Duration) -> String {
         let _ = self.done.recv_timeout(grace);
-        let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
-        let start = tail.bytes.len().saturating_sub(self.keep);
-        let text = String::from_utf8_lossy(&tail.bytes[start..]);
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner).text(self.keep)
+    }
+}
+
+impl Tail {
+    /// Appends `bytes`, keeping at least the last `keep` of everything appended.
+    fn push(&mut self, bytes: &[u8], keep: usize) {
+        self.bytes.extend_from_slice(bytes);
+        // Trimmed only once twice the limit is held: not on every read.
+        if self.bytes.len() > 2 * keep {
+            let excess = self.bytes.len() - keep;
+            self.bytes.drain(..excess);
+            self.truncated = true;
+        }
+    }
+
+    /// The last `keep` bytes, lossily decoded and trimmed, `...` in front if cut.
+    fn text(&self, keep: usize) -> String {
+        let start = self.bytes.len().saturating_sub(keep);
+        let text = String::from_utf8_lossy(&self.bytes[start..]);
         let text = text.trim();
-        if start > 0 || tail.truncated { format!("...{text}") } else { text.to_owned() }
+        if start > 0 || self.truncated { format!("...{text}") } else { text.to_owned() }
     }
 }
 
@@ -587,6 +767,31 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(300), running).await.is_err());
         let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         tokio::task::spawn_blocking(move || wait_gone(pid)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_async_run_reports_status_output_and_timeouts_like_the_blocking_one() {
+        let script = "echo one; echo two >&2; echo three; exit 4";
+        let done = run(job(&["sh", "-c", script], Duration::from_secs(5))).await.unwrap();
+        assert!(matches!(done.ending, Ending::Exited(s) if s.code() == Some(4)), "{:?}", done.ending);
+        assert_eq!(done.output, "one\ntwo\nthree");
+        let chatty = "i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); done";
+        let output = run(Job { keep: 100, ..job(&["sh", "-c", chatty], Duration::from_secs(5)) })
+            .await
+            .unwrap()
+            .output;
+        assert!(output.starts_with("...") && output.ends_with("line 2999"), "{output}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > '{}'; wait", pid_file.display());
+        let started = Instant::now();
+        let done = run(job(&["sh", "-c", &script], Duration::from_millis(300))).await.unwrap();
+        assert!(matches!(done.ending, Ending::TimedOut), "{:?}", done.ending);
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        tokio::task::spawn_blocking(move || wait_gone(pid)).await.unwrap();
+        assert!(!cleanup::has_process_group(Pid::from_raw(pid)));
     }
 
     #[test]

@@ -335,6 +335,11 @@ impl Core {
         self.dirty.extend(0..self.targets.len());
     }
 
+    /// The files marked for the next plan: the only ones a cycle can change the status of.
+    pub fn dirty(&self) -> impl Iterator<Item = TargetId> + '_ {
+        self.dirty.iter().copied()
+    }
+
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }

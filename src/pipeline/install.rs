@@ -2,10 +2,10 @@
 //! threads, a few at a time, and puts `rollback` files back when their reload failed.
 //! Everything on disk goes through [`crate::sink`]; this module only schedules it.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
@@ -31,11 +31,15 @@ pub struct Installed {
 /// action in target order, whether the file on disk changed, and the error if any. The
 /// directories of changed files are synced once, before this returns (and before any
 /// reload hears of them).
+///
+/// Each blocking thread takes the next action from one shared queue until it is empty, so
+/// a cycle costs one hand-off per thread, not one per file; a cycle of one file (the usual
+/// change) is installed and its directory synced in a single hand-off.
 pub async fn carry_out(core: &Core, actions: Vec<Action>, parallelism: usize) -> Vec<Installed> {
-    let permits = Arc::new(Semaphore::new(parallelism.max(1)));
-    let mut jobs = JoinSet::new();
-    for action in actions {
-        let job = match action {
+    let lanes = parallelism.clamp(1, actions.len().max(1));
+    let queue: VecDeque<Job> = actions
+        .into_iter()
+        .map(|action| match action {
             Action::Install { target, contents } => {
                 Job::Install { id: target, spec: core.targets()[target].spec.clone(), contents }
             }
@@ -47,33 +51,47 @@ pub async fn carry_out(core: &Core, actions: Vec<Action>, parallelism: usize) ->
                     files.into_iter().map(|(id, c)| (id, core.targets()[id].spec.clone(), c)).collect();
                 Job::Bundle { spec: core.bundles()[bundle].spec.clone(), files }
             }
-        };
-        let permits = permits.clone();
-        jobs.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("bug: semaphore closed");
-            match tokio::task::spawn_blocking(move || job.run()).await {
-                Ok(installed) => installed,
-                Err(e) => panic!("bug: install task failed: {e}"),
+        })
+        .collect();
+    let queue = Arc::new(Mutex::new(queue));
+    let mut jobs = JoinSet::new();
+    for _ in 0..lanes {
+        let queue = Arc::clone(&queue);
+        jobs.spawn_blocking(move || {
+            let mut done = Vec::new();
+            loop {
+                let next = queue.lock().unwrap_or_else(PoisonError::into_inner).pop_front();
+                let Some(job) = next else { break };
+                done.extend(job.run());
             }
+            if lanes == 1 {
+                sync_written(&done);
+            }
+            done
         });
     }
     let mut results = Vec::new();
     while let Some(r) = jobs.join_next().await {
         results.extend(r.expect("bug: install job panicked"));
     }
-    results.sort_by_key(|r| r.id);
-    // One fsync per directory for the whole cycle, before any reload is told about it (a
-    // bundle syncs its own).
-    let written: Vec<PathBuf> = results
-        .iter()
-        .filter(|r| r.changed && core.targets()[r.id].bundle.is_none())
-        .map(|r| core.targets()[r.id].spec.dest.clone())
-        .collect();
-    if !written.is_empty() {
-        let _ =
-            tokio::task::spawn_blocking(move || sink::sync_dirs(written.iter().map(PathBuf::as_path))).await;
+    results.sort_by_key(|r| r.0.id);
+    if lanes > 1 {
+        // One fsync per directory for the whole cycle, before any reload is told about it.
+        results = tokio::task::spawn_blocking(move || {
+            sync_written(&results);
+            results
+        })
+        .await
+        .expect("bug: directory sync panicked");
     }
-    results
+    results.into_iter().map(|(installed, _)| installed).collect()
+}
+
+/// Syncs, once each, the directories of the files `done` changed (a bundle syncs its own:
+/// those carry no path).
+fn sync_written(done: &[(Installed, Option<PathBuf>)]) {
+    let written = done.iter().filter(|(r, _)| r.changed).filter_map(|(_, dest)| dest.as_deref());
+    sink::sync_dirs(written);
 }
 
 fn failure(e: &WriteError) -> Failure {
@@ -88,8 +106,9 @@ enum Job {
 }
 
 impl Job {
-    /// Carries it out: one [`Installed`] per file (a bundle's files share its result).
-    fn run(self) -> Vec<Installed> {
+    /// Carries it out: one [`Installed`] per file (a bundle's files share its result), each
+    /// with the path whose directory the cycle syncs (none for a bundle's).
+    fn run(self) -> Vec<(Installed, Option<PathBuf>)> {
         match self {
             Job::Install { id, spec, contents } => {
                 // Keep what is there now, to put it back if the application rejects the new file.
@@ -104,7 +123,9 @@ impl Job {
                 } else {
                     None
                 };
-                vec![Installed { id, changed, result: r.map(|_| ()).map_err(|e| failure(&e)), rollback }]
+                let installed =
+                    Installed { id, changed, result: r.map(|_| ()).map_err(|e| failure(&e)), rollback };
+                vec![(installed, Some(spec.dest))]
             }
             Job::Remove { id, spec } => {
                 let r = sink::remove(&spec);
@@ -112,18 +133,15 @@ impl Job {
                     warn!(dest = %spec.dest.display(), "znode deleted; file removed (on_delete = \"remove\")");
                 }
                 let changed = matches!(r, Ok(true));
-                vec![Installed {
-                    id,
-                    changed,
-                    result: r.map(|_| ()).map_err(|e| failure(&e)),
-                    rollback: None,
-                }]
+                let installed =
+                    Installed { id, changed, result: r.map(|_| ()).map_err(|e| failure(&e)), rollback: None };
+                vec![(installed, Some(spec.dest))]
             }
             Job::Bundle { spec, files } => {
                 let refs: Vec<(&FileSpec, &[u8])> = files.iter().map(|(_, f, c)| (f, c.as_slice())).collect();
                 let r = sink::bundle::install(&spec, &refs);
                 let ids = files.iter().map(|(id, ..)| *id);
-                match r {
+                let installed: Vec<Installed> = match r {
                     Ok(BundleOutcome::Unchanged) => ids
                         .map(|id| Installed { id, changed: false, result: Ok(()), rollback: None })
                         .collect(),
@@ -163,7 +181,8 @@ impl Job {
                         })
                         .collect()
                     }
-                }
+                };
+                installed.into_iter().map(|i| (i, None)).collect()
             }
         }
     }

@@ -130,6 +130,9 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
     let mut snapshot: Option<Vec<Update>> = None;
     // The first cycle runs at once: every file starts marked, to discover what it reads.
     let mut due = true;
+    // The earliest retry, looked up again only where it can change (a cycle, retries
+    // started, a new configuration), not at every event: it walks every file.
+    let mut retry_at = core.next_retry();
     loop {
         if due || snapshot.is_some() {
             due = false;
@@ -144,6 +147,7 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                     let _ = source.send(Command::Unwatch(unused));
                 }
             }
+            retry_at = core.next_retry();
             held.after_cycle(&core, &source, Instant::now(), from_snapshot);
             publish(&mut publisher, &core, &mut telemetry, false);
             if opts.mode != Mode::Run && core.all_settled() {
@@ -154,7 +158,6 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
             break;
         }
         let deadline = debounce.deadline();
-        let retry_at = core.next_retry();
         tokio::select! {
             // Cancel safety: `recv` loses nothing when another branch wins.
             ev = events.recv() => match ev {
@@ -164,10 +167,15 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                     due = core.has_dirty() && opts.mode == Mode::Run;
                 }
                 Some(ev) => {
+                    // A read announced only holds files back: it never gives a held file
+                    // what it waits for, so it starts no cycle (under churn, each would be
+                    // an empty one while a file waits for its read).
+                    let mut news = !matches!(ev, SourceEvent::Reading(_));
                     let mut connection_changed = handle_event(&mut core, &mut telemetry, ev, &mut snapshot);
                     // With wait = 0, everything already queued joins this cycle (a snapshot
                     // read renders at once, from its own values only).
                     while snapshot.is_none() && let Ok(ev) = events.try_recv() {
+                        news |= !matches!(ev, SourceEvent::Reading(_));
                         connection_changed |= handle_event(&mut core, &mut telemetry, ev, &mut snapshot);
                     }
                     if connection_changed {
@@ -177,7 +185,7 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                             break;
                         }
                     }
-                    if core.has_dirty() {
+                    if news && core.has_dirty() {
                         due |= debounce.on_change(Instant::now());
                     }
                 }
@@ -186,6 +194,7 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
             // Installs that failed for an I/O reason, tried again with no change needed.
             _ = sleep_until(retry_at), if retry_at.is_some() => {
                 due |= core.start_due_retries(Instant::now());
+                retry_at = core.next_retry();
             }
             _ = sleep_until(resync_at), if resync_at.is_some() => {
                 debug!("resync: re-reading every dependency and checking every file");
@@ -211,6 +220,7 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
                     resync_at = next_resync(opts.resync);
                 }
                 info!(files = core.targets().len(), "new configuration in effect");
+                retry_at = core.next_retry();
                 due = true;
             }
             _ = sleep_until(publisher.due()), if publisher.due().is_some() => {
@@ -280,8 +290,10 @@ async fn run_cycle(
     telemetry: &mut Telemetry,
     snapshot: Option<Vec<Update>>,
 ) {
-    let before: Vec<Status> = core.targets().iter().map(|t| t.status.clone()).collect();
-    let attempts_before: Vec<u32> = (0..before.len()).map(|id| core.failed_attempts(id)).collect();
+    // Only the marked files can change status in a cycle (a plan renders nothing else, and
+    // installs only what it rendered): what the log compares, without a walk of every file.
+    let before: Vec<(TargetId, Status, u32)> =
+        core.dirty().map(|id| (id, core.targets()[id].status.clone(), core.failed_attempts(id))).collect();
     let plan = match snapshot {
         Some(values) => core.plan_snapshot(values),
         None => core.plan(),
@@ -343,7 +355,7 @@ async fn run_cycle(
             }
         }
     }
-    log_transitions(core, &before, &attempts_before, telemetry);
+    log_transitions(core, &before, telemetry);
     if !to_reload.is_empty() && opts.mode == Mode::Run {
         let _ = reloads.send(to_reload);
     }
@@ -370,10 +382,12 @@ async fn on_reload_outcome(
 }
 
 /// Logs each file whose status changed: once per cause, not once per event (a retry that
-/// fails the same way logs nothing). `attempts` are the failed attempts before the cycle;
-/// `telemetry` still knows since when a recovered file was stale.
-fn log_transitions(core: &Core, before: &[Status], attempts: &[u32], telemetry: &Telemetry) {
-    for (id, (t, old)) in core.targets().iter().zip(before).enumerate() {
+/// fails the same way logs nothing). `before` holds, per file the cycle could change, its
+/// status and failed attempts before it; `telemetry` still knows since when a recovered
+/// file was stale.
+fn log_transitions(core: &Core, before: &[(TargetId, Status, u32)], telemetry: &Telemetry) {
+    for (id, old, attempts) in before {
+        let (id, t) = (*id, &core.targets()[*id]);
         if &t.status == old {
             continue;
         }
@@ -387,7 +401,7 @@ fn log_transitions(core: &Core, before: &[Status], attempts: &[u32], telemetry: 
             }
             (Status::Ok, Status::Failed(_)) => {
                 // This cycle's attempt succeeded after the failed ones.
-                let attempts = attempts[id] + 1;
+                let attempts = attempts + 1;
                 match telemetry.stale_for(id, SystemTime::now()) {
                     Some(stale) => {
                         let stale =
