@@ -184,6 +184,12 @@ fn run(cli: Cli) -> Result<(), AgentError> {
 /// One thread runs every task: a change goes from the ZooKeeper client to the rename without
 /// waking a second worker (measured: half the agent's context switches per change were
 /// workers waking each other). Blocking work (installs, checks) still has its own threads.
+///
+/// It also keeps the snapshot rule's premise (`Core::blocked`): the client dispatches each
+/// watch notification and read answer in the order ZooKeeper sent them, and on one thread the
+/// watch loops then run, and announce their reads, in that same order. With a multi-thread
+/// runtime `tests/bundle.rs`'s `multi` case saw a mixed version in 3 of 25 runs (none on one
+/// thread); keep this in mind before going back to several workers.
 fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
     tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(8)
