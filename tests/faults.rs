@@ -489,7 +489,11 @@ async fn ensemble_kill_agents_member(mode: Mode) {
     let at = writer.1.load(Ordering::SeqCst);
     writes_reach(&writer.1, at + 40).await;
     let last = stop_writer(writer).await;
-    assert_eq!(get(setup.admin(), "/v").await.as_deref(), Some(&last[..]));
+    // The admin session may be on a member that has not applied the writer's last write yet
+    // (ZooKeeper reads are not linearizable): `sync` first.
+    let admin = setup.admin();
+    common::HARNESS_RETRY.run(|| admin.sync("/v")).await.expect("sync /v");
+    assert_eq!(get(admin, "/v").await.as_deref(), Some(&last[..]));
     let took =
         agent.wait_for_bytes(&setup.files[0].dest, &last, CONVERGE, "after killing the agent's member");
     reader.finish();
