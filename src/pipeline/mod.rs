@@ -373,6 +373,13 @@ async fn on_reload_outcome(
         ReloadOutcome::Reloaded { targets, at } => telemetry.on_reload(&targets, at, None),
         ReloadOutcome::Failed { spec, targets, at, error, rollback } => {
             if !rollback.is_empty() {
+                // Rolled back files (a bundle's: all its members) change status: report them.
+                for r in &rollback {
+                    match core.targets().get(r.id).and_then(|t| t.bundle) {
+                        Some(b) => core.bundles()[b].members.clone().for_each(|id| telemetry.touch(id)),
+                        None => telemetry.touch(r.id),
+                    }
+                }
                 install::roll_back(core, rollback, &error).await;
                 let _ = reloads.send(ReloadBatch::again(spec));
             }

@@ -544,7 +544,6 @@ mod tests {
         assert!(r.ready && !r.degraded && r.stale().next().is_none());
     }
 
-
     #[tokio::test(start_paused = true)]
     async fn a_burst_publishes_once_per_interval_but_readiness_at_once() {
         let (tx, rx) = watch::channel(Arc::new(StatusReport::default()));
