@@ -232,13 +232,19 @@ impl Core {
 
     /// Each file as the status report shows it, in config order.
     pub fn views(&self) -> impl Iterator<Item = FileView<'_>> + Clone {
-        self.targets.iter().map(|t| FileView {
+        (0..self.targets.len()).map(|id| self.view(id))
+    }
+
+    /// File `id` as the status report shows it (one of [`Core::views`]).
+    pub fn view(&self, id: TargetId) -> FileView<'_> {
+        let t = &self.targets[id];
+        FileView {
             dest: &t.spec.dest,
             status: &t.status,
             settled: t.settled_once,
             deps: &t.deps,
             bundle: t.bundle.map(|b| self.bundles[b].spec.dir.as_path()),
-        })
+        }
     }
 
     pub fn targets(&self) -> &[Target] {

@@ -99,6 +99,12 @@ pub(super) fn handle_event(
         SourceEvent::Unreachable { cause } => telemetry.on_unreachable(cause),
         SourceEvent::ReadError { dep, message } => {
             core.on_read_error(&dep, message);
+            // A read error is rare: the files that read `dep` are looked up by a walk.
+            for id in 0..core.targets().len() {
+                if core.view(id).deps.contains(&dep) {
+                    telemetry.touch(id);
+                }
+            }
             true
         }
     }

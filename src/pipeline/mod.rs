@@ -258,10 +258,11 @@ pub async fn run(mut core: Core, channels: Channels, mut opts: Options) -> Summa
     }
 }
 
-/// Records which files are stale now, then publishes the report (see [`Publisher::publish`]).
+/// Records which of the touched files are stale or settled now, then publishes the report
+/// (see [`Publisher::publish`]).
 fn publish(publisher: &mut Publisher, core: &Core, telemetry: &mut Telemetry, force: bool) {
-    telemetry.track_staleness(core.views(), SystemTime::now());
-    publisher.publish(core.views(), core.values(), telemetry, force);
+    let touched = telemetry.refresh(|id| core.view(id), SystemTime::now());
+    publisher.publish(&touched, |id| core.view(id), core.values(), telemetry, force);
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -294,6 +295,8 @@ async fn run_cycle(
     // installs only what it rendered): what the log compares, without a walk of every file.
     let before: Vec<(TargetId, Status, u32)> =
         core.dirty().map(|id| (id, core.targets()[id].status.clone(), core.failed_attempts(id))).collect();
+    // The same files are the only ones whose report entry the cycle can change.
+    before.iter().for_each(|(id, ..)| telemetry.touch(*id));
     let plan = match snapshot {
         Some(values) => core.plan_snapshot(values),
         None => core.plan(),
@@ -348,11 +351,8 @@ async fn run_cycle(
             }
         }
         // What each file now on disk was rendered from: the store as this cycle rendered it.
-        if !applied.is_empty() {
-            let views: Vec<_> = core.views().collect();
-            for id in applied {
-                telemetry.on_applied(id, views[id].deps, core.values());
-            }
+        for id in applied {
+            telemetry.on_applied(id, core.view(id).deps, core.values());
         }
     }
     log_transitions(core, &before, telemetry);
@@ -373,6 +373,13 @@ async fn on_reload_outcome(
         ReloadOutcome::Reloaded { targets, at } => telemetry.on_reload(&targets, at, None),
         ReloadOutcome::Failed { spec, targets, at, error, rollback } => {
             if !rollback.is_empty() {
+                // Rolled back files (a bundle's: all its members) change status: report them.
+                for r in &rollback {
+                    match core.targets().get(r.id).and_then(|t| t.bundle) {
+                        Some(b) => core.bundles()[b].members.clone().for_each(|id| telemetry.touch(id)),
+                        None => telemetry.touch(r.id),
+                    }
+                }
                 install::roll_back(core, rollback, &error).await;
                 let _ = reloads.send(ReloadBatch::again(spec));
             }

@@ -4,6 +4,12 @@
 //! Owned by the pipeline task, like the core: no locks. The loop calls [`Telemetry`]'s
 //! `on_*` methods as it carries out a cycle, and [`Publisher::publish`] after each.
 //! Metrics are not bumped here (the loop does it): `ops` reads this module, not the reverse.
+//!
+//! Nothing here walks every file on the way from a change to its install: the loop
+//! [`Telemetry::touch`]es the files a cycle or an event can change, [`Telemetry::refresh`]
+//! updates staleness and the counts readiness is computed from for those alone, and the
+//! [`Publisher`] keeps each file's [`FileStatus`] and rebuilds only the touched ones, and
+//! only when a report goes out (at most every [`Publisher::INTERVAL`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -37,6 +43,15 @@ pub struct Telemetry {
     last_reload: Vec<Option<ReloadStatus>>,
     /// Per file: the values its file on disk was rendered from (see [`Telemetry::on_applied`]).
     applied: Vec<Option<Arc<[DepStatus]>>>,
+    /// Files whose status, times or values may have changed since the last
+    /// [`Telemetry::refresh`] (each once; `is_touched` says which are in it).
+    touched: Vec<TargetId>,
+    is_touched: Vec<bool>,
+    /// Per file: settled as of the last refresh; how many are not, and how many are stale
+    /// (kept on each transition: readiness and `degraded` never walk the files).
+    settled: Vec<bool>,
+    unsettled: usize,
+    stale: usize,
 }
 
 /// What a connection event changed, for the loop's metrics and publishing.
@@ -62,6 +77,11 @@ impl Telemetry {
             stale_since: vec![None; n],
             last_reload: vec![None; n],
             applied: vec![None; n],
+            touched: (0..n).collect(),
+            is_touched: vec![true; n],
+            settled: vec![false; n],
+            unsettled: n,
+            stale: 0,
         }
     }
 
@@ -72,6 +92,9 @@ impl Telemetry {
         fn carry<T: Clone>(old_index: &[Option<TargetId>], v: &[Option<T>]) -> Vec<Option<T>> {
             old_index.iter().map(|old| old.and_then(|i| v[i].clone())).collect()
         }
+        let n = old_index.len();
+        let stale_since = carry(old_index, &self.stale_since);
+        // Every file is touched: the next refresh learns each one's status from the new core.
         Telemetry {
             hosts: self.hosts.clone(),
             connection: self.connection,
@@ -80,10 +103,76 @@ impl Telemetry {
             reconnects: self.reconnects,
             changed_at: carry(old_index, &self.changed_at),
             last_write: carry(old_index, &self.last_write),
-            stale_since: carry(old_index, &self.stale_since),
+            stale: stale_since.iter().filter(|s| s.is_some()).count(),
+            stale_since,
             last_reload: carry(old_index, &self.last_reload),
             applied: carry(old_index, &self.applied),
+            touched: (0..n).collect(),
+            is_touched: vec![true; n],
+            settled: vec![false; n],
+            unsettled: n,
         }
+    }
+
+    /// File `id`'s status, times or values may have changed: the next
+    /// [`Telemetry::refresh`] looks at it (an `id` beyond the files is ignored).
+    pub fn touch(&mut self, id: TargetId) {
+        if let Some(seen) = self.is_touched.get_mut(id)
+            && !*seen
+        {
+            *seen = true;
+            self.touched.push(id);
+        }
+    }
+
+    /// Looks at the files touched since the last refresh, `view` giving each as the core
+    /// has it now: records since when each is stale (from the first moment, `now`, its status
+    /// is failed, whatever the cause, until it is up to date again; the report and the
+    /// `zkrender_file_stale_seconds` gauge compute the age from this at read time, so it grows
+    /// with no task ticking) and whether it is settled. Returns them, for the [`Publisher`].
+    pub fn refresh<'a>(&mut self, view: impl Fn(TargetId) -> FileView<'a>, now: SystemTime) -> Vec<TargetId> {
+        let touched = std::mem::take(&mut self.touched);
+        for &id in &touched {
+            self.is_touched[id] = false;
+            let file = view(id);
+            match file.status {
+                Status::Failed(_) => {
+                    if self.stale_since[id].is_none() {
+                        self.stale_since[id] = Some(now);
+                        self.stale += 1;
+                    }
+                }
+                Status::Ok | Status::Pending => {
+                    if self.stale_since[id].take().is_some() {
+                        self.stale -= 1;
+                    }
+                }
+            }
+            if file.settled != self.settled[id] {
+                self.settled[id] = file.settled;
+                if file.settled {
+                    self.unsettled -= 1;
+                } else {
+                    self.unsettled += 1;
+                }
+            }
+        }
+        touched
+    }
+
+    /// Every file settled, as of the last refresh.
+    pub fn ready(&self) -> bool {
+        self.unsettled == 0
+    }
+
+    /// The number of files.
+    pub fn len(&self) -> usize {
+        self.settled.len()
+    }
+
+    /// No files.
+    pub fn is_empty(&self) -> bool {
+        self.settled.is_empty()
     }
 
     /// The connection now.
@@ -131,6 +220,7 @@ impl Telemetry {
     /// A change that file `id` depends on arrived at `now` (kept if one is already waiting).
     pub fn on_change(&mut self, id: TargetId, now: Instant) {
         self.changed_at[id].get_or_insert(now);
+        self.touch(id);
     }
 
     /// Since when the change now installed for `id` had been waiting, if it was timed.
@@ -143,10 +233,11 @@ impl Telemetry {
     /// agent applied.
     pub fn on_applied(&mut self, id: TargetId, deps: &BTreeSet<Dep>, values: &dyn Snapshot) {
         self.applied[id] = Some(deps.iter().map(|d| dep_status(d, values)).collect());
+        self.touch(id);
     }
 
     /// Records the result of installing file `id`: `changed` when its bytes on disk changed.
-    /// Staleness is not recorded here but by [`Telemetry::track_staleness`], from the status,
+    /// Staleness is not recorded here but by [`Telemetry::refresh`], from the status,
     /// so that a render or check failure makes a file stale just as a failed write does.
     pub fn on_result(&mut self, id: TargetId, changed: bool, ok: bool, now: SystemTime) {
         // Either way the change is dealt with; a later one is timed from its own arrival.
@@ -154,21 +245,7 @@ impl Telemetry {
         if ok && changed {
             self.last_write[id] = Some(now);
         }
-    }
-
-    /// Records since when each file is stale: from the first moment (`now`) its status is
-    /// failed, whatever the cause, until it is up to date again. The report and the
-    /// `zkrender_file_stale_seconds` gauge compute the age from this at read time, so it
-    /// grows with no task ticking.
-    pub fn track_staleness<'a>(&mut self, files: impl Iterator<Item = FileView<'a>>, now: SystemTime) {
-        for (id, file) in files.enumerate() {
-            match file.status {
-                Status::Failed(_) => {
-                    self.stale_since[id].get_or_insert(now);
-                }
-                Status::Ok | Status::Pending => self.stale_since[id] = None,
-            }
-        }
+        self.touch(id);
     }
 
     /// How long file `id` has been stale at `now`, if it is.
@@ -188,6 +265,7 @@ impl Telemetry {
         for &id in targets {
             if let Some(slot) = self.last_reload.get_mut(id) {
                 *slot = Some(status.clone());
+                self.touch(id);
             }
         }
     }
@@ -208,8 +286,9 @@ pub struct FileView<'a> {
 
 /// Publishes the status report, at most every [`Publisher::INTERVAL`] unless readiness or
 /// the connection changed (those go out at once: `/readyz` and systemd must not lag).
-/// Building the report walks every file and dependency, which at a thousand files costs
-/// more than rendering a change, so a burst of changes publishes once, not once per change.
+/// Each file's [`FileStatus`] is kept from one report to the next and built again only when
+/// the file was touched (see [`Telemetry::refresh`]), and only when a report goes out: a
+/// change costs what it touched, and a burst of changes publishes once, not once per change.
 #[derive(Debug, Default)]
 pub struct Publisher {
     /// Where the report goes; `None` publishes nothing.
@@ -221,6 +300,9 @@ pub struct Publisher {
     connection: ConnectionState,
     /// Why connecting fails, as last published: a new cause goes out at once too.
     unreachable: Option<String>,
+    /// Per file: its entry as last built; `None` when touched since (built again when the
+    /// next report goes out).
+    entries: Vec<Option<FileStatus>>,
 }
 
 impl Publisher {
@@ -231,15 +313,26 @@ impl Publisher {
     }
 
     /// Publishes now if due, urgent or `force`d; otherwise remembers to ([`Publisher::due`]).
+    /// `touched` are the files [`Telemetry::refresh`] returned; `view` gives a file as the
+    /// core has it now, and `values` its dependencies' values.
     pub fn publish<'a>(
         &mut self,
-        files: impl Iterator<Item = FileView<'a>> + Clone,
+        touched: &[TargetId],
+        view: impl Fn(TargetId) -> FileView<'a>,
         values: &dyn Snapshot,
         telemetry: &Telemetry,
         force: bool,
     ) {
         let Some(tx) = &self.tx else { return };
-        let ready = files.clone().all(|f| f.settled);
+        if self.entries.len() == telemetry.len() {
+            for &id in touched {
+                self.entries[id] = None;
+            }
+        } else {
+            // A new configuration with another number of files: every entry again.
+            self.entries = vec![None; telemetry.len()];
+        }
+        let ready = telemetry.ready();
         let urgent = force
             || ready != self.ready
             || telemetry.connection != self.connection
@@ -249,7 +342,13 @@ impl Publisher {
             self.pending = true;
             return;
         }
-        tx.send_replace(Arc::new(report(files, values, telemetry)));
+        for (id, entry) in self.entries.iter_mut().enumerate() {
+            if entry.is_none() {
+                *entry = Some(file_status(id, view(id), values, telemetry));
+            }
+        }
+        let files = self.entries.iter().flatten().cloned().collect();
+        tx.send_replace(Arc::new(assemble(files, telemetry)));
         self.last = Some(now);
         self.pending = false;
         self.ready = ready;
@@ -263,59 +362,19 @@ impl Publisher {
     }
 }
 
-/// The report of `files`, whose dependencies' values are in `values`.
+/// The report of `files`, whose dependencies' values are in `values`, built from scratch
+/// (what [`Publisher::publish`] keeps up to date file by file).
 pub fn report<'a>(
     files: impl Iterator<Item = FileView<'a>>,
     values: &dyn Snapshot,
     telemetry: &Telemetry,
 ) -> StatusReport {
-    let files: Vec<FileStatus> = files
-        .enumerate()
-        .map(|(id, f)| {
-            let (reason, last_error) = match f.status {
-                Status::Ok => (None, None),
-                Status::Pending => (Some("waiting for znodes to be read".to_owned()), None),
-                Status::Failed(failure) => {
-                    (Some(failure.kind.as_str().to_owned()), Some(failure.message.clone()))
-                }
-            };
-            let deps = f
-                .deps
-                .iter()
-                .map(|d| {
-                    let value = values.get(d);
-                    DepStatus {
-                        znode: d.znode.to_string(),
-                        kind: match d.kind {
-                            DepKind::Data => "data",
-                            DepKind::Children => "children",
-                        }
-                        .to_owned(),
-                        exists: value.map(|v| *v != Value::Missing),
-                        mzxid: value.and_then(Value::zxid),
-                        version: match value {
-                            Some(Value::Data { version, .. }) => Some(*version),
-                            Some(Value::Children { cversion, .. }) => Some(*cversion),
-                            _ => None,
-                        },
-                    }
-                })
-                .collect();
-            FileStatus {
-                dest: f.dest.display().to_string(),
-                state: f.status.as_str().to_owned(),
-                settled: f.settled,
-                reason,
-                last_error,
-                deps,
-                last_write: telemetry.last_write[id].map(unix_seconds),
-                stale_since: telemetry.stale_since[id].map(unix_seconds),
-                last_reload: telemetry.last_reload[id].clone(),
-                applied: telemetry.applied[id].clone(),
-                bundle: f.bundle.map(|dir| dir.display().to_string()),
-            }
-        })
-        .collect();
+    let files = files.enumerate().map(|(id, f)| file_status(id, f, values, telemetry)).collect();
+    assemble(files, telemetry)
+}
+
+/// The report of `files`, with readiness and the connection from `telemetry`.
+fn assemble(files: Vec<FileStatus>, telemetry: &Telemetry) -> StatusReport {
     let ready = files.iter().all(|f| f.settled);
     // Readiness is sticky (the files on disk are the last good ones); what is wrong since
     // shows as `degraded`: no ZooKeeper, or a file that does not match it.
@@ -334,8 +393,29 @@ pub fn report<'a>(
     }
 }
 
-/// One dependency and its value in `values`, as the report shows it (as [`report`] builds
-/// `deps`).
+/// File `id`, `f`, as the report shows it.
+fn file_status(id: TargetId, f: FileView<'_>, values: &dyn Snapshot, telemetry: &Telemetry) -> FileStatus {
+    let (reason, last_error) = match f.status {
+        Status::Ok => (None, None),
+        Status::Pending => (Some("waiting for znodes to be read".to_owned()), None),
+        Status::Failed(failure) => (Some(failure.kind.as_str().to_owned()), Some(failure.message.clone())),
+    };
+    FileStatus {
+        dest: f.dest.display().to_string(),
+        state: f.status.as_str().to_owned(),
+        settled: f.settled,
+        reason,
+        last_error,
+        deps: f.deps.iter().map(|d| dep_status(d, values)).collect(),
+        last_write: telemetry.last_write[id].map(unix_seconds),
+        stale_since: telemetry.stale_since[id].map(unix_seconds),
+        last_reload: telemetry.last_reload[id].clone(),
+        applied: telemetry.applied[id].clone(),
+        bundle: f.bundle.map(|dir| dir.display().to_string()),
+    }
+}
+
+/// One dependency and its value in `values`, as the report shows it.
 fn dep_status(d: &Dep, values: &dyn Snapshot) -> DepStatus {
     let value = values.get(d);
     DepStatus {
@@ -441,9 +521,11 @@ mod tests {
         let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
         let failed = |kind| Status::Failed(Failure { kind, message: "writing /y: denied".into() });
         let (denied, render) = (failed(FailureKind::Permission), failed(FailureKind::Render));
-        t.track_staleness(two(&denied, &deps).into_iter(), at(10));
+        assert_eq!(t.refresh(|id| two(&denied, &deps)[id], at(10)), [0, 1], "all touched at first");
+        assert!(t.ready());
         // Another failure later (a retry, or now a render error): still stale since the first.
-        t.track_staleness(two(&render, &deps).into_iter(), at(15));
+        t.touch(1);
+        assert_eq!(t.refresh(|id| two(&render, &deps)[id], at(15)), [1]);
         assert_eq!(t.stale_for(1, at(25)), Some(Duration::from_secs(15)));
         assert_eq!(t.stale_for(0, at(25)), None);
         let r = report(two(&render, &deps).into_iter(), &values, &t);
@@ -452,7 +534,11 @@ mod tests {
             r.stale().map(|f| (f.dest.as_str(), f.reason.as_deref(), f.stale_since)).collect();
         assert_eq!(stale, [("/y", Some("render"), Some(10.0))]);
 
-        t.track_staleness(two(&Status::Ok, &deps).into_iter(), at(30));
+        // Untouched, a file is not looked at.
+        assert!(t.refresh(|id| two(&Status::Ok, &deps)[id], at(30)).is_empty());
+        assert_eq!(t.stale_for(1, at(31)), Some(Duration::from_secs(21)));
+        t.on_result(1, true, true, at(30));
+        t.refresh(|id| two(&Status::Ok, &deps)[id], at(30));
         assert_eq!(t.stale_for(1, at(31)), None);
         let r = report(two(&Status::Ok, &deps).into_iter(), &values, &t);
         assert!(r.ready && !r.degraded && r.stale().next().is_none());
@@ -462,22 +548,84 @@ mod tests {
     async fn a_burst_publishes_once_per_interval_but_readiness_at_once() {
         let (tx, rx) = watch::channel(Arc::new(StatusReport::default()));
         let mut p = Publisher::new(Some(tx));
-        let t = Telemetry::new(1, "h");
+        let mut t = Telemetry::new(1, "h");
         let deps = BTreeSet::new();
         let values = Values(HashMap::new());
-        let view = |settled| {
-            [FileView { dest: Path::new("/x"), status: &Status::Pending, settled, deps: &deps, bundle: None }]
+        let view = |settled| FileView {
+            dest: Path::new("/x"),
+            status: &Status::Pending,
+            settled,
+            deps: &deps,
+            bundle: None,
         };
-        p.publish(view(false).into_iter(), &values, &t, false);
+        let mut publish = |p: &mut Publisher, settled: bool| {
+            t.touch(0);
+            let touched = t.refresh(|_| view(settled), SystemTime::now());
+            p.publish(&touched, |_| view(settled), &values, &t, false);
+        };
+        publish(&mut p, false);
         assert!(p.due().is_none());
         let first = rx.borrow().clone();
-        p.publish(view(false).into_iter(), &values, &t, false);
+        publish(&mut p, false);
         assert!(Arc::ptr_eq(&first, &rx.borrow()), "held back within the interval");
         assert_eq!(p.due(), Some(Instant::now() + Publisher::INTERVAL));
-        p.publish(view(true).into_iter(), &values, &t, false);
+        publish(&mut p, true);
         assert!(rx.borrow().ready, "readiness goes out at once");
         tokio::time::advance(Publisher::INTERVAL).await;
-        p.publish(view(true).into_iter(), &values, &t, false);
+        publish(&mut p, true);
         assert!(p.due().is_none());
+    }
+
+    /// The published report, kept up to date file by file from what was touched, equals the
+    /// report built from scratch, and readiness follows the settled count.
+    #[tokio::test(start_paused = true)]
+    async fn the_kept_report_equals_one_built_from_scratch() {
+        let (tx, rx) = watch::channel(Arc::new(StatusReport::default()));
+        let mut p = Publisher::new(Some(tx));
+        let mut t = Telemetry::new(3, "h");
+        t.on_connection(Connection::Connected);
+        let deps = BTreeSet::from([dep("/a"), dep("/b")]);
+        let mut values = Values(HashMap::new());
+        let failed = Status::Failed(Failure { kind: FailureKind::Io, message: "disk".into() });
+        let dests = [Path::new("/x"), Path::new("/y"), Path::new("/z")];
+        let mut state = [(Status::Pending, false), (Status::Pending, false), (Status::Pending, false)];
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        // Each step: which file changes, to what, and its dependency's new value.
+        let steps = [
+            (0, Status::Ok, true, 1),
+            (1, failed.clone(), false, 2),
+            (2, Status::Ok, true, 3),
+            (1, Status::Ok, true, 4),
+            (0, failed.clone(), true, 5),
+        ];
+        for (i, (id, status, settled, version)) in steps.into_iter().enumerate() {
+            state[id] = (status, settled);
+            values.0.insert(dep("/a"), Value::Data { data: vec![], version, mzxid: i64::from(version) });
+            // The value changed for every file (each reads /a): all three are touched.
+            (0..3).for_each(|f| t.on_change(f, Instant::now()));
+            t.on_result(id, true, true, at);
+            let views = |f: TargetId| FileView {
+                dest: dests[f],
+                status: &state[f].0,
+                settled: state[f].1,
+                deps: &deps,
+                bundle: None,
+            };
+            let touched = t.refresh(views, at);
+            p.publish(&touched, views, &values, &t, true);
+            let full = report((0..3).map(views), &values, &t);
+            let kept = rx.borrow().clone();
+            assert_eq!(
+                serde_json::to_value(&*kept).unwrap(),
+                serde_json::to_value(&full).unwrap(),
+                "step {i}"
+            );
+            assert_eq!(
+                kept.files.iter().map(|f| f.applied.clone()).collect::<Vec<_>>(),
+                full.files.iter().map(|f| f.applied.clone()).collect::<Vec<_>>()
+            );
+            assert_eq!(t.ready(), full.ready, "step {i}");
+        }
+        assert!(rx.borrow().ready && rx.borrow().degraded, "all settled, /x stale");
     }
 }
