@@ -10,8 +10,8 @@
 //!   read per set would take the server's time from the writer for values that are stale on
 //!   arrival. The read after the pause returns the latest value, so the final one is still
 //!   read, at most `READ_GAP` later; changes further apart than that are read at once. The
-//!   pause holds no file back (no read is announced during it), so the value already read
-//!   is rendered and installed meanwhile.
+//!   read is announced before the pause: from the moment the watch fired the value known is stale,
+//!   so the snapshot rule below holds its files back during the pause too.
 //! - A missing znode is a value ([`Value::Missing`]) watched with an exists-watch.
 //! - Disconnected is not expired. The client library restores every watch after a reconnect
 //!   within the session (SetWatches with the last zxid seen; the server fires whatever changed
@@ -134,12 +134,14 @@ async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
     // When the last read was answered: the next one waits until `READ_GAP` after it.
     let mut answered: Option<Instant> = None;
     loop {
+        // Announced before the pause: the value known is stale from the moment the watch
+        // fired, and a file reading it with another dependency must not render meanwhile.
+        if !Box::pin(announce(&ctx, &dep, &mut announced)).await {
+            return Ended::Stopped;
+        }
         if let Some(at) = answered.take()
             && !pause_until(&ctx, at + READ_GAP).await
         {
-            return Ended::Stopped;
-        }
-        if !Box::pin(announce(&ctx, &dep, &mut announced)).await {
             return Ended::Stopped;
         }
         let read = tokio::select! {
@@ -207,6 +209,10 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
         let mut answered: Option<Instant> = None;
         loop {
             if reread {
+                // Announced before the pause, as in one-shot mode.
+                if !Box::pin(announce(&ctx, &dep, &mut announced)).await {
+                    return Ended::Stopped;
+                }
                 if let Some(at) = answered.take() {
                     if !pause_until(&ctx, at + READ_GAP).await {
                         return Ended::Stopped;
@@ -219,9 +225,6 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
                             return Ended::SessionOver;
                         }
                     }
-                }
-                if !Box::pin(announce(&ctx, &dep, &mut announced)).await {
-                    return Ended::Stopped;
                 }
                 let read = tokio::select! {
                     _ = ctx.stop.cancelled() => return Ended::Stopped,
