@@ -5,6 +5,13 @@
 //! - A one-shot watch fires once. The task re-arms it with the same call that reads the new
 //!   value, so no change between the fire and the re-arm is lost: intermediate values may be
 //!   skipped, the latest never is.
+//! - Reads of one dependency are at least [`READ_GAP`] apart (from one answer to the next
+//!   request): under a burst of sets the watch fires again as soon as it is re-armed, and a
+//!   read per set would take the server's time from the writer for values that are stale on
+//!   arrival. The read after the pause returns the latest value, so the final one is still
+//!   read, at most `READ_GAP` later; changes further apart than that are read at once. The
+//!   read is announced before the pause: from the moment the watch fired the value known is stale,
+//!   so the snapshot rule below holds its files back during the pause too.
 //! - A missing znode is a value ([`Value::Missing`]) watched with an exists-watch.
 //! - Disconnected is not expired. The client library restores every watch after a reconnect
 //!   within the session (SetWatches with the last zxid seen; the server fires whatever changed
@@ -24,7 +31,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 use zookeeper_client as zk;
@@ -32,6 +41,11 @@ use zookeeper_client as zk;
 use super::{SourceError, SourceEvent};
 use crate::config::WatchMode;
 use crate::model::{Dep, DepKind, Update, Value};
+
+/// The least time from a read's answer to the next read of the same dependency (see the
+/// module's documentation): bounds the reads of a znode under a burst of sets to about one
+/// per `READ_GAP`, and delays nothing when changes are further apart.
+pub(super) const READ_GAP: Duration = Duration::from_millis(10);
 
 /// What every watch task of a session shares (one allocation for all of them).
 pub(super) struct Shared {
@@ -117,8 +131,17 @@ async fn bounded<T>(
 async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
     let mut backoff = Backoff::new();
     let mut announced = false;
+    // When the last read was answered: the next one waits until `READ_GAP` after it.
+    let mut answered: Option<Instant> = None;
     loop {
+        // Announced before the pause: the value known is stale from the moment the watch
+        // fired, and a file reading it with another dependency must not render meanwhile.
         if !Box::pin(announce(&ctx, &dep, &mut announced)).await {
+            return Ended::Stopped;
+        }
+        if let Some(at) = answered.take()
+            && !pause_until(&ctx, at + READ_GAP).await
+        {
             return Ended::Stopped;
         }
         let read = tokio::select! {
@@ -140,6 +163,7 @@ async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
         };
         backoff.reset();
         announced = false;
+        answered = Some(Instant::now());
         if !Box::pin(send(&ctx, &dep, value)).await {
             return Ended::Stopped;
         }
@@ -182,10 +206,25 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
         // reconnect the library reports a still-missing node as deleted again).
         let mut missing = false;
         let mut announced = false;
+        let mut answered: Option<Instant> = None;
         loop {
             if reread {
+                // Announced before the pause, as in one-shot mode.
                 if !Box::pin(announce(&ctx, &dep, &mut announced)).await {
                     return Ended::Stopped;
+                }
+                if let Some(at) = answered.take() {
+                    if !pause_until(&ctx, at + READ_GAP).await {
+                        return Ended::Stopped;
+                    }
+                    // Events queued until now are answered by the read about to be sent (the
+                    // server sends an event before any answer that shows its change): one read
+                    // for all of them, not one each.
+                    while let Some(event) = watcher.changed().now_or_never() {
+                        if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
+                            return Ended::SessionOver;
+                        }
+                    }
                 }
                 let read = tokio::select! {
                     _ = ctx.stop.cancelled() => return Ended::Stopped,
@@ -195,6 +234,7 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
                     Ok(value) => {
                         backoff.reset();
                         announced = false;
+                        answered = Some(Instant::now());
                         missing = matches!(value, Value::Missing);
                         if !Box::pin(send(&ctx, &dep, value)).await {
                             return Ended::Stopped;
@@ -233,6 +273,17 @@ async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
                 zk::EventType::NodeDeleted => !missing,
             };
         }
+    }
+}
+
+/// Waits until `at` (at once when it has passed); false when cancelled meanwhile.
+async fn pause_until(ctx: &WatchCtx, at: Instant) -> bool {
+    if at <= Instant::now() {
+        return true;
+    }
+    tokio::select! {
+        _ = ctx.stop.cancelled() => false,
+        _ = tokio::time::sleep_until(at) => true,
     }
 }
 
