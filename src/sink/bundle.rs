@@ -422,26 +422,9 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::config::{FileSource, InstallMode, OnDelete};
-    use crate::model::ZnodePath;
 
     fn file(dir: &Path, path: &str) -> FileSpec {
-        FileSpec {
-            dest: dir.join(path),
-            source: FileSource::Raw { znode: ZnodePath::parse("/x").unwrap() },
-            mode: 0o640,
-            owner: None,
-            group: None,
-            on_delete: OnDelete::Keep,
-            check: None,
-            check_timeout: Duration::from_secs(10),
-            backup: false,
-            install: InstallMode::Atomic,
-            allow_empty: false,
-            rollback: false,
-            allow_env: Vec::new(),
-            reload: None,
-        }
+        FileSpec { mode: 0o640, ..crate::sink::tests::spec(&dir.join(path)) }
     }
 
     fn bundle(dir: &Path, paths: &[&str]) -> BundleSpec {

@@ -720,7 +720,8 @@ mod tests {
     use std::time::Instant;
     use tempfile::TempDir;
 
-    fn spec(dest: &Path) -> FileSpec {
+    /// A raw file at `dest` with every option at its default (also `sink::bundle`'s tests').
+    pub(super) fn spec(dest: &Path) -> FileSpec {
         FileSpec {
             rollback: false,
             allow_env: Vec::new(),
