@@ -37,17 +37,12 @@ impl Checker<'_> {
         let check_timeout =
             self.positive_duration(at, "check_timeout", raw.check_timeout.as_ref(), DEFAULT_CHECK_TIMEOUT);
         let reload = raw.reload.as_ref().and_then(|reload| self.reload(at, reload));
-        let rollback = raw.rollback.as_ref().is_some_and(|rollback| {
-            if *rollback.get_ref() && raw.reload.is_none() {
-                self.problem(
-                    at,
-                    "rollback",
-                    rollback.span(),
-                    "rollback = true needs a [bundle.reload]: it swaps ..data back when the reload fails",
-                );
-            }
-            *rollback.get_ref()
-        });
+        let rollback = self.rollback(
+            at,
+            raw.rollback.as_ref(),
+            raw.reload.is_some(),
+            "rollback = true needs a [bundle.reload]: it swaps ..data back when the reload fails",
+        );
         if raw.files.is_empty() {
             self.problem(at, "", spanned.span(), "a bundle needs at least one [[bundle.file]]");
         }

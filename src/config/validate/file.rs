@@ -90,18 +90,12 @@ impl Checker<'_> {
             Some(RawInstallMode::InPlace) => InstallMode::InPlace,
         };
         let reload = raw.reload.as_ref().and_then(|reload| self.reload(at, reload));
-        let rollback = raw.rollback.as_ref().is_some_and(|rollback| {
-            // Checked against the raw table: a `[file.reload]` with problems has its own.
-            if *rollback.get_ref() && raw.reload.is_none() {
-                self.problem(
-                    at,
-                    "rollback",
-                    rollback.span(),
-                    "rollback = true needs a [file.reload]: it restores the previous file when the reload fails",
-                );
-            }
-            *rollback.get_ref()
-        });
+        let rollback = self.rollback(
+            at,
+            raw.rollback.as_ref(),
+            raw.reload.is_some(),
+            "rollback = true needs a [file.reload]: it restores the previous file when the reload fails",
+        );
         let allow_env = raw.allow_env.as_ref().map(|names| self.env_names(at, names)).unwrap_or_default();
         if let Some(FileSource::Template(template)) = &source {
             self.template(at, raw, template, &allow_env);
@@ -140,6 +134,23 @@ impl Checker<'_> {
     }
 
     /// `allow_env`: the valid names, in config order; each bad one is reported.
+    /// `rollback` of a `[[file]]` or `[[bundle]]`: true needs a reload table, else `missing`
+    /// is reported. Checked against the raw table: a reload table with problems has its own.
+    pub(super) fn rollback(
+        &mut self,
+        at: At<'_>,
+        raw: Option<&Spanned<bool>>,
+        has_reload: bool,
+        missing: &str,
+    ) -> bool {
+        raw.is_some_and(|rollback| {
+            if *rollback.get_ref() && !has_reload {
+                self.problem(at, "rollback", rollback.span(), missing);
+            }
+            *rollback.get_ref()
+        })
+    }
+
     fn env_names(&mut self, at: At<'_>, raw: &Spanned<Vec<Spanned<String>>>) -> Vec<String> {
         let mut names = Vec::with_capacity(raw.get_ref().len());
         for name in raw.get_ref() {
