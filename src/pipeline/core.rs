@@ -219,6 +219,15 @@ impl Core {
         &self.bundles
     }
 
+    /// The files written, checked and reloaded as one with file `id`: its bundle's members,
+    /// or `id` alone (none for an id out of range, e.g. from before a config reload).
+    pub fn unit_of(&self, id: TargetId) -> std::ops::Range<TargetId> {
+        match self.targets.get(id) {
+            Some(t) => t.bundle.map_or(id..id + 1, |b| self.bundles[b].members.clone()),
+            None => id..id,
+        }
+    }
+
     /// The store, to change it. Renders release their share before [`Core::plan`] returns,
     /// so this copies nothing (a copy would still be correct, only slow).
     fn store_mut(&mut self) -> &mut Store {

@@ -337,9 +337,9 @@ async fn run_cycle(
                 metrics().files_written_total.inc();
             }
             // A bundle's check failure is one, not one per file.
-            let first_of_unit =
-                core.targets()[id].bundle.is_none_or(|b| core.bundles()[b].members.start == id);
-            if first_of_unit && failure.as_ref().is_some_and(|f| f.kind == FailureKind::CheckFailed) {
+            if core.unit_of(id).start == id
+                && failure.as_ref().is_some_and(|f| f.kind == FailureKind::CheckFailed)
+            {
                 metrics().check_failures_total.inc();
             }
             telemetry.on_result(id, changed, failure.is_none(), now);
@@ -375,10 +375,7 @@ async fn on_reload_outcome(
             if !rollback.is_empty() {
                 // Rolled back files (a bundle's: all its members) change status: report them.
                 for r in &rollback {
-                    match core.targets().get(r.id).and_then(|t| t.bundle) {
-                        Some(b) => core.bundles()[b].members.clone().for_each(|id| telemetry.touch(id)),
-                        None => telemetry.touch(r.id),
-                    }
+                    core.unit_of(r.id).for_each(|id| telemetry.touch(id));
                 }
                 install::roll_back(core, rollback, &error).await;
                 let _ = reloads.send(ReloadBatch::again(spec));
