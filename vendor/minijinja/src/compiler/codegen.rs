@@ -1047,6 +1047,8 @@ impl<'source> CodeGenerator<'source> {
         assert!(self.pending_block.is_empty());
         recycle_pending_block_buffer(mem::take(&mut self.pending_block));
         recycle_span_stack_buffer(mem::take(&mut self.span_stack));
+        // Compiled templates live as long as their environment: keep only what is used.
+        self.instructions.shrink_to_fit();
         (self.instructions, self.blocks)
     }
 }

@@ -313,6 +313,15 @@ impl<'source> Instructions<'source> {
         }
     }
 
+    /// Gives back the capacity reserved up front in [`Instructions::new`] that the
+    /// template did not use (most templates need far fewer than 256 instructions).
+    pub fn shrink_to_fit(&mut self) {
+        self.instructions.shrink_to_fit();
+        self.line_infos.shrink_to_fit();
+        #[cfg(feature = "debug")]
+        self.span_infos.shrink_to_fit();
+    }
+
     /// Returns the name of the template.
     pub fn name(&self) -> &'source str {
         self.name
