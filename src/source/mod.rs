@@ -28,9 +28,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use zookeeper_client as zk;
@@ -328,9 +327,6 @@ enum SessionEnd {
     Fatal(SourceError),
 }
 
-/// A watch loop as the session polls it; `Err` when it panicked.
-type WatchLoop = Pin<Box<dyn Future<Output = std::thread::Result<watch::Ended>> + Send>>;
-
 /// One session's watch loops.
 ///
 /// They are polled in ONE task (the source's), through a `FuturesUnordered`, which polls
@@ -346,9 +342,10 @@ struct Session {
     /// The client, channel and settings every watch task of this session uses.
     shared: Arc<watch::Shared>,
     stop: CancellationToken,
-    tasks: FuturesUnordered<WatchLoop>,
-    /// Per dependency: its task's cancel token and resync trigger.
-    watching: HashMap<Dep, (CancellationToken, Arc<Notify>)>,
+    /// The watch loops, one per dependency, and the report and snapshot reads beside them.
+    tasks: FuturesUnordered<CatchUnwind>,
+    /// Per dependency: how to stop its loop or make it re-read.
+    watching: HashMap<Dep, Arc<watch::Ctl>>,
 }
 
 impl Session {
@@ -375,22 +372,21 @@ impl Session {
         if self.watching.contains_key(&dep) {
             return;
         }
-        let stop = self.stop.child_token();
-        let poke = Arc::new(Notify::new());
-        let ctx = watch::WatchCtx { shared: self.shared.clone(), stop: stop.clone(), poke: poke.clone() };
-        self.watching.insert(dep.clone(), (stop, poke));
-        self.tasks.push(Box::pin(AssertUnwindSafe(watch::run(ctx, dep)).catch_unwind()));
+        let ctl = Arc::new(watch::Ctl::default());
+        let ctx = watch::WatchCtx { shared: self.shared.clone(), ctl: ctl.clone() };
+        self.watching.insert(dep.clone(), ctl);
+        self.tasks.push(CatchUnwind(watch::run(ctx, dep)));
     }
 
     /// Runs the report task ([`report::keep`]) beside the watch loops, polled with them.
     fn keep_report(&mut self, report: report::Report, authenticated: bool, claimed: bool) {
         let keep = report::keep(self.shared.clone(), report, authenticated, claimed, self.stop.child_token());
-        self.tasks.push(Box::pin(AssertUnwindSafe(keep).catch_unwind()));
+        self.tasks.push(CatchUnwind(Box::pin(keep)));
     }
 
     fn unwatch(&mut self, dep: &Dep) {
-        if let Some((stop, _)) = self.watching.remove(dep) {
-            stop.cancel();
+        if let Some(ctl) = self.watching.remove(dep) {
+            ctl.stop();
         }
     }
 
@@ -430,12 +426,12 @@ impl Session {
                             }
                             watch::Ended::Stopped
                         };
-                        self.tasks.push(Box::pin(AssertUnwindSafe(read).catch_unwind()));
+                        self.tasks.push(CatchUnwind(Box::pin(read)));
                     }
                     Some(Command::Resync) => {
                         debug!(watches = self.watching.len(), "resync: re-reading every dependency");
-                        for (_, poke) in self.watching.values() {
-                            poke.notify_one();
+                        for ctl in self.watching.values() {
+                            ctl.poke();
                         }
                     }
                 },
@@ -468,7 +464,25 @@ impl Session {
 
     async fn shutdown(mut self) {
         self.stop.cancel();
+        for ctl in self.watching.values() {
+            ctl.stop();
+        }
         while self.tasks.next().await.is_some() {}
+    }
+}
+
+/// A boxed watch loop (or report, or snapshot read) whose panic becomes `Err`: the session
+/// replaces the client instead of the agent going down.
+struct CatchUnwind(watch::Loop);
+
+impl Future for CatchUnwind {
+    type Output = std::thread::Result<watch::Ended>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(ended)) => std::task::Poll::Ready(Ok(ended)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
     }
 }
 
