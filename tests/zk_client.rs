@@ -279,6 +279,39 @@ async fn reconnect_within_a_second_of_the_server_serving_again() {
     eprintln!("reconnected {took:?} after the server served again");
 }
 
+/// Patch 5: with the `tokio` feature the client's sockets and timers are tokio's, driven by
+/// the runtime it is used from: on a current-thread runtime the whole client runs on the
+/// test's thread, and async-io's reactor thread is never started. The session's ping ticker
+/// (an interval timer) must keep firing: idle for several session timeouts, the session stays.
+#[tokio::test]
+async fn the_client_runs_on_the_applications_tokio_runtime() {
+    let server = Server::start();
+    let client = connect(server.addr(), Duration::from_millis(1500), None).await;
+    let session = client.session_id();
+    create(&client, "/rt", b"a").await;
+    let (_, _, watcher) = client.get_and_watch_data("/rt").await.expect("read and watch /rt");
+    set(&client, "/rt", b"b").await;
+    let event = tokio::time::timeout(Duration::from_secs(10), watcher.changed()).await.expect("watch fired");
+    assert_eq!(event.event_type, EventType::NodeDataChanged);
+
+    // Idle for three session timeouts: only the pings keep the session.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let (data, _) = client.get_data("/rt").await.expect("read /rt after idling");
+    assert_eq!(data, b"b");
+    assert_eq!(client.session_id(), session, "the session must outlive idling (pings stopped?)");
+    assert_eq!(client.state(), SessionState::SyncConnected);
+
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .expect("list /proc/self/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    assert!(
+        !threads.iter().any(|name| name == "async-io"),
+        "async-io's reactor thread runs beside tokio's: {threads:?}"
+    );
+}
+
 /// Patch 4: only ring is compiled in (zookeeper-client's `ring` feature, its default
 /// `aws-lc-rs` off). TLS against a real server with ring alone is tests/tls.rs.
 #[test]

@@ -10,7 +10,6 @@ use std::pin::pin;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use async_io::Timer;
 use asyncs::{select, sync};
 use futures::channel::mpsc;
 use futures::{AsyncWriteExt, StreamExt};
@@ -19,6 +18,7 @@ use tracing::field::display;
 use tracing::{debug, info, instrument, warn, Span};
 
 use self::connection::{AsyncReadToBuf, Connection, Connector};
+use crate::rt::Timer;
 pub use self::depot::Depot;
 use self::event::WatcherEvent;
 pub use self::request::{
