@@ -4,13 +4,18 @@
 //! `source` reports what ZooKeeper holds and `render`/`pipeline` decide what to write.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// An absolute, normalised znode path (`/a/b`, or `/` for the root).
 ///
 /// Built only through [`ZnodePath::parse`] or [`ZnodePath::resolve`], so every value in the
 /// program is valid: starts with `/`, no empty or `.`/`..` components, no trailing slash.
+///
+/// Shared, not copied: a clone is a reference count, so the many places that name one znode
+/// (its watch loop, the store's tables, every file's dependency set, the status report) hold
+/// one allocation between them, and recording what a render read allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ZnodePath(String);
+pub struct ZnodePath(Arc<str>);
 
 /// Why a string is not a usable znode path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,7 +35,7 @@ pub enum ZnodePathError {
 impl ZnodePath {
     /// The root znode, `/`.
     pub fn root() -> Self {
-        ZnodePath("/".to_owned())
+        ZnodePath(Arc::from("/"))
     }
 
     /// Parses an absolute path. A trailing `/` is dropped (`/a/` is `/a`).
@@ -52,7 +57,7 @@ impl ZnodePath {
                 _ => {}
             }
         }
-        Ok(ZnodePath(trimmed.to_owned()))
+        Ok(ZnodePath(Arc::from(trimmed)))
     }
 
     /// Resolves `s` against `prefix` when it is relative (no leading `/`).

@@ -90,8 +90,8 @@ impl Store {
 }
 
 impl Snapshot for Store {
-    fn get(&self, dep: &Dep) -> Option<&Value> {
-        self.values.get(dep)
+    fn entry(&self, dep: &Dep) -> Option<(&Dep, &Value)> {
+        self.values.get_key_value(dep)
     }
 }
 

@@ -62,8 +62,15 @@ use crate::model::{Dep, Value, ZnodePath};
 
 /// The values known so far. `None` means "not read yet" (not "missing": that is `Value::Missing`).
 pub trait Snapshot {
+    /// The dependency as the snapshot holds it and the last value read for it, or `None` if
+    /// it has not been read yet. A render records the snapshot's own `Dep` (its path is shared,
+    /// see [`ZnodePath`](crate::model::ZnodePath)) rather than the one it just parsed.
+    fn entry(&self, dep: &Dep) -> Option<(&Dep, &Value)>;
+
     /// The last value read for `dep`, or `None` if it has not been read yet.
-    fn get(&self, dep: &Dep) -> Option<&Value>;
+    fn get(&self, dep: &Dep) -> Option<&Value> {
+        self.entry(dep).map(|(_, value)| value)
+    }
 }
 
 /// Why a template could not be compiled or rendered. Names the template and, when
@@ -316,13 +323,16 @@ impl Object for Scope {}
 impl Scope {
     /// Records `dep` and returns its value; `None` (not read yet) marks the pass as pending.
     fn read(&self, dep: &Dep) -> Option<&Value> {
-        let value = self.snapshot.get(dep);
-        if value.is_none() {
-            self.unknown.store(true, Ordering::Relaxed);
-        }
+        let (known, value) = match self.snapshot.entry(dep) {
+            Some((known, value)) => (known, Some(value)),
+            None => {
+                self.unknown.store(true, Ordering::Relaxed);
+                (dep, None)
+            }
+        };
         let mut deps = self.deps.lock().unwrap_or_else(PoisonError::into_inner);
-        if !deps.contains(dep) {
-            deps.insert(dep.clone());
+        if !deps.contains(known) {
+            deps.insert(known.clone());
         }
         value
     }
@@ -695,8 +705,8 @@ mod tests {
     }
 
     impl Snapshot for Snap {
-        fn get(&self, dep: &Dep) -> Option<&Value> {
-            self.0.get(dep)
+        fn entry(&self, dep: &Dep) -> Option<(&Dep, &Value)> {
+            self.0.get_key_value(dep)
         }
     }
 

@@ -446,8 +446,8 @@ mod tests {
     struct Values(HashMap<Dep, Value>);
 
     impl Snapshot for Values {
-        fn get(&self, dep: &Dep) -> Option<&Value> {
-            self.0.get(dep)
+        fn entry(&self, dep: &Dep) -> Option<(&Dep, &Value)> {
+            self.0.get_key_value(dep)
         }
     }
 
