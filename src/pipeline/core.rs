@@ -126,6 +126,9 @@ pub struct Core {
     in_flight: BTreeSet<Dep>,
     /// `[[bundle]]`s; their files are the targets after the `[[file]]`s.
     bundles: Vec<Bundle>,
+    /// The files with a retry scheduled (`Target::retry_at`): what [`Core::next_retry`] and
+    /// [`Core::start_due_retries`] look at, so that neither walks every file after each cycle.
+    retrying: BTreeSet<TargetId>,
 }
 
 impl Core {
@@ -211,7 +214,14 @@ impl Core {
             })
             .collect();
         let dirty = (0..targets.len()).collect();
-        Ok(Core { targets, store: Arc::default(), dirty, in_flight: BTreeSet::new(), bundles })
+        Ok(Core {
+            targets,
+            store: Arc::default(),
+            dirty,
+            in_flight: BTreeSet::new(),
+            bundles,
+            retrying: BTreeSet::new(),
+        })
     }
 
     /// The `[[bundle]]`s, in config order.
@@ -543,7 +553,9 @@ impl Core {
         let store: &Arc<Store> = snapshot.unwrap_or(&self.store);
         let target = &mut self.targets[id];
         // Whatever this render leads to supersedes a retry that was waiting.
-        target.retry_at = None;
+        if target.retry_at.take().is_some() {
+            self.retrying.remove(&id);
+        }
         let (mut deps, outcome) = match &target.producer {
             Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(store, dep)),
             Producer::Template(t) => {
@@ -586,7 +598,9 @@ impl Core {
                 target.status = Status::Ok;
                 target.settled_once = true;
                 target.failed_attempts = 0;
-                target.retry_at = None;
+                if target.retry_at.take().is_some() {
+                    self.retrying.remove(&id);
+                }
             }
             Err(f) => {
                 target.status = Status::Failed(f.clone());
@@ -607,6 +621,7 @@ impl Core {
             && failure.kind.is_io()
         {
             target.retry_at = Some(now + retry::delay(target.failed_attempts, jitter));
+            self.retrying.insert(id);
             if let Some(b) = target.bundle {
                 // A `commit` bundle renders again for the retry without a new commit.
                 self.bundles[b].armed = true;
@@ -616,20 +631,23 @@ impl Core {
 
     /// When the earliest waiting retry is due, if any.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.targets.iter().filter_map(|t| t.retry_at).min()
+        self.retrying.iter().filter_map(|&id| self.targets[id].retry_at).min()
     }
 
     /// Marks every file whose retry is due at `now` for the next plan. True if there was one.
     pub fn start_due_retries(&mut self, now: Instant) -> bool {
-        let mut any = false;
-        for (id, target) in self.targets.iter_mut().enumerate() {
-            if target.retry_at.is_some_and(|at| at <= now) {
-                target.retry_at = None;
-                self.dirty.insert(id);
-                any = true;
-            }
+        let due: Vec<TargetId> = self
+            .retrying
+            .iter()
+            .copied()
+            .filter(|&id| self.targets[id].retry_at.is_some_and(|at| at <= now))
+            .collect();
+        for &id in &due {
+            self.targets[id].retry_at = None;
+            self.retrying.remove(&id);
+            self.dirty.insert(id);
         }
-        any
+        !due.is_empty()
     }
 
     /// Failed attempts of file `id` since it was last up to date (for the recovery log).
