@@ -78,6 +78,11 @@ impl ZnodePath {
         &self.0
     }
 
+    /// The path's text, shared (a reference count, not a copy).
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+
     /// `self` with `child` appended as one more component.
     pub fn join(&self, child: &str) -> Result<Self, ZnodePathError> {
         Self::parse(&format!("{}/{}", self.0.trim_end_matches('/'), child))

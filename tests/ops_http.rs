@@ -174,7 +174,8 @@ async fn status_json_round_trips_into_the_report() {
         exists: Some(true),
         mzxid: Some(0x1a),
         version: Some(3),
-    }];
+    }]
+    .into();
     report.files[0].last_write = Some(1_700_000_000.25);
     report.files[0].last_reload =
         Some(ReloadStatus { outcome: "ok".into(), at: 1_700_000_001.0, error: None });

@@ -187,7 +187,7 @@ fn applied(d: &DepStatus) -> Applied {
     let missing = d.exists == Some(false);
     let zxid = if missing { None } else { d.mzxid };
     Applied {
-        znode: d.znode.clone(),
+        znode: d.znode.to_string(),
         children,
         mzxid: if children { None } else { zxid },
         pzxid: if children { zxid } else { None },
@@ -281,7 +281,7 @@ mod tests {
     use crate::status::ReloadStatus;
 
     fn dep(znode: &str, kind: &str, exists: Option<bool>, mzxid: Option<i64>) -> DepStatus {
-        DepStatus { znode: znode.into(), kind: kind.into(), exists, mzxid, version: None }
+        DepStatus { znode: znode.into(), kind: kind.to_owned().into(), exists, mzxid, version: None }
     }
 
     #[test]
@@ -342,7 +342,7 @@ mod tests {
             dest: "/etc/a.conf".into(),
             state: "ok".into(),
             settled: true,
-            deps: vec![dep("/a", "data", Some(true), Some(9))],
+            deps: vec![dep("/a", "data", Some(true), Some(9))].into(),
             applied: Some(
                 vec![
                     dep("/a", "data", Some(true), Some(7)),

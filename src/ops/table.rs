@@ -69,7 +69,7 @@ pub fn render_table(report: &StatusReport, now_unix: f64) -> String {
     push_row(&mut out, &header.map(str::to_owned), &widths);
     for (row, file) in rows.iter().zip(&report.files) {
         push_row(&mut out, row, &widths);
-        for dep in &file.deps {
+        for dep in file.deps.iter() {
             let _ = writeln!(out, "    {}", dep_line(dep));
         }
     }
@@ -115,7 +115,7 @@ fn file_row(file: &FileStatus, now_unix: f64) -> [String; 5] {
 
 /// `/db/url  mzxid=0x1a  version=3`, `/svc/nodes (children)  ...`, `/db/pass  missing`.
 fn dep_line(dep: &DepStatus) -> String {
-    let mut line = dep.znode.clone();
+    let mut line = dep.znode.to_string();
     if dep.kind == "children" {
         line.push_str(" (children)");
     }
@@ -262,7 +262,8 @@ mod tests {
                             exists: Some(false),
                             ..Default::default()
                         },
-                    ],
+                    ]
+                    .into(),
                     ..Default::default()
                 },
                 FileStatus {
@@ -279,7 +280,8 @@ mod tests {
                         znode: "/svc".into(),
                         kind: "children".into(),
                         ..Default::default()
-                    }],
+                    }]
+                    .into(),
                     ..Default::default()
                 },
             ],

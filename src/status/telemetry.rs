@@ -419,12 +419,12 @@ fn file_status(id: TargetId, f: FileView<'_>, values: &dyn Snapshot, telemetry: 
 fn dep_status(d: &Dep, values: &dyn Snapshot) -> DepStatus {
     let value = values.get(d);
     DepStatus {
-        znode: d.znode.to_string(),
+        znode: d.znode.shared(),
         kind: match d.kind {
             DepKind::Data => "data",
             DepKind::Children => "children",
         }
-        .to_owned(),
+        .into(),
         exists: value.map(|v| *v != Value::Missing),
         mzxid: value.and_then(Value::zxid),
         version: match value {
