@@ -133,7 +133,6 @@ impl Checker<'_> {
         }
     }
 
-    /// `allow_env`: the valid names, in config order; each bad one is reported.
     /// `rollback` of a `[[file]]` or `[[bundle]]`: true needs a reload table, else `missing`
     /// is reported. Checked against the raw table: a reload table with problems has its own.
     pub(super) fn rollback(
@@ -151,6 +150,7 @@ impl Checker<'_> {
         })
     }
 
+    /// `allow_env`: the valid names, in config order; each bad one is reported.
     fn env_names(&mut self, at: At<'_>, raw: &Spanned<Vec<Spanned<String>>>) -> Vec<String> {
         let mut names = Vec::with_capacity(raw.get_ref().len());
         for name in raw.get_ref() {
