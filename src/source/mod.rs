@@ -24,10 +24,11 @@ mod watch;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+use futures_util::future::CatchUnwind;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -343,7 +344,7 @@ struct Session {
     shared: Arc<watch::Shared>,
     stop: CancellationToken,
     /// The watch loops, one per dependency, and the report and snapshot reads beside them.
-    tasks: FuturesUnordered<CatchUnwind>,
+    tasks: FuturesUnordered<Guarded>,
     /// Per dependency: how to stop its loop or make it re-read.
     watching: HashMap<Dep, Arc<watch::Ctl>>,
 }
@@ -375,13 +376,13 @@ impl Session {
         let ctl = Arc::new(watch::Ctl::default());
         let ctx = watch::WatchCtx { shared: self.shared.clone(), ctl: ctl.clone() };
         self.watching.insert(dep.clone(), ctl);
-        self.tasks.push(CatchUnwind(watch::run(ctx, dep)));
+        self.tasks.push(guarded(watch::run(ctx, dep)));
     }
 
     /// Runs the report task ([`report::keep`]) beside the watch loops, polled with them.
     fn keep_report(&mut self, report: report::Report, authenticated: bool, claimed: bool) {
         let keep = report::keep(self.shared.clone(), report, authenticated, claimed, self.stop.child_token());
-        self.tasks.push(CatchUnwind(Box::pin(keep)));
+        self.tasks.push(guarded(Box::pin(keep)));
     }
 
     fn unwatch(&mut self, dep: &Dep) {
@@ -426,7 +427,7 @@ impl Session {
                             }
                             watch::Ended::Stopped
                         };
-                        self.tasks.push(CatchUnwind(Box::pin(read)));
+                        self.tasks.push(guarded(Box::pin(read)));
                     }
                     Some(Command::Resync) => {
                         debug!(watches = self.watching.len(), "resync: re-reading every dependency");
@@ -473,17 +474,10 @@ impl Session {
 
 /// A boxed watch loop (or report, or snapshot read) whose panic becomes `Err`: the session
 /// replaces the client instead of the agent going down.
-struct CatchUnwind(watch::Loop);
+type Guarded = CatchUnwind<AssertUnwindSafe<watch::Loop>>;
 
-impl Future for CatchUnwind {
-    type Output = std::thread::Result<watch::Ended>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(ended)) => std::task::Poll::Ready(Ok(ended)),
-            Err(panic) => std::task::Poll::Ready(Err(panic)),
-        }
-    }
+fn guarded(task: watch::Loop) -> Guarded {
+    AssertUnwindSafe(task).catch_unwind()
 }
 
 #[cfg(test)]

@@ -112,34 +112,34 @@ impl Ctl {
 
     /// Resolves once the loop is stopped.
     async fn stopped(&self) {
-        poll_fn(|cx| {
-            if self.flags.load(Ordering::Acquire) & Self::STOP != 0 {
-                return Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            // Set between the load and the registration: its wake found no waker.
-            if self.flags.load(Ordering::Acquire) & Self::STOP != 0 { Poll::Ready(()) } else { Poll::Pending }
-        })
-        .await;
+        self.first(|flags| (flags & Self::STOP != 0).then_some(())).await;
     }
 
     /// Resolves when the loop is stopped or poked (the poke is consumed).
     async fn signalled(&self) -> Signal {
-        poll_fn(|cx| {
-            for registered in [false, true] {
-                let flags = self.flags.load(Ordering::Acquire);
-                if flags & Self::STOP != 0 {
-                    return Poll::Ready(Signal::Stop);
-                }
-                if flags & Self::POKE != 0 {
-                    self.flags.fetch_and(!Self::POKE, Ordering::AcqRel);
-                    return Poll::Ready(Signal::Poke);
-                }
-                if !registered {
-                    self.waker.register(cx.waker());
-                }
+        self.first(|flags| {
+            if flags & Self::STOP != 0 {
+                Some(Signal::Stop)
+            } else if flags & Self::POKE != 0 {
+                self.flags.fetch_and(!Self::POKE, Ordering::AcqRel);
+                Some(Signal::Poke)
+            } else {
+                None
             }
-            Poll::Pending
+        })
+        .await
+    }
+
+    /// Resolves with the first `Some` that `check` makes of the flags, woken by
+    /// [`Ctl::stop`] and [`Ctl::poke`]. The flags are looked at again after the waker is
+    /// registered: one set in between woke no one.
+    async fn first<T>(&self, check: impl Fn(u8) -> Option<T>) -> T {
+        poll_fn(|cx| {
+            if let Some(found) = check(self.flags.load(Ordering::Acquire)) {
+                return Poll::Ready(found);
+            }
+            self.waker.register(cx.waker());
+            check(self.flags.load(Ordering::Acquire)).map_or(Poll::Pending, Poll::Ready)
         })
         .await
     }
