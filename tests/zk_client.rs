@@ -312,6 +312,62 @@ async fn the_client_runs_on_the_applications_tokio_runtime() {
     );
 }
 
+/// The first of `watchers` to fire: its index and event. A fired watcher is taken out (it must
+/// not be polled again).
+async fn first_fired(watchers: &mut [Option<zookeeper_client::OneshotWatcher>]) -> (usize, WatchedEvent) {
+    std::future::poll_fn(|cx| {
+        for (i, slot) in watchers.iter_mut().enumerate() {
+            if let Some(watcher) = slot
+                && let std::task::Poll::Ready(event) = watcher.poll_changed(cx)
+            {
+                *slot = None;
+                return std::task::Poll::Ready((i, event));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Patch 6: watchers polled by hand. An application that keeps thousands of watchers in
+/// its own state (zkrender keeps one per watched znode) polls them with `poll_changed` instead
+/// of holding a `changed()` future for each. Three one-shot watchers in one Vec, polled from
+/// one `poll_fn`: the one whose node changed fires, the others stay pending and still fire
+/// later. A persistent watcher polled the same way delivers every event in order.
+#[tokio::test]
+async fn watchers_can_be_polled_by_hand() {
+    let server = Server::start();
+    let client = connect(server.addr(), Duration::from_secs(10), None).await;
+    let mut watchers = Vec::new();
+    for name in ["/p0", "/p1", "/p2"] {
+        create(&client, name, b"a").await;
+        let (_, _, watcher) = client.get_and_watch_data(name).await.expect("read and watch");
+        watchers.push(Some(watcher));
+    }
+    set(&client, "/p1", b"b").await;
+    let (i, event) =
+        tokio::time::timeout(Duration::from_secs(10), first_fired(&mut watchers)).await.expect("fired");
+    assert_eq!((i, event.event_type, event.path.as_str()), (1, EventType::NodeDataChanged, "/p1"));
+    set(&client, "/p2", b"b").await;
+    let (i, event) =
+        tokio::time::timeout(Duration::from_secs(10), first_fired(&mut watchers)).await.expect("fired");
+    assert_eq!((i, event.path.as_str()), (2, "/p2"));
+    assert!(watchers[0].is_some() && watchers[1].is_none() && watchers[2].is_none());
+
+    let mut persistent = client.watch("/p0", AddWatchMode::Persistent).await.expect("add a persistent watch");
+    set(&client, "/p0", b"c").await;
+    set(&client, "/p0", b"d").await;
+    for _ in 0..2 {
+        let event = tokio::time::timeout(
+            Duration::from_secs(10),
+            std::future::poll_fn(|cx| persistent.poll_changed(cx)),
+        )
+        .await
+        .expect("persistent watch fired");
+        assert_eq!((event.event_type, event.path.as_str()), (EventType::NodeDataChanged, "/p0"));
+    }
+}
+
 /// Patch 4: only ring is compiled in (zookeeper-client's `ring` feature, its default
 /// `aws-lc-rs` off). TLS against a real server with ring alone is tests/tls.rs.
 #[test]

@@ -382,7 +382,7 @@ impl Session {
     /// Runs the report task ([`report::keep`]) beside the watch loops, polled with them.
     fn keep_report(&mut self, report: report::Report, authenticated: bool, claimed: bool) {
         let keep = report::keep(self.shared.clone(), report, authenticated, claimed, self.stop.child_token());
-        self.tasks.push(guarded(Box::pin(keep)));
+        self.tasks.push(guarded(watch::Loop::task(keep)));
     }
 
     fn unwatch(&mut self, dep: &Dep) {
@@ -427,7 +427,7 @@ impl Session {
                             }
                             watch::Ended::Stopped
                         };
-                        self.tasks.push(guarded(Box::pin(read)));
+                        self.tasks.push(guarded(watch::Loop::task(read)));
                     }
                     Some(Command::Resync) => {
                         debug!(watches = self.watching.len(), "resync: re-reading every dependency");

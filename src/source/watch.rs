@@ -1,5 +1,7 @@
 //! One watch loop per dependency (all of a session's polled in one task, see `Session`): read it,
-//! keep a watch on it, send every new value.
+//! keep a watch on it, send every new value. A loop is a small hand-polled [`Idle`] state while
+//! it waits for its watch (nearly all the time) and boxed `async` code while it reads (see
+//! [`Loop`]).
 //!
 //! ZooKeeper rules encoded here, each where it applies:
 //! - A one-shot watch fires once. The task re-arms it with the same call that reads the new
@@ -32,7 +34,7 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -112,12 +114,18 @@ impl Ctl {
 
     /// Resolves once the loop is stopped.
     async fn stopped(&self) {
-        self.first(|flags| (flags & Self::STOP != 0).then_some(())).await;
+        poll_fn(|cx| self.poll_first(cx, |flags| (flags & Self::STOP != 0).then_some(()))).await
     }
 
     /// Resolves when the loop is stopped or poked (the poke is consumed).
+    #[cfg(test)]
     async fn signalled(&self) -> Signal {
-        self.first(|flags| {
+        poll_fn(|cx| self.poll_signalled(cx)).await
+    }
+
+    /// Ready when the loop is stopped or poked (the poke is consumed).
+    fn poll_signalled(&self, cx: &mut Context<'_>) -> Poll<Signal> {
+        self.poll_first(cx, |flags| {
             if flags & Self::STOP != 0 {
                 Some(Signal::Stop)
             } else if flags & Self::POKE != 0 {
@@ -127,21 +135,17 @@ impl Ctl {
                 None
             }
         })
-        .await
     }
 
-    /// Resolves with the first `Some` that `check` makes of the flags, woken by
-    /// [`Ctl::stop`] and [`Ctl::poke`]. The flags are looked at again after the waker is
-    /// registered: one set in between woke no one.
-    async fn first<T>(&self, check: impl Fn(u8) -> Option<T>) -> T {
-        poll_fn(|cx| {
-            if let Some(found) = check(self.flags.load(Ordering::Acquire)) {
-                return Poll::Ready(found);
-            }
-            self.waker.register(cx.waker());
-            check(self.flags.load(Ordering::Acquire)).map_or(Poll::Pending, Poll::Ready)
-        })
-        .await
+    /// Ready with the first `Some` that `check` makes of the flags, woken by [`Ctl::stop`]
+    /// and [`Ctl::poke`]. The flags are looked at again after the waker is registered: one
+    /// set in between woke no one.
+    fn poll_first<T>(&self, cx: &mut Context<'_>, check: impl Fn(u8) -> Option<T>) -> Poll<T> {
+        if let Some(found) = check(self.flags.load(Ordering::Acquire)) {
+            return Poll::Ready(found);
+        }
+        self.waker.register(cx.waker());
+        check(self.flags.load(Ordering::Acquire)).map_or(Poll::Pending, Poll::Ready)
     }
 }
 
@@ -155,16 +159,160 @@ pub(super) enum Ended {
     Fatal(SourceError),
 }
 
-/// A watch loop: runs until stopped or the session ends, sending each value read for `dep`.
-pub(super) type Loop = Pin<Box<dyn Future<Output = Ended> + Send>>;
+/// A watch loop, or another task of the session (see [`Loop::task`]): a future that ends
+/// how the task ended.
+///
+/// A watch loop spends nearly all its life waiting for its watch to fire, so that wait is a
+/// small plain struct ([`Idle`], about a hundred bytes) held inline, polled by hand. Reading,
+/// pausing, retrying and sending are `async` code ([`Active`]) boxed only while they run:
+/// a session holds one loop per watched znode (10,000 in the benchmark's scale scenario),
+/// and the largest state of an `async` loop was 424 bytes for every one of them.
+pub(super) struct Loop(Phase);
 
-/// The watch loop of `dep` in the session's watch mode (boxed here: a wrapping `async fn`
-/// would hold `ctx` and `dep` a second time in every loop's state).
-pub(super) fn run(ctx: WatchCtx, dep: Dep) -> Loop {
-    match ctx.mode {
-        WatchMode::Oneshot => Box::pin(oneshot(ctx, dep)),
-        WatchMode::Persistent => Box::pin(persistent(ctx, dep)),
+enum Phase {
+    Active(Active),
+    Idle(Idle),
+    /// Only while one phase is replaced by the next.
+    Moving,
+}
+
+/// The `async` part of a loop: runs until the loop waits for its watch again, or ends.
+type Active = Pin<Box<dyn Future<Output = Next> + Send>>;
+
+/// What an [`Active`] phase ends in.
+enum Next {
+    Ended(Ended),
+    Idle(Idle),
+}
+
+/// A loop waiting for its watch to fire, or for a stop or a poke.
+pub(super) struct Idle {
+    ctx: WatchCtx,
+    dep: Dep,
+    /// When the last read was answered: the next one waits until `READ_GAP` after it.
+    answered: Instant,
+    watch: Waiting,
+}
+
+enum Waiting {
+    Oneshot(zk::OneshotWatcher),
+    Persistent {
+        watcher: zk::PersistentWatcher,
+        /// Whether the last value sent was `Missing`: a NodeDeleted then changes nothing (after
+        /// a reconnect the library reports a still-missing node as deleted again).
+        missing: bool,
+    },
+}
+
+/// What woke an [`Idle`] loop.
+enum Wake {
+    Read,
+    Ended(Ended),
+}
+
+impl Loop {
+    /// Another task of the session (the report, a snapshot read), polled with the loops.
+    pub(super) fn task(task: impl Future<Output = Ended> + Send + 'static) -> Loop {
+        Loop(Phase::Active(Box::pin(async move { Next::Ended(task.await) })))
     }
+}
+
+impl Future for Loop {
+    type Output = Ended;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        loop {
+            let next = match &mut self.0 {
+                Phase::Active(active) => ready!(active.as_mut().poll(cx)),
+                Phase::Idle(idle) => match ready!(idle.poll_wake(cx)) {
+                    Wake::Ended(ended) => Next::Ended(ended),
+                    Wake::Read => {
+                        let Phase::Idle(idle) = std::mem::replace(&mut self.0, Phase::Moving) else {
+                            unreachable!()
+                        };
+                        self.0 = Phase::Active(idle.resume());
+                        continue;
+                    }
+                },
+                Phase::Moving => unreachable!("bug: a watch loop polled between phases"),
+            };
+            match next {
+                Next::Ended(ended) => {
+                    self.0 = Phase::Moving;
+                    return Poll::Ready(ended);
+                }
+                Next::Idle(idle) => self.0 = Phase::Idle(idle),
+            }
+        }
+    }
+}
+
+impl Idle {
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        // A stop wins over an event that arrived at the same time.
+        match self.ctx.ctl.poll_signalled(cx) {
+            Poll::Ready(Signal::Stop) => return Poll::Ready(Wake::Ended(Ended::Stopped)),
+            Poll::Ready(Signal::Poke) => {
+                debug!(dep = %self.dep, "resync: re-reading");
+                return Poll::Ready(Wake::Read);
+            }
+            Poll::Pending => {}
+        }
+        match &mut self.watch {
+            Waiting::Oneshot(watcher) => {
+                let event = ready!(watcher.poll_changed(cx));
+                if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
+                    return Poll::Ready(Wake::Ended(Ended::SessionOver));
+                }
+                debug!(dep = %self.dep, event = ?event.event_type, "watch fired; re-reading and re-arming");
+                Poll::Ready(Wake::Read)
+            }
+            Waiting::Persistent { watcher, missing } => loop {
+                let event = ready!(watcher.poll_changed(cx));
+                let read = match event.event_type {
+                    zk::EventType::Session => match event.session_state {
+                        // Never poll this watcher again after a terminal state: the library panics.
+                        s if s.is_terminated() => return Poll::Ready(Wake::Ended(Ended::SessionOver)),
+                        // Disconnected or reconnected: the watch stays, and whatever changed in
+                        // between arrives as a node event.
+                        _ => false,
+                    },
+                    // A persistent watch on a node fires for both data and child events; each
+                    // dependency re-reads only for what it depends on (and, once known missing,
+                    // for any sign of life: after a reconnect a node created meanwhile is
+                    // reported by the data or child event of its creation, not by NodeCreated).
+                    zk::EventType::NodeChildrenChanged => *missing || self.dep.kind == DepKind::Children,
+                    zk::EventType::NodeDataChanged => *missing || self.dep.kind == DepKind::Data,
+                    zk::EventType::NodeCreated => true,
+                    zk::EventType::NodeDeleted => !*missing,
+                };
+                if read {
+                    debug!(dep = %self.dep, event = ?event.event_type, "watch fired; re-reading");
+                    return Poll::Ready(Wake::Read);
+                }
+            },
+        }
+    }
+
+    /// The active phase that re-reads (a one-shot watcher, fired or not, is dropped: the read
+    /// arms a new one).
+    fn resume(self) -> Active {
+        let Idle { ctx, dep, answered, watch } = self;
+        match watch {
+            Waiting::Oneshot(_) => Box::pin(oneshot(ctx, dep, Some(answered))),
+            Waiting::Persistent { watcher, .. } => {
+                Box::pin(persistent_read(ctx, dep, watcher, Some(answered)))
+            }
+        }
+    }
+}
+
+/// The watch loop of `dep` in the session's watch mode.
+pub(super) fn run(ctx: WatchCtx, dep: Dep) -> Loop {
+    Loop(Phase::Active(match ctx.mode {
+        WatchMode::Oneshot => Box::pin(oneshot(ctx, dep, None)),
+        WatchMode::Persistent => Box::pin(persistent(ctx, dep)),
+    }))
 }
 
 /// What a failed call means for the task.
@@ -203,155 +351,125 @@ async fn bounded<T>(
     }
 }
 
-/// One-shot mode: read-and-watch, send, wait for the watch, repeat.
-async fn oneshot(ctx: WatchCtx, dep: Dep) -> Ended {
+const STOPPED: Next = Next::Ended(Ended::Stopped);
+
+/// One-shot mode: read-and-watch (retrying until it works), send the value, then wait for the
+/// watch as [`Idle`]. `answered`: when the previous read was answered.
+async fn oneshot(ctx: WatchCtx, dep: Dep, mut answered: Option<Instant>) -> Next {
     let mut backoff = Backoff::new();
     let mut announced = false;
-    // When the last read was answered: the next one waits until `READ_GAP` after it.
-    let mut answered: Option<Instant> = None;
     loop {
         // Announced before the pause: the value known is stale from the moment the watch
         // fired, and a file reading it with another dependency must not render meanwhile.
-        if !Box::pin(announce(&ctx, &dep, &mut announced)).await {
-            return Ended::Stopped;
+        if !announce(&ctx, &dep, &mut announced).await {
+            return STOPPED;
         }
         if let Some(at) = answered.take()
-            && !Box::pin(pause_until(&ctx, at + READ_GAP)).await
+            && !pause_until(&ctx, at + READ_GAP).await
         {
-            return Ended::Stopped;
+            return STOPPED;
         }
         let read = tokio::select! {
             // Cancel safety: dropping an in-flight read also drops its watcher, which the
             // library unregisters; nothing is half-applied.
-            _ = ctx.ctl.stopped() => return Ended::Stopped,
-            // Boxed: a task waits on its watch nearly all the time, so only that state should
-            // be inline in it; the read's larger state lives on the heap while it runs.
-            read = Box::pin(read_and_watch(&ctx, &dep)) => read,
+            _ = ctx.ctl.stopped() => return STOPPED,
+            read = read_and_watch(&ctx, &dep) => read,
         };
         let (value, watcher) = match read {
             Ok(v) => v,
-            Err(failure) => {
-                match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff, &mut announced)).await {
-                    Some(ended) => return ended,
-                    None => continue,
-                }
-            }
-        };
-        backoff.reset();
-        announced = false;
-        answered = Some(Instant::now());
-        if !Box::pin(send(&ctx, &dep, value)).await {
-            return Ended::Stopped;
-        }
-        tokio::select! {
-            signal = ctx.ctl.signalled() => match signal {
-                Signal::Stop => return Ended::Stopped,
-                Signal::Poke => debug!(dep = %dep, "resync: re-reading"),
+            Err(failure) => match on_failure(&ctx, &dep, failure, &mut backoff, &mut announced).await {
+                Some(ended) => return Next::Ended(ended),
+                None => continue,
             },
-            event = watcher.changed() => {
-                if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
-                    return Ended::SessionOver;
-                }
-                debug!(dep = %dep, event = ?event.event_type, "watch fired; re-reading and re-arming");
-            }
+        };
+        let answered = Instant::now();
+        if !send(&ctx, &dep, value).await {
+            return STOPPED;
         }
+        return Next::Idle(Idle { ctx, dep, answered, watch: Waiting::Oneshot(watcher) });
     }
 }
 
-/// Persistent mode: add the watch, then read (so nothing between is missed), then re-read on
-/// every node event that concerns `dep`. The watch is added once per session: the client
-/// library re-sends it after a reconnect, and the server then fires an event for each change
-/// missed meanwhile, so a reconnect alone re-reads nothing.
-async fn persistent(ctx: WatchCtx, dep: Dep) -> Ended {
+/// Persistent mode: add the watch (retrying until it works), then read (so nothing between is
+/// missed), then re-read on every node event that concerns `dep` (see [`Idle::poll_wake`]).
+/// The watch is added once per session: the client library re-sends it after a reconnect,
+/// and the server then fires an event for each change missed meanwhile, so a reconnect alone
+/// re-reads nothing.
+async fn persistent(ctx: WatchCtx, dep: Dep) -> Next {
     let mut backoff = Backoff::new();
-    'session: loop {
+    let watcher = loop {
         let added = tokio::select! {
-            _ = ctx.ctl.stopped() => return Ended::Stopped,
-            added = Box::pin(bounded(&ctx, ctx.client.watch(dep.znode.as_str(), zk::AddWatchMode::Persistent))) => added,
+            _ = ctx.ctl.stopped() => return STOPPED,
+            added = bounded(&ctx, ctx.client.watch(dep.znode.as_str(), zk::AddWatchMode::Persistent)) => added,
         };
-        let mut watcher = match added {
-            Ok(w) => w,
+        match added {
+            Ok(watcher) => break watcher,
             Err(CallFailure::Error(zk::Error::Unimplemented)) => {
-                return Ended::Fatal(SourceError::PersistentUnsupported);
+                return Next::Ended(Ended::Fatal(SourceError::PersistentUnsupported));
             }
-            Err(failure) => match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff, &mut false)).await {
-                Some(ended) => return ended,
-                None => continue 'session,
-            },
+            Err(failure) => {
+                if let Some(ended) = on_failure(&ctx, &dep, failure, &mut backoff, &mut false).await {
+                    return Next::Ended(ended);
+                }
+            }
+        }
+    };
+    persistent_read(ctx, dep, watcher, None).await
+}
+
+/// Persistent mode's read: retried until it works, then the value is sent and the loop waits
+/// for the watch as [`Idle`]. `answered`: when the previous read was answered.
+async fn persistent_read(
+    ctx: WatchCtx,
+    dep: Dep,
+    mut watcher: zk::PersistentWatcher,
+    mut answered: Option<Instant>,
+) -> Next {
+    let mut backoff = Backoff::new();
+    let mut announced = false;
+    loop {
+        // Announced before the pause, as in one-shot mode.
+        if !announce(&ctx, &dep, &mut announced).await {
+            return STOPPED;
+        }
+        if let Some(at) = answered.take() {
+            if !pause_until(&ctx, at + READ_GAP).await {
+                return STOPPED;
+            }
+            // Events queued until now are answered by the read about to be sent (the server
+            // sends an event before any answer that shows its change): one read for all of
+            // them, not one each.
+            while let Some(event) = watcher.changed().now_or_never() {
+                if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
+                    return Next::Ended(Ended::SessionOver);
+                }
+            }
+        }
+        let read = tokio::select! {
+            _ = ctx.ctl.stopped() => return STOPPED,
+            read = read_plain(&ctx, &dep) => read,
         };
-        let mut reread = true;
-        // Whether the last value sent was `Missing`: a NodeDeleted then changes nothing (after a
-        // reconnect the library reports a still-missing node as deleted again).
-        let mut missing = false;
-        let mut announced = false;
-        let mut answered: Option<Instant> = None;
-        loop {
-            if reread {
-                // Announced before the pause, as in one-shot mode.
-                if !Box::pin(announce(&ctx, &dep, &mut announced)).await {
-                    return Ended::Stopped;
+        match read {
+            Ok(value) => {
+                let answered = Instant::now();
+                let missing = matches!(value, Value::Missing);
+                if !send(&ctx, &dep, value).await {
+                    return STOPPED;
                 }
-                if let Some(at) = answered.take() {
-                    if !Box::pin(pause_until(&ctx, at + READ_GAP)).await {
-                        return Ended::Stopped;
-                    }
-                    // Events queued until now are answered by the read about to be sent (the
-                    // server sends an event before any answer that shows its change): one read
-                    // for all of them, not one each.
-                    while let Some(event) = watcher.changed().now_or_never() {
-                        if event.event_type == zk::EventType::Session && event.session_state.is_terminated() {
-                            return Ended::SessionOver;
-                        }
-                    }
-                }
-                let read = tokio::select! {
-                    _ = ctx.ctl.stopped() => return Ended::Stopped,
-                    read = Box::pin(read_plain(&ctx, &dep)) => read,
-                };
-                match read {
-                    Ok(value) => {
-                        backoff.reset();
-                        announced = false;
-                        answered = Some(Instant::now());
-                        missing = matches!(value, Value::Missing);
-                        if !Box::pin(send(&ctx, &dep, value)).await {
-                            return Ended::Stopped;
-                        }
-                    }
-                    Err(failure) => {
-                        match Box::pin(on_failure(&ctx, &dep, failure, &mut backoff, &mut announced)).await {
-                            Some(ended) => return ended,
-                            // The watch outlives a lost connection (the library re-sends it), so
-                            // only the read is retried.
-                            None => continue,
-                        }
-                    }
+                return Next::Idle(Idle {
+                    ctx,
+                    dep,
+                    answered,
+                    watch: Waiting::Persistent { watcher, missing },
+                });
+            }
+            // The watch outlives a lost connection (the library re-sends it), so only the read
+            // is retried.
+            Err(failure) => {
+                if let Some(ended) = on_failure(&ctx, &dep, failure, &mut backoff, &mut announced).await {
+                    return Next::Ended(ended);
                 }
             }
-            let event = tokio::select! {
-                signal = ctx.ctl.signalled() => match signal {
-                    Signal::Stop => return Ended::Stopped,
-                    Signal::Poke => { reread = true; continue; }
-                },
-                event = watcher.changed() => event,
-            };
-            reread = match event.event_type {
-                zk::EventType::Session => match event.session_state {
-                    // Never poll this watcher again after a terminal state: the library panics.
-                    s if s.is_terminated() => return Ended::SessionOver,
-                    // Disconnected or reconnected: the watch stays, and whatever changed in
-                    // between arrives as a node event.
-                    _ => false,
-                },
-                // A persistent watch on a node fires for both data and child events; each
-                // dependency re-reads only for what it depends on (and, once known missing, for
-                // any sign of life: after a reconnect a node created meanwhile is reported by
-                // the data or child event of its creation, not by NodeCreated).
-                zk::EventType::NodeChildrenChanged => missing || dep.kind == DepKind::Children,
-                zk::EventType::NodeDataChanged => missing || dep.kind == DepKind::Data,
-                zk::EventType::NodeCreated => true,
-                zk::EventType::NodeDeleted => !missing,
-            };
         }
     }
 }
@@ -541,9 +659,6 @@ impl Backoff {
         self.0 = (self.0 * 2).min(Self::MAX);
         d
     }
-    pub(super) fn reset(&mut self) {
-        self.0 = Self::FIRST;
-    }
     /// True before the first pause since the last reset: the first failure of a run.
     pub(super) fn first_failure(&self) -> bool {
         self.0 == Self::FIRST
@@ -554,20 +669,14 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    /// The size of the future an `async fn` of two arguments returns, without calling it.
-    fn state_of<A, B, R>(_: fn(A, B) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
-
     #[test]
-    fn a_watch_loop_stays_small() {
+    fn a_waiting_watch_loop_stays_small() {
         // A session holds one loop per watched znode (10,000 in the benchmark's scale
-        // scenario): every byte here is 10 KB of resident memory there. Before `Ctl` (a
-        // cancellation token and a Notify per loop, their futures inline) a loop was 640
-        // bytes plus 160 of heap.
-        let (oneshot, persistent) = (state_of(oneshot), state_of(persistent));
-        assert!(oneshot <= 448, "a one-shot watch loop's state is {oneshot} bytes");
-        assert!(persistent <= 384, "a persistent watch loop's state is {persistent} bytes");
+        // scenario), nearly all of them waiting for their watch: every byte here is 10 KB of
+        // resident memory there. An `async` loop held its whole state for that wait: 640
+        // bytes plus 160 of heap with a cancellation token and a Notify, then 424 with `Ctl`.
+        let waiting = std::mem::size_of::<Loop>();
+        assert!(waiting <= 112, "a waiting watch loop takes {waiting} bytes");
     }
 
     #[test]

@@ -1,3 +1,5 @@
+use std::task::{ready, Context, Poll};
+
 use asyncs::sync::watch;
 
 use crate::chroot::OwnedChroot;
@@ -61,10 +63,19 @@ impl OneshotWatcher {
     /// [ZOOKEEPER-43][]: Server side of the auto reset watches patch
     ///
     /// [ZOOKEEPER-43]: https://issues.apache.org/jira/browse/ZOOKEEPER-43
-    pub async fn changed(self) -> WatchedEvent {
-        let mut event = self.receiver.recv().await;
+    pub async fn changed(mut self) -> WatchedEvent {
+        std::future::poll_fn(|cx| self.poll_changed(cx)).await
+    }
+
+    /// Polls for the event, as [`OneshotWatcher::changed`] waits for it, for callers that keep
+    /// many watchers in their own state rather than one future each.
+    ///
+    /// # Panics
+    /// Polled again after it returned `Ready`.
+    pub fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<WatchedEvent> {
+        let mut event = ready!(self.receiver.poll_recv(cx));
         event.drain_root_path(self.chroot.root());
-        event
+        Poll::Ready(event)
     }
 
     /// Removes this watcher.
@@ -99,9 +110,17 @@ impl PersistentWatcher {
     ///
     /// [ZOOKEEPER-4698]: https://issues.apache.org/jira/browse/ZOOKEEPER-4698
     pub async fn changed(&mut self) -> WatchedEvent {
-        let mut event = self.receiver.recv().await;
+        std::future::poll_fn(|cx| self.poll_changed(cx)).await
+    }
+
+    /// Polls for the next event, as [`PersistentWatcher::changed`] waits for it.
+    ///
+    /// # Panics
+    /// Polled again after a terminal session event.
+    pub fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<WatchedEvent> {
+        let mut event = ready!(self.receiver.poll_recv(cx));
         event.drain_root_path(self.chroot.root());
-        event
+        Poll::Ready(event)
     }
 
     /// Removes this watcher.

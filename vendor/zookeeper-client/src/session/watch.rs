@@ -1,8 +1,9 @@
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 
 use asyncs::sync;
 use futures::channel::{mpsc, oneshot};
-use futures::StreamExt;
+use futures::{ready, FutureExt, StreamExt};
 use hashbrown::HashMap;
 use hashlink::LinkedHashSet;
 use ignore_result::Ignore;
@@ -101,8 +102,9 @@ impl Drop for RemovableWatcher {
 
 #[derive(Debug)]
 pub struct OneshotReceiver {
-    watcher: RemovableWatcher,
-    receiver: Option<oneshot::Receiver<WatchedEvent>>,
+    /// `None` once the event is received: a fired watch has nothing left to remove.
+    watcher: Option<RemovableWatcher>,
+    receiver: oneshot::Receiver<WatchedEvent>,
 }
 
 impl OneshotReceiver {
@@ -112,18 +114,24 @@ impl OneshotReceiver {
         unwatch: Weak<mpsc::UnboundedSender<Request>>,
         state: Arc<sync::watch::Receiver<SessionState>>,
     ) -> Self {
-        OneshotReceiver { watcher: RemovableWatcher::new(id, state, unwatch), receiver: Some(receiver) }
+        OneshotReceiver { watcher: Some(RemovableWatcher::new(id, state, unwatch)), receiver }
     }
 
-    pub async fn recv(mut self) -> WatchedEvent {
-        let receiver = self.receiver.take().unwrap();
-        let event = receiver.await.unwrap();
-        self.watcher.discard();
-        event
+    /// Polls for the event. It is delivered once; polling again after that panics.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<WatchedEvent> {
+        assert!(self.watcher.is_some(), "oneshot watcher polled after its event");
+        let event = ready!(self.receiver.poll_unpin(cx)).unwrap();
+        if let Some(watcher) = self.watcher.take() {
+            watcher.discard();
+        }
+        Poll::Ready(event)
     }
 
     pub async fn remove(self) -> Result<(), Error> {
-        self.watcher.remove().await
+        match self.watcher {
+            Some(watcher) => watcher.remove().await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -143,8 +151,9 @@ impl PersistentReceiver {
         PersistentReceiver { watcher: RemovableWatcher::new(id, state, unwatch), receiver }
     }
 
-    pub async fn recv(&mut self) -> WatchedEvent {
-        self.receiver.next().await.unwrap()
+    /// Polls for the next event.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<WatchedEvent> {
+        self.receiver.poll_next_unpin(cx).map(Option::unwrap)
     }
 
     pub async fn remove(self) -> Result<(), Error> {
@@ -181,7 +190,9 @@ struct Watch {
 
 impl Watch {
     fn new() -> Self {
-        Watch { watchers: Vec::with_capacity(5) }
+        // Nearly every watched path has one watcher: room for more is made when needed
+        // (vendor/PATCHES.md, change 6).
+        Watch { watchers: Vec::with_capacity(1) }
     }
 
     fn is_empty(&self) -> bool {
