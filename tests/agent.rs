@@ -1058,6 +1058,41 @@ async fn resync_of_correct_files_neither_rewrites_nor_reloads() {
     assert_eq!(line_count(&counter), reloads, "resync fired reloads; log:\n{}", agent.log());
 }
 
+/// More dependencies than the source reads at once (256 first reads or resync re-reads; the
+/// rest wait for a slot): the first render still sees every value, every resync still re-reads
+/// every dependency (a slot not given back would stall the queue), and the watches still fire.
+#[tokio::test(flavor = "multi_thread")]
+async fn more_dependencies_than_reads_at_once_are_all_read_and_resynced() {
+    const KEYS: usize = 600;
+    let env = Env::new("many-deps").await;
+    let names: Vec<String> = (0..KEYS).map(|i| format!("/app/k{i}")).collect();
+    let values: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), n.as_bytes())).collect();
+    env.seed(&values).await;
+    let dest = env.path("all");
+    let config = env.config().agent("resync = \"500ms\"").write(&format!(
+        "[[file]]\ndest = {}\ninline = \"{{% for i in range({KEYS}) %}}{{{{ znode('/app/k' ~ i) }}}}\\n{{% endfor %}}\"\n",
+        toml_path(&dest),
+    ));
+    let agent = Agent::start_with_env(
+        [OsStr::new("run"), OsStr::new("-c"), config.as_os_str()],
+        &[("RUST_LOG", "zkrender=debug")],
+    );
+    let expected: String = names.iter().map(|n| format!("{n}\n")).collect();
+    wait_for_file(&dest, expected.as_bytes(), WAIT);
+
+    const RESYNC: &str = "resync: re-reading every dependency and checking every file";
+    let per_dep =
+        |agent: &Agent| log_lines(agent, "resync: re-reading").iter().filter(|l| l.contains("dep=")).count();
+    let (resyncs, reread) = (log_lines(&agent, RESYNC).len(), per_dep(&agent));
+    agent.wait_for_log_count(RESYNC, resyncs + 3, WAIT);
+    // The third resync's re-reads may still be under way; the first two's are done.
+    wait_until(|| per_dep(&agent) >= reread + 2 * KEYS, WAIT, "two resyncs' re-reads of every dependency");
+
+    env.set("/app/k599", "changed").await;
+    let expected = expected.replace("/app/k599\n", "changed\n");
+    wait_for_file(&dest, expected.as_bytes(), WAIT);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_znode_and_no_file_yet_writes_an_empty_file() {
     let (env, dest) = env_with_x("empty-new", b"").await;

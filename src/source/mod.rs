@@ -22,7 +22,8 @@ pub mod report;
 mod tls;
 mod watch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -347,6 +348,14 @@ struct Session {
     tasks: FuturesUnordered<Guarded>,
     /// Per dependency: how to stop its loop or make it re-read.
     watching: HashMap<Dep, Arc<watch::Ctl>>,
+    /// Loops to start and resync re-reads to ask for, each as a reading slot frees
+    /// (see [`watch::READS_AT_ONCE`]).
+    queued: VecDeque<Queued>,
+}
+
+enum Queued {
+    Start(Dep, Arc<watch::Ctl>),
+    Poke(Arc<watch::Ctl>),
 }
 
 impl Session {
@@ -362,21 +371,59 @@ impl Session {
         let call_timeout = session_timeout.max(Duration::from_secs(1));
         Session {
             hosts: hosts.to_owned(),
-            shared: Arc::new(watch::Shared { client, mode, out, call_timeout }),
+            shared: Arc::new(watch::Shared {
+                client,
+                mode,
+                out,
+                call_timeout,
+                admission: watch::Admission::new(watch::READS_AT_ONCE),
+            }),
             stop,
             tasks: FuturesUnordered::new(),
             watching: HashMap::new(),
+            queued: VecDeque::new(),
         }
     }
 
+    /// Starts watching `dep` (its loop starts once a reading slot is free, see [`Session::admit`]).
     fn watch(&mut self, dep: Dep) {
         if self.watching.contains_key(&dep) {
             return;
         }
         let ctl = Arc::new(watch::Ctl::default());
-        let ctx = watch::WatchCtx { shared: self.shared.clone(), ctl: ctl.clone() };
-        self.watching.insert(dep.clone(), ctl);
-        self.tasks.push(guarded(watch::run(ctx, dep)));
+        self.watching.insert(dep.clone(), ctl.clone());
+        self.queued.push_back(Queued::Start(dep, ctl));
+    }
+
+    /// Starts queued loops and asks for queued re-reads while reading slots are free. A
+    /// dependency dropped meanwhile is skipped (its `Ctl` is stopped).
+    fn admit(&mut self) {
+        while let Some(next) = self.queued.front() {
+            let ctl = match next {
+                Queued::Start(_, ctl) | Queued::Poke(ctl) => ctl,
+            };
+            if !ctl.is_stopped() {
+                if !self.shared.admission.try_take() {
+                    return;
+                }
+                match self.queued.pop_front() {
+                    Some(Queued::Start(dep, ctl)) => {
+                        let ctx = watch::WatchCtx { shared: self.shared.clone(), ctl };
+                        let slot = watch::Slot::taken(self.shared.clone());
+                        self.tasks.push(guarded(watch::run(ctx, dep, slot)));
+                    }
+                    Some(Queued::Poke(ctl)) => {
+                        // Already poked and not yet re-read: one re-read answers both.
+                        if !ctl.poke() {
+                            self.shared.admission.release();
+                        }
+                    }
+                    None => unreachable!(),
+                }
+            } else {
+                self.queued.pop_front();
+            }
+        }
     }
 
     /// Runs the report task ([`report::keep`]) beside the watch loops, polled with them.
@@ -386,8 +433,11 @@ impl Session {
     }
 
     fn unwatch(&mut self, dep: &Dep) {
-        if let Some(ctl) = self.watching.remove(dep) {
-            ctl.stop();
+        if let Some(ctl) = self.watching.remove(dep)
+            && ctl.stop()
+        {
+            // It was poked and will not re-read now: the slot taken for that comes back here.
+            self.shared.admission.release();
         }
     }
 
@@ -410,6 +460,7 @@ impl Session {
                                 self.watch(dep);
                             }
                         }
+                        self.admit();
                     }
                     Some(Command::Unwatch(old)) => {
                         for dep in &old {
@@ -431,9 +482,8 @@ impl Session {
                     }
                     Some(Command::Resync) => {
                         debug!(watches = self.watching.len(), "resync: re-reading every dependency");
-                        for ctl in self.watching.values() {
-                            ctl.poke();
-                        }
+                        self.queued.extend(self.watching.values().map(|ctl| Queued::Poke(ctl.clone())));
+                        self.admit();
                     }
                 },
                 s = state.changed() => match s {
@@ -450,6 +500,7 @@ impl Session {
                     }
                     zk::SessionState::Expired | zk::SessionState::Closed => return SessionEnd::Expired,
                 },
+                _ = poll_fn(|cx| self.shared.admission.poll_free(cx)), if !self.queued.is_empty() => self.admit(),
                 Some(joined) = self.tasks.next() => match joined {
                     Ok(watch::Ended::Fatal(e)) => return SessionEnd::Fatal(e),
                     Ok(watch::Ended::SessionOver) => return SessionEnd::Expired,

@@ -14,6 +14,9 @@
 //!   read, at most `READ_GAP` later; changes further apart than that are read at once. The
 //!   read is announced before the pause: from the moment the watch fired the value known is stale,
 //!   so the snapshot rule below holds its files back during the pause too.
+//! - At most [`READS_AT_ONCE`] loops do a first read or a resync re-read at once ([`Admission`]):
+//!   the session queues the rest and starts each as a slot frees. Reads after a watch fired are
+//!   not counted (one per change, already paced by `READ_GAP`).
 //! - A missing znode is a value ([`Value::Missing`]) watched with an exists-watch.
 //! - Disconnected is not expired. The client library restores every watch after a reconnect
 //!   within the session (SetWatches with the last zxid seen; the server fires whatever changed
@@ -33,7 +36,7 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -60,6 +63,67 @@ pub(super) struct Shared {
     pub out: mpsc::Sender<SourceEvent>,
     /// Bound on every ZooKeeper call, so a blocked call is retried rather than awaited forever.
     pub call_timeout: Duration,
+    /// How many loops may read at once outside the normal flow: first reads, resync re-reads.
+    pub admission: Admission,
+}
+
+/// The most watch loops reading at once when many would start together: the first reads of a
+/// session, a resync. Enough to keep the connection's pipeline full (reads are answered in
+/// order, a few hundred microseconds apart); few enough that the reading state of a loop
+/// (several hundred bytes, boxed while it reads) is not held by 10,000 loops at once, a
+/// transient the allocator keeps as resident memory afterwards (measured at 10,000 znodes:
+/// 7 MiB of a 22.6 MiB heap peak). A read after a watch fired is not counted: those come one
+/// per change.
+pub(super) const READS_AT_ONCE: usize = 256;
+
+/// Counts the free reading slots (see [`READS_AT_ONCE`]). Only the session takes a slot
+/// (when it starts a loop or pokes one); a loop gives it back when that read is done
+/// ([`Slot`]) and wakes the session to admit the next.
+pub(super) struct Admission {
+    free: AtomicUsize,
+    waker: AtomicWaker,
+}
+
+impl Admission {
+    pub(super) fn new(slots: usize) -> Self {
+        Admission { free: AtomicUsize::new(slots), waker: AtomicWaker::new() }
+    }
+
+    /// Takes a slot if one is free.
+    pub(super) fn try_take(&self) -> bool {
+        self.free.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
+    }
+
+    pub(super) fn release(&self) {
+        self.free.fetch_add(1, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Ready once a slot is free (it is not taken).
+    pub(super) fn poll_free(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.free.load(Ordering::Acquire) > 0 {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.free.load(Ordering::Acquire) > 0 { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+/// A reading slot held by a loop: given back when the loop leaves the phase that holds it
+/// (its read is done, or it ended).
+pub(super) struct Slot(Arc<Shared>);
+
+impl Slot {
+    /// Wraps a slot the session already took for this loop.
+    pub(super) fn taken(shared: Arc<Shared>) -> Self {
+        Slot(shared)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.admission.release();
+    }
 }
 
 /// Everything a watch task needs. Small on purpose: a session has one per watched znode.
@@ -100,16 +164,25 @@ impl Ctl {
     const STOP: u8 = 1;
     const POKE: u8 = 2;
 
-    /// Ends the loop at its next await point.
-    pub(super) fn stop(&self) {
-        self.flags.fetch_or(Self::STOP, Ordering::AcqRel);
+    /// Ends the loop at its next await point. True when a poke was pending: the loop will not
+    /// take it up, so the reading slot that came with it is the caller's to give back.
+    pub(super) fn stop(&self) -> bool {
+        let before = self.flags.fetch_or(Self::STOP, Ordering::AcqRel);
         self.waker.wake();
+        before & (Self::STOP | Self::POKE) == Self::POKE
     }
 
-    /// Makes the loop re-read once it next waits for its watch.
-    pub(super) fn poke(&self) {
-        self.flags.fetch_or(Self::POKE, Ordering::AcqRel);
+    /// Makes the loop re-read once it next waits for its watch, with a reading slot the caller
+    /// took for it (the loop gives it back after that read). False, and the slot stays the
+    /// caller's, when the loop is stopped or a poke is already pending.
+    pub(super) fn poke(&self) -> bool {
+        let before = self.flags.fetch_or(Self::POKE, Ordering::AcqRel);
         self.waker.wake();
+        before & (Self::STOP | Self::POKE) == 0
+    }
+
+    pub(super) fn is_stopped(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & Self::STOP != 0
     }
 
     /// Resolves once the loop is stopped.
@@ -171,6 +244,8 @@ pub(super) struct Loop(Phase);
 
 enum Phase {
     Active(Active),
+    /// Active with a reading slot (see [`READS_AT_ONCE`]): a first read, or a resync's.
+    Admitted(Active, #[allow(dead_code, reason = "held for its Drop, which gives the slot back")] Slot),
     Idle(Idle),
     /// Only while one phase is replaced by the next.
     Moving,
@@ -206,7 +281,10 @@ enum Waiting {
 
 /// What woke an [`Idle`] loop.
 enum Wake {
+    /// The watch fired.
     Read,
+    /// A resync: the session took a reading slot for this read.
+    Poke,
     Ended(Ended),
 }
 
@@ -223,14 +301,20 @@ impl Future for Loop {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         loop {
             let next = match &mut self.0 {
-                Phase::Active(active) => ready!(active.as_mut().poll(cx)),
+                Phase::Active(active) | Phase::Admitted(active, _) => ready!(active.as_mut().poll(cx)),
                 Phase::Idle(idle) => match ready!(idle.poll_wake(cx)) {
                     Wake::Ended(ended) => Next::Ended(ended),
-                    Wake::Read => {
+                    wake @ (Wake::Read | Wake::Poke) => {
                         let Phase::Idle(idle) = std::mem::replace(&mut self.0, Phase::Moving) else {
                             unreachable!()
                         };
-                        self.0 = Phase::Active(idle.resume());
+                        self.0 = match wake {
+                            Wake::Poke => {
+                                let slot = Slot::taken(idle.ctx.shared.clone());
+                                Phase::Admitted(idle.resume(), slot)
+                            }
+                            _ => Phase::Active(idle.resume()),
+                        };
                         continue;
                     }
                 },
@@ -254,7 +338,7 @@ impl Idle {
             Poll::Ready(Signal::Stop) => return Poll::Ready(Wake::Ended(Ended::Stopped)),
             Poll::Ready(Signal::Poke) => {
                 debug!(dep = %self.dep, "resync: re-reading");
-                return Poll::Ready(Wake::Read);
+                return Poll::Ready(Wake::Poke);
             }
             Poll::Pending => {}
         }
@@ -307,12 +391,13 @@ impl Idle {
     }
 }
 
-/// The watch loop of `dep` in the session's watch mode.
-pub(super) fn run(ctx: WatchCtx, dep: Dep) -> Loop {
-    Loop(Phase::Active(match ctx.mode {
+/// The watch loop of `dep` in the session's watch mode; its first read holds `slot`.
+pub(super) fn run(ctx: WatchCtx, dep: Dep, slot: Slot) -> Loop {
+    let first: Active = match ctx.mode {
         WatchMode::Oneshot => Box::pin(oneshot(ctx, dep, None)),
         WatchMode::Persistent => Box::pin(persistent(ctx, dep)),
-    }))
+    };
+    Loop(Phase::Admitted(first, slot))
 }
 
 /// What a failed call means for the task.
@@ -682,17 +767,43 @@ mod tests {
     #[test]
     fn ctl_stop_and_poke() {
         let ctl = Ctl::default();
-        ctl.poke();
+        assert!(ctl.poke(), "the first poke is taken up");
+        assert!(!ctl.poke(), "a second poke while one is pending is not: its slot stays the caller's");
         assert!(matches!(ctl.signalled().now_or_never(), Some(Signal::Poke)));
         // The poke was consumed; nothing is pending now.
         assert!(ctl.signalled().now_or_never().is_none());
         assert!(ctl.stopped().now_or_never().is_none());
-        ctl.poke();
-        ctl.stop();
+        assert!(!ctl.is_stopped());
+        assert!(ctl.poke());
+        assert!(ctl.stop(), "stopped with a poke pending: the poke's slot goes back to the caller");
+        assert!(ctl.is_stopped());
         // Stop wins over a pending poke, and stays.
         assert!(matches!(ctl.signalled().now_or_never(), Some(Signal::Stop)));
         assert!(matches!(ctl.signalled().now_or_never(), Some(Signal::Stop)));
         assert!(ctl.stopped().now_or_never().is_some());
+        assert!(!ctl.poke(), "a stopped loop takes no poke");
+        assert!(!ctl.stop(), "a second stop owes nothing");
+
+        let idle = Ctl::default();
+        assert!(!idle.stop(), "stopped without a poke pending: no slot to give back");
+    }
+
+    #[tokio::test]
+    async fn admission_counts_slots_and_wakes_the_session_when_one_frees() {
+        let admission = Arc::new(Admission::new(2));
+        assert!(admission.try_take());
+        assert!(admission.try_take());
+        assert!(!admission.try_take(), "only two slots");
+        assert!(poll_fn(|cx| Poll::Ready(admission.poll_free(cx))).await.is_pending());
+        let waiter = tokio::spawn({
+            let admission = admission.clone();
+            async move { poll_fn(|cx| admission.poll_free(cx)).await }
+        });
+        tokio::task::yield_now().await;
+        admission.release();
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").expect("no panic");
+        assert!(admission.try_take(), "the released slot can be taken again");
+        assert!(!admission.try_take());
     }
 
     #[tokio::test]
