@@ -26,6 +26,11 @@ use crate::zk::{Zk, connect, ensure_path, put_many};
 const BURST: usize = 1_000;
 /// After a change reached the file: time for the reload to finish before the next change.
 const IDLE_GAP: Duration = Duration::from_millis(30);
+/// Each agent runs this many times per layout, the agents taking turns (a different one first
+/// each round), each time with its share of the changes: a slow spell of a shared machine
+/// falls on every agent alike instead of on whichever ran then. Per-change CPU, start time
+/// and RSS are the median of the rounds; latencies are pooled.
+const ROUNDS: usize = 3;
 
 /// One agent under comparison.
 struct Contender {
@@ -220,9 +225,10 @@ async fn run_one(
     vals: &mut HashMap<String, String>,
     changes: usize,
     burst: bool,
+    round: usize,
 ) -> Res<Value> {
     let Env { ctx, zk, client } = *env;
-    let name = format!("compare-{}-{}", layout.tag, who.label);
+    let name = format!("compare-{}-{}-r{round}", layout.tag, who.label);
     let dir = ctx.dir(&name)?;
     let out = dir.join("out");
     let mut w = DirWatch::new(&out)?;
@@ -354,6 +360,47 @@ async fn run_one(
     Ok(result)
 }
 
+/// One agent's rounds of one layout as one result: medians of the per-round figures (each
+/// round's own in `*_rounds`), latency samples pooled, the burst from the round that had it.
+fn merge_rounds(rounds: Vec<Value>) -> Value {
+    let median = |key: &str| {
+        let mut v: Vec<f64> = rounds.iter().map(|r| at(r, key)).filter(|x| x.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let each = |key: &str| rounds.iter().map(|r| r[key].clone()).collect::<Vec<_>>();
+    let sum = |key: &str| rounds.iter().map(|r| at(r, key)).sum::<f64>();
+    let samples: Vec<f64> = rounds
+        .iter()
+        .flat_map(|r| r["samples_ms"].as_array().cloned().unwrap_or_default())
+        .filter_map(|x| x.as_f64())
+        .collect();
+    let mut merged = json!({
+        "agent": rounds.first().map(|r| r["agent"].clone()).unwrap_or_default(),
+        "rounds": rounds.len(),
+        "start_to_all_files_ms": r3(median("start_to_all_files_ms")),
+        "start_to_all_files_rounds_ms": each("start_to_all_files_ms"),
+        "rss_mib": r3(median("rss_mib")),
+        "threads": rounds.last().map(|r| r["threads"].clone()).unwrap_or_default(),
+        "changes": sum("changes"),
+        "missed": sum("missed"),
+        "cpu_per_change_ms": r3(median("cpu_per_change_ms")),
+        "cpu_per_change_rounds_ms": each("cpu_per_change_ms"),
+        "set_to_file_ms": summary(&samples),
+        "reads_per_change": r3(median("reads_per_change")),
+        "reloads_per_change": r3(median("reloads_per_change")),
+        "samples_ms": samples,
+    });
+    if let Some(burst) = rounds.iter().find_map(|r| r.get("burst")) {
+        merged["burst"] = burst.clone();
+    }
+    merged
+}
+
 /// `v[path]` as f64 (`a.b` for nested objects).
 fn at(v: &Value, path: &str) -> f64 {
     let mut x = v;
@@ -364,7 +411,7 @@ fn at(v: &Value, path: &str) -> f64 {
 }
 
 pub async fn compare(ctx: &mut Ctx) -> Res<Value> {
-    let changes = ctx.pick(200, 60);
+    let changes: usize = ctx.pick(200, 60);
     let mut who = vec![Contender { label: "zkrender", kind: Kind::Zkrender(ctx.bin.clone()) }];
     if let Some(b) = &ctx.baseline {
         who.push(Contender { label: "baseline", kind: Kind::Zkrender(b.clone()) });
@@ -407,19 +454,28 @@ pub async fn compare(ctx: &mut Ctx) -> Res<Value> {
 
     let env = Env { ctx: &*ctx, zk: &zk, client: &client };
     let mut by_layout = serde_json::Map::new();
+    let per_round = changes.div_ceil(ROUNDS);
     for l in &layouts {
+        let mut rounds: Vec<Vec<Value>> = vec![Vec::new(); who.len()];
+        for round in 0..ROUNDS {
+            for k in 0..who.len() {
+                let i = (k + round) % who.len();
+                let c = &who[i];
+                let burst = l.tag == "single" && round == ROUNDS - 1;
+                eprintln!("zkrender-bench: compare: {} with {}, round {}", l.title, c.label, round + 1);
+                rounds[i].push(run_one(&env, c, l, &mut vals, per_round, burst, round).await?);
+            }
+        }
         let mut runs = serde_json::Map::new();
-        for c in &who {
-            eprintln!("zkrender-bench: compare: {} with {}", l.title, c.label);
-            let r = run_one(&env, c, l, &mut vals, changes, l.tag == "single").await?;
-            runs.insert(c.label.to_owned(), r);
+        for (c, rs) in who.iter().zip(rounds) {
+            runs.insert(c.label.to_owned(), merge_rounds(rs));
         }
         by_layout.insert(l.tag.to_owned(), Value::Object(runs));
     }
     let res = Value::Object(by_layout);
 
     let labels: Vec<&str> = who.iter().map(|c| c.label).collect();
-    let table = table(&res, &labels, changes, idle_writer_ms);
+    let table = table(&res, &labels, per_round * ROUNDS, idle_writer_ms);
     let rows = target_rows(&res);
     // Raw samples out of the per-run objects, into `samples` (kept out of the JSON line).
     let mut samples = serde_json::Map::new();
@@ -437,7 +493,7 @@ pub async fn compare(ctx: &mut Ctx) -> Res<Value> {
             "label": c.label,
             "path": match &c.kind { Kind::Zkrender(p) => p.display().to_string(), Kind::Python { script, .. } => script.display().to_string() },
         })).collect::<Vec<_>>(),
-        "changes": changes,
+        "changes": per_round * ROUNDS,
         "idle_gap_ms": IDLE_GAP.as_millis() as u64,
         "burst_writer_no_agent_ms": r3(idle_writer_ms),
         "runs": runs,
@@ -450,9 +506,10 @@ pub async fn compare(ctx: &mut Ctx) -> Res<Value> {
 /// The markdown table: a column per agent, then zkrender / python.
 fn table(res: &Value, labels: &[&str], changes: usize, idle_writer_ms: f64) -> String {
     let mut s = format!(
-        "compare: the agents one after the other, same ZooKeeper, same reload (`sh -c` appending a byte); \
-         {changes} single changes per layout, each once the agent is idle; own CPU = the agent process's \
-         threads (schedstat), reload children excluded\n\n| per change | {} | zkrender / python |\n|---|{}---|\n",
+        "compare: the agents one after the other, taking turns over {ROUNDS} rounds per layout (own CPU, \
+         start and RSS: median of the rounds; latencies pooled), same ZooKeeper, same reload (`sh -c` \
+         appending a byte); {changes} single changes per layout, each once the agent is idle; own CPU = \
+         the agent process's threads (schedstat), reload children excluded\n\n| per change | {} | zkrender / python |\n|---|{}---|\n",
         labels.join(" | "),
         "---|".repeat(labels.len())
     );

@@ -311,8 +311,28 @@ impl Core {
         if let Some(b) = self.targets[id].bundle {
             return self.bundle_blocked(b);
         }
-        let deps = &self.targets[id].deps;
-        !self.in_flight.is_empty() && deps.iter().any(|d| self.in_flight.contains(d))
+        self.reading_any(&self.targets[id].deps)
+    }
+
+    /// True when a read of one of `deps` is in flight. Walks the smaller of the two sets:
+    /// usually one read is in flight and a file has a few deps, but a template over 1,000
+    /// znodes must not cost 1,000 lookups per check.
+    fn reading_any(&self, deps: &BTreeSet<Dep>) -> bool {
+        if self.in_flight.len() < deps.len() {
+            self.in_flight.iter().any(|d| deps.contains(d))
+        } else {
+            deps.iter().any(|d| self.in_flight.contains(d))
+        }
+    }
+
+    /// Whether some dirty file is held back by a read in flight: [`Core::blocked_deps`] is
+    /// not empty. Cheap (no set is built), for the check after every cycle.
+    pub fn any_blocked(&self) -> bool {
+        !self.in_flight.is_empty()
+            && self
+                .dirty
+                .iter()
+                .any(|&id| self.blocked(id) && self.targets[id].bundle.is_none_or(|b| self.bundles[b].armed))
     }
 
     /// Dirty files held back by a read in flight, and the dependencies they last read (for
@@ -522,10 +542,7 @@ impl Core {
     /// True when a read of any dependency of any file of bundle `b` is in flight.
     fn bundle_blocked(&self, b: BundleId) -> bool {
         !self.in_flight.is_empty()
-            && self.bundles[b]
-                .members
-                .clone()
-                .any(|id| self.targets[id].deps.iter().any(|d| self.in_flight.contains(d)))
+            && self.bundles[b].members.clone().any(|id| self.reading_any(&self.targets[id].deps))
     }
 
     fn mark_pending(&mut self, id: TargetId) {
@@ -855,8 +872,10 @@ pub(super) mod tests {
         assert!(core.blocked(0));
         assert!(core.plan().actions.is_empty(), "never 1-0: /b's read is in flight");
         assert!(core.has_dirty(), "the file stays marked");
+        assert!(core.any_blocked());
         assert_eq!(core.blocked_deps(), BTreeSet::from([Dep::data(zp("/a")), Dep::data(zp("/b"))]));
         core.on_update(data("/b", "1", 2));
+        assert!(!core.any_blocked());
         assert_eq!(core.plan().actions, vec![install(0, "1-1")]);
     }
 
@@ -939,6 +958,7 @@ pub(super) mod tests {
         core.on_update(data("/a", "1", 2));
         assert!(core.blocked(1) && core.blocked(2));
         assert!(core.plan().actions.is_empty(), "never a version with a=1, b=0");
+        assert!(core.any_blocked());
         assert_eq!(core.blocked_deps(), BTreeSet::from([Dep::data(zp("/a")), Dep::data(zp("/b"))]));
         // Held too long: one snapshot of both renders it.
         let plan = core.plan_snapshot(vec![data("/a", "1", 2), data("/b", "1", 2)]);
@@ -963,6 +983,7 @@ pub(super) mod tests {
         core.mark_all_dirty();
         assert!(core.plan().actions.is_empty(), "nor does a resync render it");
         core.on_reading(Dep::data(zp("/b")));
+        assert!(!core.any_blocked() && core.blocked_deps().is_empty(), "waiting for its commit, not held");
         core.on_update(data("/v", "2", 2));
         assert!(core.plan().actions.is_empty(), "a read in flight holds the commit too");
         core.on_update(data("/b", "2", 3));

@@ -35,8 +35,8 @@ impl Held {
         now: Instant,
         rendered_snapshot: bool,
     ) {
-        let blocked = core.blocked_deps();
-        if blocked.is_empty() {
+        // Checked after every cycle: no set is built unless a snapshot read is asked for.
+        if !core.any_blocked() {
             self.since = None;
             return;
         }
@@ -45,6 +45,7 @@ impl Held {
         }
         let since = *self.since.get_or_insert(now);
         if now.duration_since(since) >= self.after {
+            let blocked = core.blocked_deps();
             debug!(
                 deps = blocked.len(),
                 "reads in flight for max_wait: reading the files' znodes in one multi-read"

@@ -282,8 +282,11 @@ impl Template {
             Ok(text) => RenderOutcome::Done(text.into_bytes()),
             Err(err) => RenderOutcome::Failed(err),
         };
-        let deps = std::mem::take(&mut *scope.deps.lock().unwrap_or_else(PoisonError::into_inner));
-        Rendered { deps, outcome }
+        let mut read = std::mem::take(&mut *scope.deps.lock().unwrap_or_else(PoisonError::into_inner));
+        read.sort_unstable();
+        read.dedup();
+        // Sorted already: the set is built in one pass, no search per element.
+        Rendered { deps: read.into_iter().collect(), outcome }
     }
 }
 
@@ -305,8 +308,10 @@ const SCOPE: &str = "__zkrender_scope";
 struct Scope {
     snapshot: Arc<dyn Snapshot + Send + Sync>,
     settings: Arc<Settings>,
-    /// Every dependency touched so far.
-    deps: Mutex<BTreeSet<Dep>>,
+    /// Every dependency touched so far, in the order read, repeats included: a push per
+    /// read, sorted once at the end. (A set searched on every read cost a fifth of the
+    /// render of a template reading 1,000 znodes.)
+    deps: Mutex<Vec<Dep>>,
     /// Whether some dependency was not in the snapshot.
     unknown: AtomicBool,
 }
@@ -330,10 +335,7 @@ impl Scope {
                 (dep, None)
             }
         };
-        let mut deps = self.deps.lock().unwrap_or_else(PoisonError::into_inner);
-        if !deps.contains(known) {
-            deps.insert(known.clone());
-        }
+        self.deps.lock().unwrap_or_else(PoisonError::into_inner).push(known.clone());
         value
     }
 }
@@ -426,6 +428,11 @@ enum Encoding {
 
 impl Encoding {
     fn from_kwargs(kwargs: &Kwargs) -> Result<Encoding, minijinja::Error> {
+        // `get` records the name as used (a String in a set) even when it is absent: a
+        // twelfth of a render reading 1,000 znodes, so ask only when it was given.
+        if !kwargs.has("encoding") {
+            return Ok(Encoding::Utf8);
+        }
         match kwargs.get::<Option<&str>>("encoding")? {
             None | Some("utf-8") => Ok(Encoding::Utf8),
             Some("base64") => Ok(Encoding::Base64),
