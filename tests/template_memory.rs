@@ -7,33 +7,14 @@
 //! This test counts the bytes live after compiling small templates, with a counting global
 //! allocator (its own test binary, so nothing else allocates meanwhile).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
 use zkrender::model::TemplateSpec;
 use zkrender::render;
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
 
 #[test]
 fn a_small_compiled_template_keeps_little_memory() {
@@ -45,9 +26,9 @@ fn a_small_compiled_template_keeps_little_memory() {
         .collect();
     let no_env: Vec<String> = Vec::new();
 
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting_alloc::live();
     let compiled = render::compile_all(specs.iter().map(|s| (s, no_env.as_slice())));
-    let per_template = (LIVE.load(Ordering::Relaxed) - before) / TEMPLATES as isize;
+    let per_template = (counting_alloc::live() - before) / TEMPLATES as isize;
     eprintln!("each compiled template keeps {per_template} bytes on the heap");
     assert_eq!(compiled.iter().filter(|c| c.is_ok()).count(), TEMPLATES);
     // The text (about 250 bytes), its name and key, the instructions of ten lines (about

@@ -9,32 +9,13 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
 use common::Env;
 
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_held_watch_costs_the_client_little_memory() {
@@ -46,13 +27,13 @@ async fn a_held_watch_costs_the_client_little_memory() {
     }
     // One watch first, so the library's tables and buffers exist before the count starts.
     let (_, _, _first) = env.client().get_and_watch_data("/w00000").await.expect("read and watch");
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting_alloc::live();
     let mut watchers = Vec::with_capacity(WATCHES);
     for path in &paths[1..] {
         let (_, _, watcher) = env.client().get_and_watch_data(path).await.expect("read and watch");
         watchers.push(watcher);
     }
-    let per_watch = (LIVE.load(Ordering::Relaxed) - before) / (WATCHES as isize - 1);
+    let per_watch = (counting_alloc::live() - before) / (WATCHES as isize - 1);
     // Measured 374 bytes with change 6 (the watcher held here, the library's watch table
     // entry, its path, its event channel, and the tables' growth); 502 with it reverted (room
     // for five watchers per path).
