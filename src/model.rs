@@ -3,7 +3,9 @@
 //! These types carry no behaviour beyond validation; they are the vocabulary in which
 //! `source` reports what ZooKeeper holds and `render`/`pipeline` decide what to write.
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// An absolute, normalised znode path (`/a/b`, or `/` for the root).
@@ -105,10 +107,58 @@ pub enum DepKind {
 }
 
 /// One thing a file depends on: a znode and which aspect of it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Hashed as its [`DepKey::parts`], so a map keyed by `Dep` can be searched with a borrowed
+/// `(&str, DepKind)` (as `&dyn DepKey`) without building a `Dep`, whose path is an allocation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dep {
     pub znode: ZnodePath,
     pub kind: DepKind,
+}
+
+/// A dependency by its parts: the znode's path and the kind.
+pub trait DepKey {
+    fn parts(&self) -> (&str, DepKind);
+}
+
+impl DepKey for Dep {
+    fn parts(&self) -> (&str, DepKind) {
+        (self.znode.as_str(), self.kind)
+    }
+}
+
+impl DepKey for (&str, DepKind) {
+    fn parts(&self) -> (&str, DepKind) {
+        (self.0, self.1)
+    }
+}
+
+impl Hash for Dep {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn DepKey).hash(state);
+    }
+}
+
+impl Hash for dyn DepKey + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (znode, kind) = self.parts();
+        znode.hash(state);
+        kind.hash(state);
+    }
+}
+
+impl PartialEq for dyn DepKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn DepKey + '_ {}
+
+impl<'a> Borrow<dyn DepKey + 'a> for Dep {
+    fn borrow(&self) -> &(dyn DepKey + 'a) {
+        self
+    }
 }
 
 impl Dep {
@@ -191,6 +241,18 @@ pub fn report(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dep_is_found_by_its_borrowed_parts() {
+        let mut map = std::collections::HashMap::new();
+        map.insert(Dep::data(ZnodePath::parse("/a/b").unwrap()), 1);
+        map.insert(Dep::children(ZnodePath::parse("/a/b").unwrap()), 2);
+        let by = |znode: &str, kind| map.get(&(znode, kind) as &dyn DepKey).copied();
+        assert_eq!(by("/a/b", DepKind::Data), Some(1));
+        assert_eq!(by("/a/b", DepKind::Children), Some(2));
+        assert_eq!(by("/a/c", DepKind::Data), None);
+        assert_eq!(by("/a/b/", DepKind::Data), None, "only the normal form is a key");
+    }
 
     #[test]
     fn parse_normalises_trailing_slash() {

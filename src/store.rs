@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use foldhash::HashMap;
 
 use crate::config::TargetId;
-use crate::model::{Dep, Update, Value};
+use crate::model::{Dep, DepKey, DepKind, Update, Value};
 use crate::render::Snapshot;
 
 /// Dependency values and the reverse index dependency -> files.
@@ -97,6 +97,10 @@ impl Store {
 impl Snapshot for Store {
     fn entry(&self, dep: &Dep) -> Option<(&Dep, &Value)> {
         self.values.get_key_value(dep)
+    }
+
+    fn entry_at(&self, znode: &str, kind: DepKind) -> Option<(&Dep, &Value)> {
+        self.values.get_key_value(&(znode, kind) as &dyn DepKey)
     }
 }
 

@@ -250,7 +250,7 @@ impl Sim {
 
     /// Watched dependencies whose current value has not been delivered.
     fn undelivered(&self) -> Vec<Dep> {
-        self.watched.iter().filter(|d| self.delivered.get(d) != Some(&self.zk.read(d))).cloned().collect()
+        self.watched.iter().filter(|d| self.delivered.get(*d) != Some(&self.zk.read(d))).cloned().collect()
     }
 
     fn deliver_changed(&mut self) {

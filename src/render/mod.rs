@@ -58,7 +58,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind, State, UndefinedBehavior};
 
 use crate::formats::{self, Subtree};
 use crate::model::TemplateSpec;
-use crate::model::{Dep, Value, ZnodePath};
+use crate::model::{Dep, DepKind, Value, ZnodePath};
 
 /// The values known so far. `None` means "not read yet" (not "missing": that is `Value::Missing`).
 pub trait Snapshot {
@@ -66,6 +66,14 @@ pub trait Snapshot {
     /// it has not been read yet. A render records the snapshot's own `Dep` (its path is shared,
     /// see [`ZnodePath`](crate::model::ZnodePath)) rather than the one it just parsed.
     fn entry(&self, dep: &Dep) -> Option<(&Dep, &Value)>;
+
+    /// [`Snapshot::entry`] by a normalised absolute path, for a snapshot that can look one
+    /// up without building a [`Dep`] (the store can). `None` also when `znode` is not a
+    /// normalised path: the caller then parses it and asks [`Snapshot::entry`].
+    fn entry_at(&self, znode: &str, kind: DepKind) -> Option<(&Dep, &Value)> {
+        let dep = Dep { znode: ZnodePath::parse(znode).ok()?, kind };
+        self.entry(&dep)
+    }
 
     /// The last value read for `dep`, or `None` if it has not been read yet.
     fn get(&self, dep: &Dep) -> Option<&Value> {
@@ -326,6 +334,21 @@ impl fmt::Debug for Scope {
 impl Object for Scope {}
 
 impl Scope {
+    /// `path` resolved to a dependency of `kind`, recorded, and its value ([`Scope::read`]).
+    /// An absolute path the snapshot holds is found without parsing it or allocating: the
+    /// usual case, once per `znode()` call.
+    fn read_at(&self, path: &str, kind: DepKind) -> Result<(Dep, Option<&Value>), minijinja::Error> {
+        if path.starts_with('/')
+            && let Some((known, value)) = self.snapshot.entry_at(path, kind)
+        {
+            self.deps.lock().unwrap_or_else(PoisonError::into_inner).push(known.clone());
+            return Ok((known.clone(), Some(value)));
+        }
+        let dep = Dep { znode: self.resolve(path)?, kind };
+        let value = self.read(&dep);
+        Ok((dep, value))
+    }
+
     /// Records `dep` and returns its value; `None` (not read yet) marks the pass as pending.
     fn read(&self, dep: &Dep) -> Option<&Value> {
         let (known, value) = match self.snapshot.entry(dep) {
@@ -448,8 +471,8 @@ fn znode(state: &State, path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja
     let encoding = Encoding::from_kwargs(kwargs)?;
     let default = default_arg(kwargs)?;
     with_scope(state, |scope| {
-        let dep = Dep::data(scope.resolve(path)?);
-        match scope.read(&dep) {
+        let (dep, value) = scope.read_at(path, DepKind::Data)?;
+        match value {
             None => Ok(default.unwrap_or_else(|| JValue::from(""))),
             Some(Value::Missing) => default.ok_or_else(|| does_not_exist(&dep.znode)),
             Some(Value::Data { data, .. }) if encoding == Encoding::Base64 => {
@@ -472,8 +495,8 @@ fn znode(state: &State, path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja
 fn children(state: &State, path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
     let default = default_arg(kwargs)?;
     with_scope(state, |scope| {
-        let dep = Dep::children(scope.resolve(path)?);
-        match scope.read(&dep) {
+        let (dep, value) = scope.read_at(path, DepKind::Children)?;
+        match value {
             None => Ok(default.unwrap_or_else(|| JValue::from(Vec::<JValue>::new()))),
             Some(Value::Missing) => default.ok_or_else(|| does_not_exist(&dep.znode)),
             Some(Value::Children { names, .. }) if names.is_sorted() => {
@@ -492,8 +515,8 @@ fn children(state: &State, path: &str, kwargs: &Kwargs) -> Result<JValue, miniji
 /// `exists(path)`: whether the znode exists (a data dependency).
 fn exists(state: &State, path: &str) -> Result<bool, minijinja::Error> {
     with_scope(state, |scope| {
-        let dep = Dep::data(scope.resolve(path)?);
-        Ok(!matches!(scope.read(&dep), None | Some(Value::Missing)))
+        let (_, value) = scope.read_at(path, DepKind::Data)?;
+        Ok(!matches!(value, None | Some(Value::Missing)))
     })
 }
 
@@ -715,6 +738,10 @@ mod tests {
         fn entry(&self, dep: &Dep) -> Option<(&Dep, &Value)> {
             self.0.get_key_value(dep)
         }
+        // As the store does: a borrowed lookup, so that these tests take the renders' fast path.
+        fn entry_at(&self, znode: &str, kind: DepKind) -> Option<(&Dep, &Value)> {
+            self.0.get_key_value(&(znode, kind) as &dyn crate::model::DepKey)
+        }
     }
 
     fn zp(path: &str) -> ZnodePath {
@@ -811,6 +838,19 @@ mod tests {
         assert_eq!(done(&r), "url=pg://a\n");
         assert_eq!(r.deps, data_deps(&["/db/url"]));
         assert_eq!(t.name(), "t.j2");
+    }
+
+    #[test]
+    fn a_path_not_in_normal_form_is_read_as_its_normal_form() {
+        let snap = Snap::default().data("/db/url", "pg://a").data("/app/x", "1");
+        let t =
+            compile("{{ znode('/db/url/') }} {{ exists('/app/x/') }} {{ znode('/app//x', default='d') }}");
+        let err = t.render_snap(&snap);
+        assert!(matches!(err.outcome, RenderOutcome::Failed(_)), "an empty component is an error");
+        let t = compile("{{ znode('/db/url/') }} {{ exists('/app/x/') }}");
+        let r = t.render_snap(&snap);
+        assert_eq!(done(&r), "pg://a True");
+        assert_eq!(r.deps, data_deps(&["/app/x", "/db/url"]));
     }
 
     #[test]
