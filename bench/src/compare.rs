@@ -18,7 +18,7 @@ use zookeeper_client as zkc;
 use crate::Res;
 use crate::agent::{Agent, free_port, head, inline_file, q, raw_file};
 use crate::scenarios::{Ctx, f, row, settle, tpl_text};
-use crate::stats::{mib, ms, r3, summary};
+use crate::stats::{mib, ms, pct, r3, summary};
 use crate::watch::DirWatch;
 use crate::zk::{Zk, connect, ensure_path, put_many};
 
@@ -366,11 +366,7 @@ fn merge_rounds(rounds: Vec<Value>) -> Value {
     let median = |key: &str| {
         let mut v: Vec<f64> = rounds.iter().map(|r| at(r, key)).filter(|x| x.is_finite()).collect();
         v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
+        pct(&v, 50.0)
     };
     let each = |key: &str| rounds.iter().map(|r| r[key].clone()).collect::<Vec<_>>();
     let sum = |key: &str| rounds.iter().map(|r| at(r, key)).sum::<f64>();

@@ -328,21 +328,22 @@ impl Core {
     /// Whether some dirty file is held back by a read in flight: [`Core::blocked_deps`] is
     /// not empty. Cheap (no set is built), for the check after every cycle.
     pub fn any_blocked(&self) -> bool {
-        !self.in_flight.is_empty()
-            && self
-                .dirty
-                .iter()
-                .any(|&id| self.blocked(id) && self.targets[id].bundle.is_none_or(|b| self.bundles[b].armed))
+        !self.in_flight.is_empty() && self.dirty.iter().any(|&id| self.held(id))
+    }
+
+    /// A dirty file `id` waits for a read in flight, and a snapshot would render it (a
+    /// bundle's file only once its bundle is armed).
+    fn held(&self, id: TargetId) -> bool {
+        self.blocked(id) && self.targets[id].bundle.is_none_or(|b| self.bundles[b].armed)
     }
 
     /// Dirty files held back by a read in flight, and the dependencies they last read (for
     /// a bundle's file, those of every file of the bundle).
     pub fn blocked_deps(&self) -> BTreeSet<Dep> {
         let mut deps = BTreeSet::new();
-        for &id in self.dirty.iter().filter(|&&id| self.blocked(id)) {
+        for &id in self.dirty.iter().filter(|&&id| self.held(id)) {
             match self.targets[id].bundle {
-                Some(b) if self.bundles[b].armed => deps.extend(self.bundle_deps(b)),
-                Some(_) => {}
+                Some(b) => deps.extend(self.bundle_deps(b)),
                 None => deps.extend(self.targets[id].deps.iter().cloned()),
             }
         }

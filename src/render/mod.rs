@@ -67,9 +67,9 @@ pub trait Snapshot {
     /// see [`ZnodePath`](crate::model::ZnodePath)) rather than the one it just parsed.
     fn entry(&self, dep: &Dep) -> Option<(&Dep, &Value)>;
 
-    /// [`Snapshot::entry`] by a normalised absolute path, for a snapshot that can look one
-    /// up without building a [`Dep`] (the store can). `None` also when `znode` is not a
-    /// normalised path: the caller then parses it and asks [`Snapshot::entry`].
+    /// [`Snapshot::entry`] by an absolute path, for a snapshot that can look one up without
+    /// building a [`Dep`] (the store can). May be `None` for a path not in normal form (the
+    /// store's keys are): the caller then parses it and asks [`Snapshot::entry`].
     fn entry_at(&self, znode: &str, kind: DepKind) -> Option<(&Dep, &Value)> {
         let dep = Dep { znode: ZnodePath::parse(znode).ok()?, kind };
         self.entry(&dep)
@@ -290,10 +290,8 @@ impl Template {
             Ok(text) => RenderOutcome::Done(text.into_bytes()),
             Err(err) => RenderOutcome::Failed(err),
         };
-        let mut read = std::mem::take(&mut *scope.deps.lock().unwrap_or_else(PoisonError::into_inner));
-        read.sort_unstable();
-        read.dedup();
-        // Sorted already: the set is built in one pass, no search per element.
+        let read = std::mem::take(&mut *scope.deps.lock().unwrap_or_else(PoisonError::into_inner));
+        // Collecting sorts once and drops the repeats, then builds the set in one pass.
         Rendered { deps: read.into_iter().collect(), outcome }
     }
 }
@@ -341,7 +339,7 @@ impl Scope {
         if path.starts_with('/')
             && let Some((known, value)) = self.snapshot.entry_at(path, kind)
         {
-            self.deps.lock().unwrap_or_else(PoisonError::into_inner).push(known.clone());
+            self.record(known);
             return Ok((known.clone(), Some(value)));
         }
         let dep = Dep { znode: self.resolve(path)?, kind };
@@ -358,8 +356,12 @@ impl Scope {
                 (dep, None)
             }
         };
-        self.deps.lock().unwrap_or_else(PoisonError::into_inner).push(known.clone());
+        self.record(known);
         value
+    }
+
+    fn record(&self, dep: &Dep) {
+        self.deps.lock().unwrap_or_else(PoisonError::into_inner).push(dep.clone());
     }
 }
 

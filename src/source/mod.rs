@@ -398,30 +398,27 @@ impl Session {
     /// Starts queued loops and asks for queued re-reads while reading slots are free. A
     /// dependency dropped meanwhile is skipped (its `Ctl` is stopped).
     fn admit(&mut self) {
-        while let Some(next) = self.queued.front() {
-            let ctl = match next {
-                Queued::Start(_, ctl) | Queued::Poke(ctl) => ctl,
-            };
-            if !ctl.is_stopped() {
-                if !self.shared.admission.try_take() {
-                    return;
+        while let Some(next) = self.queued.pop_front() {
+            let (Queued::Start(_, ctl) | Queued::Poke(ctl)) = &next;
+            if ctl.is_stopped() {
+                continue;
+            }
+            if !self.shared.admission.try_take() {
+                self.queued.push_front(next);
+                return;
+            }
+            match next {
+                Queued::Start(dep, ctl) => {
+                    let ctx = watch::WatchCtx { shared: self.shared.clone(), ctl };
+                    let slot = watch::Slot::taken(self.shared.clone());
+                    self.tasks.push(guarded(watch::run(ctx, dep, slot)));
                 }
-                match self.queued.pop_front() {
-                    Some(Queued::Start(dep, ctl)) => {
-                        let ctx = watch::WatchCtx { shared: self.shared.clone(), ctl };
-                        let slot = watch::Slot::taken(self.shared.clone());
-                        self.tasks.push(guarded(watch::run(ctx, dep, slot)));
+                Queued::Poke(ctl) => {
+                    // Already poked and not yet re-read: one re-read answers both.
+                    if !ctl.poke() {
+                        self.shared.admission.release();
                     }
-                    Some(Queued::Poke(ctl)) => {
-                        // Already poked and not yet re-read: one re-read answers both.
-                        if !ctl.poke() {
-                            self.shared.admission.release();
-                        }
-                    }
-                    None => unreachable!(),
                 }
-            } else {
-                self.queued.pop_front();
             }
         }
     }
