@@ -464,11 +464,8 @@ fn fleet_report(
 async fn sweep_stale_temps(config: &Config) {
     let dests: Vec<PathBuf> = config.files.iter().map(|f| f.dest.clone()).collect();
     let _ = tokio::task::spawn_blocking(move || {
-        for dest in dests {
-            let removed = crate::sink::sweep_stale_temps(&dest);
-            if removed > 0 {
-                info!(dest = %dest.display(), removed, "removed temporary files left by an earlier crash");
-            }
+        for (dest, removed) in crate::sink::sweep_stale_temps(dests.iter().map(PathBuf::as_path)) {
+            info!(dest = %dest.display(), removed, "removed temporary files left by an earlier crash");
         }
     })
     .await;

@@ -17,7 +17,7 @@
 
 pub mod bundle;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, Metadata, OpenOptions, Permissions};
@@ -474,33 +474,55 @@ pub fn abort_in_progress() {
     process::cleanup::abort_in_progress();
 }
 
-/// Removes leftovers of a crash beside `dest`: our hidden temporary files for it
+/// Removes leftovers of a crash beside `dests`: our hidden temporary files for them
 /// (`.<name>.zkrender.*`) that no process holds. Each temporary file in flight is locked
 /// (flock) by the process writing it, and a killed process loses its locks, so a file we
 /// can lock is a leftover, while one we cannot is another agent's install in progress.
-/// Returns how many were removed.
-pub fn sweep_stale_temps(dest: &Path) -> usize {
-    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else { return 0 };
-    let prefix = temp_prefix(name);
-    let Ok(entries) = fs::read_dir(dir) else { return 0 };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        if !entry.file_name().as_bytes().starts_with(&prefix) {
-            continue;
-        }
-        let Ok(file) = OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(entry.path())
-        else {
-            continue;
-        };
-        // Held until the removal is done, so nobody can adopt the file in between.
-        let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
-            continue;
-        };
-        if fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
+/// Each directory is listed once, however many of `dests` it holds (a listing per file
+/// made a restart with 1,000 files in one directory read a million entries).
+/// Returns, per destination that had any, how many were removed.
+pub fn sweep_stale_temps<'a>(dests: impl IntoIterator<Item = &'a Path>) -> Vec<(PathBuf, usize)> {
+    // Per directory: each prefix and the destination it belongs to.
+    let mut dirs: BTreeMap<&Path, HashMap<Vec<u8>, &Path>> = BTreeMap::new();
+    for dest in dests {
+        if let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) {
+            dirs.entry(dir).or_default().insert(temp_prefix(name), dest);
         }
     }
-    removed
+    let mut removed: BTreeMap<&Path, usize> = BTreeMap::new();
+    for (dir, prefixes) in dirs {
+        let Ok(entries) = fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(dest) = temp_owner(name.as_bytes(), &prefixes) else { continue };
+            let Ok(file) =
+                OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(entry.path())
+            else {
+                continue;
+            };
+            // Held until the removal is done, so nobody can adopt the file in between.
+            let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+                continue;
+            };
+            if fs::remove_file(entry.path()).is_ok() {
+                *removed.entry(dest).or_default() += 1;
+            }
+        }
+    }
+    removed.into_iter().map(|(dest, n)| (dest.to_path_buf(), n)).collect()
+}
+
+/// The destination whose temporary file `name` is: the one of `prefixes` it starts with.
+/// Every prefix ends with the marker, so only the name's bytes up to the end of each
+/// marker in it are looked up.
+fn temp_owner<'a>(name: &[u8], prefixes: &HashMap<Vec<u8>, &'a Path>) -> Option<&'a Path> {
+    if !name.starts_with(b".") {
+        return None;
+    }
+    let marker = TEMP_MARKER.as_bytes();
+    (0..name.len().saturating_sub(marker.len() - 1))
+        .filter(|&at| name[at..].starts_with(marker))
+        .find_map(|at| prefixes.get(&name[..at + marker.len()]).copied())
 }
 
 /// `.<name>.zkrender.`: what every temporary file for a destination called `name` starts
@@ -716,6 +738,7 @@ mod tests {
     use super::*;
     use crate::config::{FileSource, OnDelete};
     use crate::model::ZnodePath;
+    use std::ffi::OsStr;
     use std::process::{Command, Stdio};
     use std::time::Instant;
     use tempfile::TempDir;
@@ -1188,5 +1211,51 @@ mod tests {
         assert_eq!(temp.path.parent(), Some(dir.path()));
         drop(temp);
         assert_no_temp_files(dir.path());
+    }
+
+    #[test]
+    fn sweep_removes_unheld_leftovers_of_configured_files_only() {
+        let (dir, dest) = setup();
+        let other = dir.path().join("other.conf");
+        let leftover = |name: &str, suffix: &str| {
+            let path = dir.path().join(format!(".{name}{TEMP_MARKER}{suffix}"));
+            fs::write(&path, b"half").unwrap();
+            path
+        };
+        // Two crashes' leftovers for app.conf, one for other.conf, and one in flight (held).
+        let stale =
+            [leftover("app.conf", "aaaaaaaaaaaa"), leftover("app.conf", "b"), leftover("other.conf", "c")];
+        let held = TempFile::create(&dest, dir.path()).unwrap();
+        // Not ours to sweep: a file nobody configured, and one whose name only contains ours.
+        let unconfigured = leftover("third.conf", "d");
+        let lookalike = dir.path().join(format!("x.app.conf{TEMP_MARKER}e"));
+        fs::write(&lookalike, b"x").unwrap();
+        fs::write(&dest, b"current").unwrap();
+
+        let removed = sweep_stale_temps([dest.as_path(), other.as_path()]);
+        assert_eq!(removed, vec![(dest.clone(), 2), (other.clone(), 1)]);
+        for path in &stale {
+            assert!(!path.exists(), "{path:?} was left");
+        }
+        for path in [&held.path, &unconfigured, &lookalike, &dest] {
+            assert!(path.exists(), "{path:?} was removed");
+        }
+        drop(held);
+        assert!(sweep_stale_temps([dest.as_path()]).is_empty(), "nothing left to sweep");
+    }
+
+    #[test]
+    fn a_temp_file_is_told_apart_from_one_whose_name_holds_the_marker() {
+        let a = Path::new("/d/a");
+        let odd = Path::new("/d/a.zkrender.x");
+        let prefixes: HashMap<Vec<u8>, &Path> =
+            [(temp_prefix(OsStr::new("a")), a), (temp_prefix(OsStr::new("a.zkrender.x")), odd)].into();
+        assert_eq!(temp_owner(b".a.zkrender.123", &prefixes), Some(a));
+        // Starts with both prefixes (starts_with semantics): either owner is right, it is ours.
+        assert!(temp_owner(b".a.zkrender.x.zkrender.123", &prefixes).is_some());
+        assert_eq!(temp_owner(b".b.zkrender.123", &prefixes), None);
+        assert_eq!(temp_owner(b"a.zkrender.123", &prefixes), None);
+        assert_eq!(temp_owner(b".a.zkrende", &prefixes), None);
+        assert_eq!(temp_owner(b".", &prefixes), None);
     }
 }
