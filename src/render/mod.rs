@@ -68,11 +68,12 @@ pub trait Snapshot {
     fn entry(&self, dep: &Dep) -> Option<(&Dep, &Value)>;
 
     /// [`Snapshot::entry`] by an absolute path, for a snapshot that can look one up without
-    /// building a [`Dep`] (the store can). May be `None` for a path not in normal form (the
-    /// store's keys are): the caller then parses it and asks [`Snapshot::entry`].
-    fn entry_at(&self, znode: &str, kind: DepKind) -> Option<(&Dep, &Value)> {
-        let dep = Dep { znode: ZnodePath::parse(znode).ok()?, kind };
-        self.entry(&dep)
+    /// building a [`Dep`] (the store can). `None` sends the caller the long way: it parses
+    /// the path and asks [`Snapshot::entry`]. So a snapshot without such a lookup returns
+    /// `None` (the default), and one with it may return `None` for a path not in normal form
+    /// (the store's keys are) or not read yet.
+    fn entry_at(&self, _znode: &str, _kind: DepKind) -> Option<(&Dep, &Value)> {
+        None
     }
 
     /// The last value read for `dep`, or `None` if it has not been read yet.
