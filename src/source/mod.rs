@@ -353,6 +353,9 @@ struct Session {
     queued: VecDeque<Queued>,
 }
 
+/// Room the queue of [`Session::queued`] keeps once it is empty.
+const QUEUE_KEPT: usize = 64;
+
 enum Queued {
     Start(Dep, Arc<watch::Ctl>),
     Poke(Arc<watch::Ctl>),
@@ -420,6 +423,11 @@ impl Session {
                     }
                 }
             }
+        }
+        // All admitted. A start or a resync queued every dependency at once (10,000 entries
+        // are 0.5 MiB); the queue does not keep that room until the next one.
+        if self.queued.capacity() > QUEUE_KEPT {
+            self.queued.shrink_to(QUEUE_KEPT);
         }
     }
 
