@@ -146,7 +146,7 @@ pub fn write_escaped(
     }
 
     match auto_escape {
-        AutoEscape::None => write!(out, "{value}").map_err(Error::from),
+        AutoEscape::None => crate::value::write_plain(out, value).map_err(Error::from),
         AutoEscape::Html => write_with_html_escaping(out, value).map_err(Error::from),
         #[cfg(feature = "json")]
         AutoEscape::Json => json_escape_write(out, value),

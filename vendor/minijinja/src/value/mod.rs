@@ -819,6 +819,41 @@ impl fmt::Display for Value {
     }
 }
 
+/// Writes `value` as its `Display` with no format options would, without the formatting
+/// machinery for the common cases: strings are copied as they are and integers written from a
+/// stack buffer. Everything else goes through `Display`. (Printing a value and `~` do this
+/// once per expression; through `fmt` a string cost a `Formatter::pad` and an integer over 250
+/// instructions.)
+pub(crate) fn write_plain<W: fmt::Write + ?Sized>(w: &mut W, value: &Value) -> fmt::Result {
+    match value.0 {
+        ValueRepr::String(ref s, _) => w.write_str(s),
+        ValueRepr::SmallStr(ref s) => w.write_str(s.as_str()),
+        ValueRepr::U64(n) => write_decimal(w, n, false),
+        ValueRepr::I64(n) => write_decimal(w, n.unsigned_abs(), n < 0),
+        _ => write!(w, "{value}"),
+    }
+}
+
+/// Writes `n` in decimal, after a minus sign when `negative`.
+fn write_decimal<W: fmt::Write + ?Sized>(w: &mut W, mut n: u64, negative: bool) -> fmt::Result {
+    // u64::MAX has 20 digits; one more for the sign.
+    let mut buf = [0u8; 21];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if negative {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    w.write_str(str::from_utf8(&buf[at..]).map_err(|_| fmt::Error)?)
+}
+
 impl Default for Value {
     fn default() -> Value {
         ValueRepr::Undefined(UndefinedType::Default).into()

@@ -1,6 +1,6 @@
 use crate::error::{Error, ErrorKind};
 use crate::value::merge_object::MergeSeq;
-use crate::value::{DynObject, ObjectRepr, Value, ValueKind, ValueRepr};
+use crate::value::{write_plain, DynObject, ObjectRepr, Value, ValueKind, ValueRepr};
 
 const MIN_I128_AS_POS_U128: u128 = 170141183460469231731687303715884105728;
 const MAX_REPEATED_STRING_LEN: usize = 100_000_000;
@@ -461,7 +461,47 @@ pub fn neg(val: &Value) -> Result<Value, Error> {
 
 /// Attempts a string concatenation.
 pub fn string_concat(left: Value, right: &Value) -> Value {
-    Value::from(format!("{left}{right}"))
+    // Most results are short (`'/app/k' ~ i`): built on the stack, they are copied once, into
+    // the value, rather than formatted into a `String` that is then copied.
+    let mut small = StackStr::default();
+    if write_plain(&mut small, &left).is_ok() && write_plain(&mut small, right).is_ok() {
+        return Value::from(small.as_str());
+    }
+    let mut rv = String::new();
+    match write_plain(&mut rv, &left).and_then(|()| write_plain(&mut rv, right)) {
+        Ok(()) => Value::from(rv),
+        // As `format!` did: a `Display` that fails is a bug in that type.
+        Err(_) => Value::from(format!("{left}{right}")),
+    }
+}
+
+/// A string of up to 64 bytes on the stack; writing more fails.
+struct StackStr {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Default for StackStr {
+    fn default() -> Self {
+        StackStr { buf: [0; 64], len: 0 }
+    }
+}
+
+impl StackStr {
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever copied in, so this cannot fail.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for StackStr {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let room = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// Implements a containment operation on values.
