@@ -426,7 +426,7 @@ fn deps_status(
     match applied {
         Some(applied)
             if applied.len() == deps.len()
-                && deps.iter().zip(applied.iter()).all(|(d, a)| dep_status(d, values) == *a) =>
+                && deps.iter().zip(applied.iter()).all(|(d, a)| shows(a, d, values)) =>
         {
             applied.clone()
         }
@@ -436,22 +436,35 @@ fn deps_status(
 
 /// One dependency and its value in `values`, as the report shows it.
 fn dep_status(d: &Dep, values: &dyn Snapshot) -> DepStatus {
-    let value = values.get(d);
-    DepStatus {
-        znode: d.znode.shared(),
-        kind: match d.kind {
-            DepKind::Data => "data",
-            DepKind::Children => "children",
-        }
-        .into(),
-        exists: value.map(|v| *v != Value::Missing),
-        mzxid: value.and_then(Value::zxid),
-        version: match value {
-            Some(Value::Data { version, .. }) => Some(*version),
-            Some(Value::Children { cversion, .. }) => Some(*cversion),
-            _ => None,
-        },
+    let (exists, mzxid, version) = value_fields(values.get(d));
+    DepStatus { znode: d.znode.shared(), kind: kind_name(d.kind).into(), exists, mzxid, version }
+}
+
+/// Whether `shown` is what [`dep_status`] makes of `d` now, without making it.
+fn shows(shown: &DepStatus, d: &Dep, values: &dyn Snapshot) -> bool {
+    let (path, znode): (&str, &str) = (&shown.znode, d.znode.as_str());
+    // The same path is usually the same allocation (`ZnodePath::shared`).
+    (std::ptr::eq(path, znode) || path == znode)
+        && shown.kind == kind_name(d.kind)
+        && (shown.exists, shown.mzxid, shown.version) == value_fields(values.get(d))
+}
+
+fn kind_name(kind: DepKind) -> &'static str {
+    match kind {
+        DepKind::Data => "data",
+        DepKind::Children => "children",
     }
+}
+
+/// What the report shows of a value: whether the znode exists, its mzxid (pzxid for children)
+/// and version (cversion); all `None` while it is not read yet.
+fn value_fields(value: Option<&Value>) -> (Option<bool>, Option<i64>, Option<i32>) {
+    let version = match value {
+        Some(Value::Data { version, .. }) => Some(*version),
+        Some(Value::Children { cversion, .. }) => Some(*cversion),
+        _ => None,
+    };
+    (value.map(|v| !matches!(v, Value::Missing)), value.and_then(Value::zxid), version)
 }
 
 #[cfg(test)]
