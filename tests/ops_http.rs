@@ -71,7 +71,7 @@ fn not_ready() -> StatusReport {
             state: "connected".into(),
             ..Default::default()
         },
-        files: vec![waiting, file("/etc/app/other.conf", true)],
+        files: vec![waiting.into(), file("/etc/app/other.conf", true).into()],
         ..Default::default()
     }
 }
@@ -80,6 +80,7 @@ fn ready() -> StatusReport {
     let mut report = not_ready();
     report.ready = true;
     for f in &mut report.files {
+        let f = Arc::make_mut(f);
         f.settled = true;
         f.state = "ok".into();
         f.reason = None;
@@ -114,8 +115,8 @@ async fn readyz_flips_to_200_exactly_when_a_ready_report_is_published() {
 
     // Another not-ready report (pipeline progress) keeps it at 503.
     let mut failing = not_ready();
-    failing.files[0].state = "failed".into();
-    failing.files[0].last_error = Some("rendering /etc/app/app.conf: boom".into());
+    Arc::make_mut(&mut failing.files[0]).state = "failed".into();
+    Arc::make_mut(&mut failing.files[0]).last_error = Some("rendering /etc/app/app.conf: boom".into());
     server.publish.send(Arc::new(failing)).unwrap();
     let (status, body) = server.get_json("/readyz").await;
     assert_eq!(status, 503);
@@ -145,7 +146,7 @@ async fn metrics_are_openmetrics_text_with_agent_counters_and_file_gauges() {
     // The registry is process-global and each scrape replaces the per-file series with
     // those of the scraped report, so this is the only test here that scrapes.
     let mut report = ready();
-    report.files[0].dest = "/etc/metrics-test.conf".into();
+    Arc::make_mut(&mut report.files[0]).dest = "/etc/metrics-test.conf".into();
     let server = start(report).await;
     let (status, content_type, body) = server.get("/metrics").await;
     assert_eq!(status, 200);
@@ -168,7 +169,7 @@ fn written_total(text: &str) -> u64 {
 #[tokio::test]
 async fn status_json_round_trips_into_the_report() {
     let mut report = ready();
-    report.files[0].deps = vec![DepStatus {
+    Arc::make_mut(&mut report.files[0]).deps = vec![DepStatus {
         znode: "/db/url".into(),
         kind: "data".into(),
         exists: Some(true),
@@ -176,8 +177,8 @@ async fn status_json_round_trips_into_the_report() {
         version: Some(3),
     }]
     .into();
-    report.files[0].last_write = Some(1_700_000_000.25);
-    report.files[0].last_reload =
+    Arc::make_mut(&mut report.files[0]).last_write = Some(1_700_000_000.25);
+    Arc::make_mut(&mut report.files[0]).last_reload =
         Some(ReloadStatus { outcome: "ok".into(), at: 1_700_000_001.0, error: None });
     let server = start(report.clone()).await;
 

@@ -302,9 +302,9 @@ mod tests {
         };
         let report = StatusReport {
             files: vec![
-                file("/etc/lone.conf", None, "ok", 1, 5.0),
-                file("/b/a.conf", Some("/b"), "ok", 7, 10.0),
-                file("/b/sub/r.json", Some("/b"), "stale", 8, 12.0),
+                file("/etc/lone.conf", None, "ok", 1, 5.0).into(),
+                file("/b/a.conf", Some("/b"), "ok", 7, 10.0).into(),
+                file("/b/sub/r.json", Some("/b"), "stale", 8, 12.0).into(),
             ],
             ..Default::default()
         };
@@ -355,7 +355,7 @@ mod tests {
             last_reload: Some(ReloadStatus { outcome: "ok".into(), at: 11.0, error: Some("x".into()) }),
             ..Default::default()
         };
-        let report = StatusReport { files: vec![file], ..Default::default() };
+        let report = StatusReport { files: vec![file.into()], ..Default::default() };
         let units = units(&report, |u| Some(format!("sha of {}", u.dest)));
         let u = &units[0];
         assert_eq!((u.kind.as_str(), u.state.as_str(), u.cause.as_deref()), ("file", "ok", None));
@@ -387,7 +387,7 @@ mod tests {
             last_reload: Some(ReloadStatus { outcome: "failed".into(), at: 1.0, error: None }),
             ..Default::default()
         };
-        let u = &units(&StatusReport { files: vec![file], ..Default::default() }, |_| None)[0];
+        let u = &units(&StatusReport { files: vec![file.into()], ..Default::default() }, |_| None)[0];
         assert_eq!(
             (u.state.as_str(), u.cause.as_deref(), u.stale_since),
             ("stale", Some("check_failed"), Some(3.0))
@@ -402,7 +402,7 @@ mod tests {
     #[test]
     fn pending_before_the_first_read() {
         let file = FileStatus { dest: "/c".into(), state: "pending".into(), ..Default::default() };
-        let u = &units(&StatusReport { files: vec![file], ..Default::default() }, |_| None)[0];
+        let u = &units(&StatusReport { files: vec![file.into()], ..Default::default() }, |_| None)[0];
         assert_eq!((u.state.as_str(), u.znodes.len(), u.sha256.as_deref()), ("pending", 0, None));
     }
 

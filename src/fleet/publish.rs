@@ -200,7 +200,7 @@ mod tests {
             last_reload: reload_at.map(|at| ReloadStatus { outcome: "ok".into(), at, error: None }),
             ..Default::default()
         };
-        Arc::new(StatusReport { files: vec![file], ..Default::default() })
+        Arc::new(StatusReport { files: vec![file.into()], ..Default::default() })
     }
 
     fn written(rx: &watch::Receiver<Arc<Vec<u8>>>) -> Vec<Option<f64>> {

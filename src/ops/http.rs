@@ -329,13 +329,15 @@ mod tests {
                     state: "pending".into(),
                     reason: Some("znode_missing".into()),
                     ..Default::default()
-                },
+                }
+                .into(),
                 FileStatus {
                     dest: "/etc/b.conf".into(),
                     state: "ok".into(),
                     settled: true,
                     ..Default::default()
-                },
+                }
+                .into(),
             ],
             ..Default::default()
         }
@@ -357,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn readyz_before_ready_names_zookeeper_and_why_it_is_unreachable() {
         let mut report = pending_report();
-        report.files[0].reason = Some("waiting for znodes to be read".into());
+        std::sync::Arc::make_mut(&mut report.files[0]).reason = Some("waiting for znodes to be read".into());
         report.zookeeper = crate::status::ZkStatus {
             state: "connecting".into(),
             error: Some("127.0.0.1:1: connection refused".into()),
@@ -395,7 +397,7 @@ mod tests {
             ready: true,
             degraded: true,
             zookeeper: crate::status::ZkStatus { state: "connected".into(), ..Default::default() },
-            files: vec![stale, ok],
+            files: vec![stale.into(), ok.into()],
         };
         let response = respond(&Method::GET, "/readyz", &report, &|| true);
         assert_eq!(response.status(), StatusCode::OK, "readiness stays once every file was written");

@@ -463,7 +463,7 @@ mod tests {
         let report = StatusReport {
             ready: true,
             zookeeper: ZkStatus { state: "connected".into(), ..Default::default() },
-            files: vec![file("/etc/a.conf"), stale],
+            files: vec![file("/etc/a.conf").into(), stale.into()],
             ..Default::default()
         };
 
@@ -491,11 +491,12 @@ mod tests {
         let m = Metrics::new();
         let mut written = file("/etc/gone.conf");
         written.last_write = Some(5.0);
-        let before = StatusReport { files: vec![file("/etc/kept.conf"), written], ..Default::default() };
+        let before =
+            StatusReport { files: vec![file("/etc/kept.conf").into(), written.into()], ..Default::default() };
         m.update_files(&before, 10.0);
         assert!(m.encode().contains("/etc/gone.conf"));
 
-        let after = StatusReport { files: vec![file("/etc/kept.conf")], ..Default::default() };
+        let after = StatusReport { files: vec![file("/etc/kept.conf").into()], ..Default::default() };
         m.update_files(&after, 20.0);
         let text = m.encode();
         assert!(!text.contains("/etc/gone.conf"), "{text}");
@@ -508,7 +509,7 @@ mod tests {
         let mut pending = file("/etc/p.conf");
         pending.settled = false;
         pending.state = "pending".into();
-        m.update_files(&StatusReport { files: vec![pending], ..Default::default() }, 1.0);
+        m.update_files(&StatusReport { files: vec![pending.into()], ..Default::default() }, 1.0);
         assert_eq!(sample(&m.encode(), "zkrender_file_up_to_date{dest=\"/etc/p.conf\"}"), Some(0.0));
     }
 }

@@ -265,7 +265,8 @@ mod tests {
                     ]
                     .into(),
                     ..Default::default()
-                },
+                }
+                .into(),
                 FileStatus {
                     dest: "/etc/b.conf".into(),
                     state: "failed".into(),
@@ -283,7 +284,8 @@ mod tests {
                     }]
                     .into(),
                     ..Default::default()
-                },
+                }
+                .into(),
             ],
         }
     }
@@ -333,14 +335,14 @@ DEST               STATE                LAST WRITE  RELOAD      ERROR/REASON
     fn header_counts_pending_files_before_ready() {
         let mut r = report();
         r.ready = false;
-        r.files[1].settled = false;
+        std::sync::Arc::make_mut(&mut r.files[1]).settled = false;
         assert!(render_table(&r, NOW).contains("ready: no (1 of 2 files pending)"));
     }
 
     #[test]
     fn failed_reload_shows_when_the_file_itself_is_fine() {
         let mut r = report();
-        r.files[0].last_reload = Some(ReloadStatus {
+        std::sync::Arc::make_mut(&mut r.files[0]).last_reload = Some(ReloadStatus {
             outcome: "failed".into(),
             at: NOW - 5.0,
             error: Some("http POST x: 500".into()),
@@ -354,7 +356,7 @@ DEST               STATE                LAST WRITE  RELOAD      ERROR/REASON
     #[test]
     fn never_written_file_and_no_files() {
         let mut r = report();
-        r.files[0].last_write = None;
+        std::sync::Arc::make_mut(&mut r.files[0]).last_write = None;
         assert!(render_table(&r, NOW).contains("/etc/app/app.conf  ok                   never"));
         r.files.clear();
         assert!(render_table(&r, NOW).ends_with("\nno files configured\n"));

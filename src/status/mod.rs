@@ -193,7 +193,9 @@ pub struct StatusReport {
     /// failed, see [`StatusReport::stale`]): files are the last good ones and may be stale.
     pub degraded: bool,
     pub zookeeper: ZkStatus,
-    pub files: Vec<FileStatus>,
+    /// Each shared with the agent's cache of entries (a report after a change copies no file's
+    /// entry, only the `Arc`s).
+    pub files: Vec<std::sync::Arc<FileStatus>>,
 }
 
 /// The ZooKeeper connection.
@@ -275,13 +277,13 @@ pub struct ReloadStatus {
 impl StatusReport {
     /// Files not yet written once, with why (the `/readyz` 503 body).
     pub fn pending(&self) -> impl Iterator<Item = &FileStatus> {
-        self.files.iter().filter(|f| !f.settled)
+        self.files.iter().map(AsRef::as_ref).filter(|f| !f.settled)
     }
 
     /// Files that do not match ZooKeeper now because their last attempt failed (install,
     /// render, check, missing znode), with why: what makes a ready agent `degraded`.
     pub fn stale(&self) -> impl Iterator<Item = &FileStatus> {
-        self.files.iter().filter(|f| f.stale_since.is_some())
+        self.files.iter().map(AsRef::as_ref).filter(|f| f.stale_since.is_some())
     }
 }
 

@@ -302,7 +302,7 @@ pub struct Publisher {
     unreachable: Option<String>,
     /// Per file: its entry as last built; `None` when touched since (built again when the
     /// next report goes out).
-    entries: Vec<Option<FileStatus>>,
+    entries: Vec<Option<Arc<FileStatus>>>,
 }
 
 impl Publisher {
@@ -344,7 +344,7 @@ impl Publisher {
         }
         for (id, entry) in self.entries.iter_mut().enumerate() {
             if entry.is_none() {
-                *entry = Some(file_status(id, view(id), values, telemetry));
+                *entry = Some(Arc::new(file_status(id, view(id), values, telemetry)));
             }
         }
         let files = self.entries.iter().flatten().cloned().collect();
@@ -369,12 +369,12 @@ pub fn report<'a>(
     values: &dyn Snapshot,
     telemetry: &Telemetry,
 ) -> StatusReport {
-    let files = files.enumerate().map(|(id, f)| file_status(id, f, values, telemetry)).collect();
+    let files = files.enumerate().map(|(id, f)| Arc::new(file_status(id, f, values, telemetry))).collect();
     assemble(files, telemetry)
 }
 
 /// The report of `files`, with readiness and the connection from `telemetry`.
-fn assemble(files: Vec<FileStatus>, telemetry: &Telemetry) -> StatusReport {
+fn assemble(files: Vec<Arc<FileStatus>>, telemetry: &Telemetry) -> StatusReport {
     let ready = files.iter().all(|f| f.settled);
     // Readiness is sticky (the files on disk are the last good ones); what is wrong since
     // shows as `degraded`: no ZooKeeper, or a file that does not match it.
