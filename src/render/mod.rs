@@ -46,11 +46,11 @@
 //! [`Dep`], so a change anywhere in the subtree re-renders and only what changed is read
 //! again. Which znodes are kept is [`Subtree`]'s rule (see [`crate::formats`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::rc::Rc;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -275,11 +275,11 @@ impl Template {
     /// returns, so a caller holding the only other `Arc` can mutate it afterwards without
     /// a copy (`Arc::make_mut`).
     pub fn render<S: Snapshot + Send + Sync + 'static>(&self, snapshot: &Arc<S>) -> Rendered {
-        let scope = Arc::new(Scope {
+        let scope = Rc::new(Scope {
             snapshot: snapshot.clone(),
             settings: self.settings.clone(),
-            deps: Mutex::default(),
-            unknown: AtomicBool::new(false),
+            deps: RefCell::default(),
+            unknown: Cell::new(false),
         });
         let result = match self.env.get_template(&self.key) {
             // A panic inside the template engine (minijinja 2.24 panics on some slices of empty
@@ -300,11 +300,11 @@ impl Template {
             Err(err) => Err(template_error(&self.name, &err, "")),
         };
         let outcome = match result {
-            _ if scope.unknown.load(Ordering::Relaxed) => RenderOutcome::Pending,
+            _ if scope.unknown.get() => RenderOutcome::Pending,
             Ok(text) => RenderOutcome::Done(text.into_bytes()),
             Err(err) => RenderOutcome::Failed(err),
         };
-        let read = std::mem::take(&mut *scope.deps.lock().unwrap_or_else(PoisonError::into_inner));
+        let read = scope.deps.take();
         // Collecting sorts once and drops the repeats, then builds the set in one pass.
         Rendered { deps: read.into_iter().collect(), outcome }
     }
@@ -319,7 +319,8 @@ mod lint;
 // (the dependencies found) is a `Scope` that the render makes its thread's current one
 // ([`CURRENT`]) while it runs; each function finds it there. The snapshot is an `Arc` clone,
 // not a copy, and every render has its own scope: nothing is shared between renders but the
-// immutable environment.
+// immutable environment. A scope never leaves its thread, so it records with a `RefCell`
+// and a `Cell`, not a lock and an atomic.
 //
 // (The scope used to travel in the render context as a variable, which each function looked
 // up through minijinja's `State`: a walk over every frame's variables, about 330
@@ -327,15 +328,15 @@ mod lint;
 
 thread_local! {
     /// The scope of the render running on this thread, set by [`Template::render`].
-    static CURRENT: RefCell<Option<Arc<Scope>>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<Option<Rc<Scope>>> = const { RefCell::new(None) };
 }
 
 /// Makes a scope its thread's current one until dropped (also when the render panics), then
 /// puts back the one before: none, as renders do not nest.
-struct Current(Option<Arc<Scope>>);
+struct Current(Option<Rc<Scope>>);
 
 impl Current {
-    fn set(scope: Arc<Scope>) -> Current {
+    fn set(scope: Rc<Scope>) -> Current {
         Current(CURRENT.replace(Some(scope)))
     }
 }
@@ -353,9 +354,9 @@ struct Scope {
     /// Every dependency touched so far, in the order read, repeats included: a push per
     /// read, sorted once at the end. (A set searched on every read cost a fifth of the
     /// render of a template reading 1,000 znodes.)
-    deps: Mutex<Vec<Dep>>,
+    deps: RefCell<Vec<Dep>>,
     /// Whether some dependency was not in the snapshot.
-    unknown: AtomicBool,
+    unknown: Cell<bool>,
 }
 
 impl fmt::Debug for Scope {
@@ -386,7 +387,7 @@ impl Scope {
         let (known, value) = match self.snapshot.entry(dep) {
             Some((known, value)) => (known, Some(value)),
             None => {
-                self.unknown.store(true, Ordering::Relaxed);
+                self.unknown.set(true);
                 (dep, None)
             }
         };
@@ -395,7 +396,7 @@ impl Scope {
     }
 
     fn record(&self, dep: &Dep) {
-        self.deps.lock().unwrap_or_else(PoisonError::into_inner).push(dep.clone());
+        self.deps.borrow_mut().push(dep.clone());
     }
 }
 
