@@ -710,6 +710,24 @@ fn check_dockerfile(text: &str) -> Vec<String> {
             }
         }
     }
+    // Everything the build reads besides src/ is copied in before the first build: the
+    // patched crates of [patch.crates-io], build.rs and the function order it links.
+    let first_build = ins.iter().position(|i| i.keyword == "RUN" && i.args.contains("cargo build"));
+    let copied: Vec<&str> = ins[..first_build.unwrap_or(ins.len())]
+        .iter()
+        .filter(|i| i.keyword == "COPY" && !i.args.contains("--from"))
+        .flat_map(|i| {
+            let words: Vec<&str> = i.args.split_whitespace().collect();
+            words[..words.len().saturating_sub(1)].to_vec()
+        })
+        .collect();
+    for needed in build_inputs() {
+        if !copied.iter().any(|c| c.trim_end_matches('/') == needed) {
+            problems.push(format!(
+                "{F}: `{needed}` is not copied into the builder before its first `cargo build`"
+            ));
+        }
+    }
     for r in ins.iter().filter(|i| i.keyword == "RUN" && i.args.contains("cargo build")) {
         if !r.args.contains("cargo build --release --locked") {
             problems.push(format!("{F}: `{}` differs from CI's `cargo build --release --locked`", r.args));
@@ -752,6 +770,28 @@ fn check_dockerfile(text: &str) -> Vec<String> {
         problems.push(format!("{F}: HEALTHCHECK does not query /healthz: {}", h.args));
     }
     problems
+}
+
+/// What a release build reads besides `src/`, `Cargo.toml` and `Cargo.lock`: the top-level
+/// directory of each `[patch.crates-io]` path, `build.rs` and `build/`.
+fn build_inputs() -> Vec<String> {
+    let manifest: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml parses");
+    let mut inputs = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
+    let patches = manifest.get("patch").and_then(|p| p.get("crates-io")).and_then(|p| p.as_table());
+    for patch in patches.into_iter().flat_map(|t| t.values()) {
+        if let Some(path) = patch.get("path").and_then(|p| p.as_str()) {
+            let top = path.trim_start_matches("./").split('/').next().unwrap_or(path).to_owned();
+            if !inputs.contains(&top) {
+                inputs.push(top);
+            }
+        }
+    }
+    for extra in ["build.rs", "build"] {
+        if Path::new(env!("CARGO_MANIFEST_DIR")).join(extra).exists() {
+            inputs.push(extra.to_owned());
+        }
+    }
+    inputs
 }
 
 #[test]
@@ -1094,6 +1134,12 @@ fn dockerfile_check_detects_problems() {
         ),
         ("CMD [\"run\", \"-c\", \"/etc/zkrender/zkrender.toml\"]", "CMD [\"run\"]", "CMD is not"),
         ("FROM rust:1-bookworm AS builder", "FROM rust:1-bookworm AS build", "no `FROM ... AS builder`"),
+        ("COPY vendor ./vendor\n", "", "`vendor` is not copied"),
+        (
+            "COPY Cargo.toml Cargo.lock build.rs ./",
+            "COPY Cargo.toml Cargo.lock ./",
+            "`build.rs` is not copied",
+        ),
     ];
     for (from, to, needle) in cases {
         assert_reports(&check_dockerfile(&mutate(&text, from, to)), needle);
