@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     bound_malloc();
     let cli = Cli::parse();
     init_logging(&cli);
+    log_panics();
     let log_format = cli.log_format;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,6 +78,28 @@ fn print_error(e: &AgentError, format: LogFormat) {
 fn write_stdout(bytes: &[u8]) -> Result<(), AgentError> {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes).and_then(|()| out.flush()).map_err(AgentError::Stdout)
+}
+
+/// Panics go to the log, as one event in the log's format (JSON lines stay JSON), instead of
+/// Rust's default message on stderr. A panic inside a template render is caught by the render
+/// and becomes that file's error, message included, so it is only logged at debug level here
+/// (with where it happened). The backtrace is added when `RUST_BACKTRACE` asks for one.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = zkrender::render::panic_message(info.payload());
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        if zkrender::render::rendering() {
+            tracing::debug!(%message, %location, "the template engine panicked; the render fails with its message");
+            return;
+        }
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(%message, %location, thread, %backtrace, "panic (a bug in zkrender; please report it)");
+        } else {
+            tracing::error!(%message, %location, thread, "panic (a bug in zkrender; please report it)");
+        }
+    }));
 }
 
 fn init_logging(cli: &Cli) {

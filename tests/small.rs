@@ -317,3 +317,36 @@ async fn a_pid_file_not_there_yet_at_the_first_install_is_one_warning() {
     agent.assert_running();
     agent.stop();
 }
+
+// ------------------------------------------------------------------ panics
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_that_panics_the_engine_is_one_error_naming_the_panic_not_a_raw_panic_message() {
+    let env = Env::new("small-panic").await;
+    env.set("/app/a", "x").await;
+    let dest = env.path("out.txt");
+    // minijinja 2.24 panics on this slice; the render turns it into an error for the file.
+    let cfg = env.write_config(&format!(
+        "[[file]]\ndest = {}\ninline = \"{{{{ znode('/app/a') }}}}{{{{ \\\"\\\"[::-1] }}}}\"\n",
+        toml_path(&dest)
+    ));
+    for format in ["text", "json"] {
+        let out = zkrender()
+            .args(["--log-format", format, "render", "-c"])
+            .arg(&cfg)
+            .args(["--timeout", "5s"])
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{format}: {err}");
+        assert!(
+            err.contains("internal error: "),
+            "{format}: the error should carry the panic's message: {err}"
+        );
+        assert!(!err.contains("panicked at"), "{format}: Rust's raw panic message was printed: {err}");
+        if format == "json" {
+            last_json_line(&err);
+        }
+    }
+    assert!(!dest.exists(), "render must not write the file");
+}

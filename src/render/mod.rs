@@ -289,10 +289,14 @@ impl Template {
                 let _current = Current::set(scope.clone());
                 template.render(minijinja::context! {})
             }))
-            .unwrap_or_else(|_| {
+            .unwrap_or_else(|payload| {
                 Err(minijinja::Error::new(
                     ErrorKind::InvalidOperation,
-                    "the template engine failed on this template (an internal error); simplify the expression",
+                    format!(
+                        "the template engine failed on this template (an internal error: {}); \
+                         simplify the expression",
+                        panic_message(payload.as_ref())
+                    ),
                 ))
             })
             .map_err(|err| template_error(&self.name, &err, template.source())),
@@ -329,6 +333,22 @@ mod lint;
 thread_local! {
     /// The scope of the render running on this thread, set by [`Template::render`].
     static CURRENT: RefCell<Option<Rc<Scope>>> = const { RefCell::new(None) };
+}
+
+/// Whether a template is being rendered on this thread. A panic there is caught by
+/// [`Template::render`] and becomes that file's render error, with the panic's message; the
+/// process's panic hook uses this to leave it at that instead of printing it a second time.
+pub fn rendering() -> bool {
+    CURRENT.try_with(|current| current.try_borrow().is_ok_and(|c| c.is_some())).unwrap_or(false)
+}
+
+/// A panic's message: its payload when that is a string (as `panic!` makes it), else a
+/// placeholder.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    match payload.downcast_ref::<&'static str>() {
+        Some(text) => text,
+        None => payload.downcast_ref::<String>().map_or("no message", String::as_str),
+    }
 }
 
 /// Makes a scope its thread's current one until dropped (also when the render panics), then
@@ -1247,13 +1267,23 @@ mod tests {
         // minijinja 2.24 panics on this slice (see Template::render).
         let t = compile("{{ exists('/a') }}{{ \"\"[::-1] }}");
         let message = failed(&t.render_snap(&Snap::default().missing("/a")));
-        assert!(message.contains("internal error"), "{message}");
+        assert!(message.contains("internal error: "), "{message}");
+        assert!(!message.contains("no message"), "the panic's own message is missing: {message}");
         assert!(CURRENT.with_borrow(Option::is_none), "the panicked render's scope was left behind");
+        assert!(!rendering());
         let outside = exists("/a").unwrap_err();
         assert!(outside.to_string().contains("outside Template::render"), "{outside}");
         let t = compile("{{ exists('/a') }}");
         assert_eq!(done(&t.render_snap(&Snap::default().data("/a", "x"))), "True");
         assert!(CURRENT.with_borrow(Option::is_none));
+    }
+
+    #[test]
+    fn a_panic_message_is_its_string_payload() {
+        let message = |payload: Box<dyn std::any::Any + Send>| panic_message(payload.as_ref()).to_owned();
+        assert_eq!(message(Box::new("static text")), "static text");
+        assert_eq!(message(Box::new(String::from("formatted 7"))), "formatted 7");
+        assert_eq!(message(Box::new(7_u32)), "no message");
     }
 
     #[test]
