@@ -571,9 +571,7 @@ impl Core {
         let store: &Arc<Store> = snapshot.unwrap_or(&self.store);
         let target = &mut self.targets[id];
         // Whatever this render leads to supersedes a retry that was waiting.
-        if target.retry_at.take().is_some() {
-            self.retrying.remove(&id);
-        }
+        cancel_retry(target, &mut self.retrying, id);
         let (mut deps, outcome) = match &target.producer {
             Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(store, dep)),
             Producer::Template(t) => {
@@ -616,9 +614,7 @@ impl Core {
                 target.status = Status::Ok;
                 target.settled_once = true;
                 target.failed_attempts = 0;
-                if target.retry_at.take().is_some() {
-                    self.retrying.remove(&id);
-                }
+                cancel_retry(target, &mut self.retrying, id);
             }
             Err(f) => {
                 target.status = Status::Failed(f.clone());
@@ -661,8 +657,7 @@ impl Core {
             .filter(|&id| self.targets[id].retry_at.is_some_and(|at| at <= now))
             .collect();
         for &id in &due {
-            self.targets[id].retry_at = None;
-            self.retrying.remove(&id);
+            cancel_retry(&mut self.targets[id], &mut self.retrying, id);
             self.dirty.insert(id);
         }
         !due.is_empty()
@@ -743,6 +738,13 @@ enum Outcome {
 }
 
 /// A tree file's contents, and every dependency the walk asked for.
+/// Drops file `id`'s waiting retry, if it has one (`retrying` lists the files that do).
+fn cancel_retry(target: &mut Target, retrying: &mut BTreeSet<TargetId>, id: TargetId) {
+    if target.retry_at.take().is_some() {
+        retrying.remove(&id);
+    }
+}
+
 fn tree_outcome(store: &Store, root: &ZnodePath, format: Format) -> (BTreeSet<Dep>, Outcome) {
     let mut deps = BTreeSet::new();
     let read = render::read_tree(root, |dep| {
