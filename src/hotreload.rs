@@ -168,11 +168,13 @@ impl AsRawFd for InotifyFd {
 }
 
 impl FileWatcher {
-    /// What a change to a config file or template can look like: written, replaced by
-    /// rename, created, deleted, or its mode changed.
-    const MASK: AddWatchFlags = AddWatchFlags::IN_MODIFY
+    /// What a change to a config file or template can look like: written and closed,
+    /// replaced by rename, created, deleted, or its mode changed. Not each write
+    /// (`IN_MODIFY`): a file is read once its writer closed it, never half-saved, and a file
+    /// held open and appended to in the same directory (an application's log beside its
+    /// config) does not wake the agent at every write.
+    const MASK: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
         .union(AddWatchFlags::IN_ATTRIB)
-        .union(AddWatchFlags::IN_CLOSE_WRITE)
         .union(AddWatchFlags::IN_MOVED_FROM)
         .union(AddWatchFlags::IN_MOVED_TO)
         .union(AddWatchFlags::IN_CREATE)

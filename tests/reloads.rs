@@ -799,6 +799,56 @@ async fn config_hot_reload_keeps_the_session_and_survives_a_bad_config() {
     assert_eq!(log.matches("zkrender starting").count(), 1, "the agent restarted:\n{log}");
 }
 
+/// The agent's threads' voluntary context switches so far: how often it went to sleep and was
+/// woken.
+fn wakeups(pid: u32) -> u64 {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).expect("the agent's threads");
+    tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn appending_to_an_open_file_beside_the_config_does_not_wake_the_agent_and_a_saved_template_still_counts()
+ {
+    let env = Env::new("hot-reload-quiet").await;
+    let template = env.path("a.j2");
+    let a = env.path("a.conf");
+    env.set("/app/a", "A1").await;
+    fs::write(&template, "v1 {{ znode(\"/app/a\") }}").unwrap();
+    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\ntemplate = \"a.j2\"\n"));
+    let agent = Agent::run(&cfg);
+    wait_for_file(&a, b"v1 A1", T);
+    std::thread::sleep(SETTLE);
+
+    // An application's log beside the config and the template, held open and appended to:
+    // every write is an inotify IN_MODIFY in the watched directory. Before, each one woke the
+    // agent (a read of the event, matched by name and dropped).
+    let mut app_log = fs::OpenOptions::new().create(true).append(true).open(env.path("app.log")).unwrap();
+    let before = wakeups(agent.pid());
+    let writes = 300;
+    for i in 0..writes {
+        std::io::Write::write_all(&mut app_log, format!("line {i}\n").as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let woke = wakeups(agent.pid()) - before;
+    assert!(
+        woke < writes / 5,
+        "the agent woke {woke} times during {writes} writes to a file that is not its config; log:\n{}",
+        agent.log()
+    );
+
+    // A template saved in place (opened, written, closed) is still picked up.
+    fs::write(&template, "v2 {{ znode(\"/app/a\") }}").unwrap();
+    wait_for_file(&a, b"v2 A1", T);
+    drop(app_log);
+    agent.assert_running();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_reload_to_an_exec_only_reload_is_refused_under_run() {
     let env = Env::new("hot-reload-exec-only").await;
