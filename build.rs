@@ -39,6 +39,10 @@ fn main() {
     let list = list.display();
     println!("cargo:rustc-link-arg-bin=zkrender=-Wl,--symbol-ordering-file={list}");
     println!("cargo:rustc-link-arg-bin=zkrender=-Wl,--no-warn-symbol-ordering");
+    // Where each function landed, for `scripts/orderfile --check-map` (CI): a list that no
+    // longer names the binary's functions would otherwise cost memory without a sound.
+    let map = Path::new(&var("OUT_DIR")).join("zkrender.map");
+    println!("cargo:rustc-link-arg-bin=zkrender=-Wl,-Map={}", map.display());
 }
 
 /// Whether rustc links this target with its bundled LLD: x86_64 Linux (GNU) from Rust 1.90,
