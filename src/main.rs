@@ -94,11 +94,10 @@ fn log_panics() {
         }
         let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
         let backtrace = std::backtrace::Backtrace::capture();
-        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
-            tracing::error!(%message, %location, thread, %backtrace, "panic (a bug in zkrender; please report it)");
-        } else {
-            tracing::error!(%message, %location, thread, "panic (a bug in zkrender; please report it)");
-        }
+        // Recorded only when there is one (`None` fields are left out).
+        let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+            .then(|| tracing::field::display(backtrace));
+        tracing::error!(%message, %location, thread, backtrace, "panic (a bug in zkrender; please report it)");
     }));
 }
 

@@ -799,6 +799,19 @@ async fn config_hot_reload_keeps_the_session_and_survives_a_bad_config() {
     assert_eq!(log.matches("zkrender starting").count(), 1, "the agent restarted:\n{log}");
 }
 
+/// An agent rendering `a.conf` from the template `a.j2` (`v1 {{ znode("/app/a") }}`, with
+/// `/app/a` = `A1`), both beside its config; returns once the file is written.
+async fn one_template_agent(env: &Env) -> (PathBuf, PathBuf, Agent) {
+    let template = env.path("a.j2");
+    let a = env.path("a.conf");
+    env.set("/app/a", "A1").await;
+    fs::write(&template, "v1 {{ znode(\"/app/a\") }}").unwrap();
+    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\ntemplate = \"a.j2\"\n"));
+    let agent = Agent::run(&cfg);
+    wait_for_file(&a, b"v1 A1", T);
+    (template, a, agent)
+}
+
 /// The agent's threads' voluntary context switches so far: how often it went to sleep and was
 /// woken.
 fn wakeups(pid: u32) -> u64 {
@@ -816,13 +829,7 @@ fn wakeups(pid: u32) -> u64 {
 async fn appending_to_an_open_file_beside_the_config_does_not_wake_the_agent_and_a_saved_template_still_counts()
  {
     let env = Env::new("hot-reload-quiet").await;
-    let template = env.path("a.j2");
-    let a = env.path("a.conf");
-    env.set("/app/a", "A1").await;
-    fs::write(&template, "v1 {{ znode(\"/app/a\") }}").unwrap();
-    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\ntemplate = \"a.j2\"\n"));
-    let agent = Agent::run(&cfg);
-    wait_for_file(&a, b"v1 A1", T);
+    let (template, a, agent) = one_template_agent(&env).await;
     std::thread::sleep(SETTLE);
 
     // An application's log beside the config and the template, held open and appended to:
@@ -888,13 +895,7 @@ async fn hot_reload_to_an_exec_only_reload_is_refused_under_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_reload_of_a_broken_template_keeps_the_old_one() {
     let env = Env::new("hot-reload-bad-template").await;
-    let template = env.path("a.j2");
-    let a = env.path("a.conf");
-    env.set("/app/a", "A1").await;
-    fs::write(&template, "v1 {{ znode(\"/app/a\") }}").unwrap();
-    let cfg = env.write_config(&format!("[[file]]\ndest = {a:?}\ntemplate = \"a.j2\"\n"));
-    let agent = Agent::run(&cfg);
-    wait_for_file(&a, b"v1 A1", T);
+    let (template, a, agent) = one_template_agent(&env).await;
     fs::write(&template, "v2 {{ znode(\"/app/a\") ").unwrap(); // unclosed
     agent.wait_for_log("new configuration is invalid", T);
     let line = agent.log().lines().find(|l| l.contains("new configuration is invalid")).unwrap().to_owned();

@@ -737,7 +737,6 @@ enum Outcome {
     Failed(Failure),
 }
 
-/// A tree file's contents, and every dependency the walk asked for.
 /// Drops file `id`'s waiting retry, if it has one (`retrying` lists the files that do).
 fn cancel_retry(target: &mut Target, retrying: &mut BTreeSet<TargetId>, id: TargetId) {
     if target.retry_at.take().is_some() {
@@ -745,6 +744,7 @@ fn cancel_retry(target: &mut Target, retrying: &mut BTreeSet<TargetId>, id: Targ
     }
 }
 
+/// A tree file's contents, and every dependency the walk asked for.
 fn tree_outcome(store: &Store, root: &ZnodePath, format: Format) -> (BTreeSet<Dep>, Outcome) {
     let mut deps = BTreeSet::new();
     let read = render::read_tree(root, |dep| {
