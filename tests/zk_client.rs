@@ -312,6 +312,42 @@ async fn the_client_runs_on_the_applications_tokio_runtime() {
     );
 }
 
+/// Write calls (`write`, `writev`, not `send`) the calling thread has made so far: `syscw` of
+/// `/proc/thread-self/io`.
+fn thread_write_calls() -> u64 {
+    let io = std::fs::read_to_string("/proc/thread-self/io").expect("read /proc/thread-self/io");
+    io.lines()
+        .find_map(|line| line.strip_prefix("syscw:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a syscw line in /proc/thread-self/io")
+}
+
+/// Patch 7: requests queued at once leave in a few vectored writes, not in one `send` each.
+/// On a current-thread runtime the session task runs on this thread, so the thread's own
+/// counter sees every write to the socket. tokio's single-buffer write is a `send`, which the
+/// counter does not see: with the old adapter (first buffer only) the burst made no write call
+/// it counts at all, and without the drain each request made one `writev` of its own.
+#[tokio::test]
+async fn a_burst_of_requests_leaves_in_a_few_vectored_writes() {
+    const BURST: usize = 1000;
+    let server = Server::start();
+    let client = connect(server.addr(), Duration::from_secs(10), None).await;
+    create(&client, "/burst", b"value").await;
+
+    let before = thread_write_calls();
+    // Each call queues its request at once; the session task runs when this task waits.
+    let reads: Vec<_> = (0..BURST).map(|_| client.get_data("/burst")).collect();
+    for read in reads {
+        assert_eq!(read.await.expect("read /burst").0, b"value");
+    }
+    let writes = thread_write_calls() - before;
+    assert!(
+        (1..=BURST as u64 / 20).contains(&writes),
+        "{BURST} queued requests took {writes} write calls (wanted 1 to {}: vectored, many requests each)",
+        BURST / 20
+    );
+}
+
 /// The first of `watchers` to fire: its index and event. A fired watcher is taken out (it must
 /// not be polled again).
 async fn first_fired(watchers: &mut [Option<zookeeper_client::OneshotWatcher>]) -> (usize, WatchedEvent) {

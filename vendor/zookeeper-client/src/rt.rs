@@ -13,13 +13,50 @@ mod imp {
     use std::task::{Context, Poll};
     use std::time::{Duration, Instant};
 
-    use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+    use std::io::{IoSlice, Result};
+
+    use tokio::io::{AsyncRead as _, AsyncWrite as _, ReadBuf};
 
     /// A TCP stream with the `futures` I/O traits, as `async_net::TcpStream` has.
-    pub type TcpStream = Compat<tokio::net::TcpStream>;
+    ///
+    /// Not `tokio_util::compat::Compat`: that does not forward `poll_write_vectored`, so the
+    /// trait's default wrote only the first of the queued requests per call, one `send` (and one
+    /// TCP segment for the server to read) per request however many were waiting.
+    #[derive(Debug)]
+    pub struct TcpStream(tokio::net::TcpStream);
 
     pub async fn connect(host: &str, port: u16) -> std::io::Result<TcpStream> {
-        Ok(tokio::net::TcpStream::connect((host, port)).await?.compat())
+        Ok(TcpStream(tokio::net::TcpStream::connect((host, port)).await?))
+    }
+
+    impl futures::io::AsyncRead for TcpStream {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<Result<usize>> {
+            let mut buf = ReadBuf::new(buf);
+            std::task::ready!(Pin::new(&mut self.0).poll_read(cx, &mut buf))?;
+            Poll::Ready(Ok(buf.filled().len()))
+        }
+    }
+
+    impl futures::io::AsyncWrite for TcpStream {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<Result<usize>> {
+            Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
     }
 
     /// The subset of `async_io::Timer` the client uses: a future that resolves with the time

@@ -528,6 +528,9 @@ impl Session {
         }
     }
 
+    /// At most this many queued requests are taken from the channel before they are written.
+    const REQUESTS_PER_WRITE: usize = 512;
+
     async fn serve_session(
         &mut self,
         endpoints: &mut IterableEndpoints,
@@ -560,18 +563,34 @@ impl Session {
                     r?;
                     self.last_send = Instant::now();
                 },
-                r = requester.next(), if !channel_halted => match r {
-                    None => {
-                        if !self.detached {
-                            depot.push_session(SessionOperation::new_without_body(OpCode::CloseSession));
+                r = requester.next(), if !channel_halted => {
+                    // Take the requests already queued too, so that a burst of them leaves in one
+                    // vectored write instead of one write call each.
+                    let mut next = r;
+                    let mut taken = 0;
+                    loop {
+                        match next {
+                            None => {
+                                if !self.detached {
+                                    depot.push_session(SessionOperation::new_without_body(OpCode::CloseSession));
+                                }
+                                channel_halted = true;
+                                break;
+                            },
+                            Some(Request::Session(operation)) => depot.push_session(operation),
+                            Some(Request::RemoveWatcher { id, responser }) => {
+                                self.watch_manager.remove_watcher(id, responser, depot);
+                            },
                         }
-                        channel_halted = true;
-                    }
-                    Some(Request::Session(operation)) => depot.push_session(operation),
-                    Some(Request::RemoveWatcher {
-                        id, responser
-                    }) => {
-                        self.watch_manager.remove_watcher(id, responser, depot);
+                        taken += 1;
+                        if taken == Self::REQUESTS_PER_WRITE {
+                            break;
+                        }
+                        next = match requester.try_recv() {
+                            Ok(request) => Some(request),
+                            Err(mpsc::TryRecvError::Closed) => None,
+                            Err(mpsc::TryRecvError::Empty) => break,
+                        };
                     }
                 },
                 now = tick.as_mut() => {
