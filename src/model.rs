@@ -162,6 +162,12 @@ impl<'a> Borrow<dyn DepKey + 'a> for Dep {
 }
 
 impl Dep {
+    /// Sorts `deps` and drops the repeats: the order a set of them iterates in.
+    pub fn sort_unique(deps: &mut Vec<Dep>) {
+        deps.sort_unstable();
+        deps.dedup();
+    }
+
     pub fn data(znode: ZnodePath) -> Self {
         Dep { znode, kind: DepKind::Data }
     }

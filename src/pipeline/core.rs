@@ -512,8 +512,8 @@ impl Core {
         if let Some(commit) = self.bundles[b].commit.clone() {
             for id in members {
                 if !self.targets[id].deps.contains(&commit) {
-                    let mut deps = self.targets[id].deps.clone();
-                    deps.insert(commit.clone());
+                    let mut deps = self.targets[id].deps.iter().cloned().collect();
+                    insert_sorted(&mut deps, commit.clone());
                     self.set_target_deps(id, deps, plan);
                 }
             }
@@ -553,10 +553,12 @@ impl Core {
         }
     }
 
-    /// Replaces what file `id` reads, asking to watch or unwatch the difference.
-    fn set_target_deps(&mut self, id: TargetId, deps: BTreeSet<Dep>, plan: &mut Plan) {
+    /// Replaces what file `id` reads (`deps`: sorted, each once), asking to watch or unwatch
+    /// the difference. Usually it reads what it read before, and nothing is built.
+    fn set_target_deps(&mut self, id: TargetId, deps: Vec<Dep>, plan: &mut Plan) {
         let target = &mut self.targets[id];
-        if deps != target.deps {
+        if !target.deps.iter().eq(&deps) {
+            let deps: BTreeSet<Dep> = deps.into_iter().collect();
             let (added, removed) = Arc::make_mut(&mut self.store).set_deps(id, &target.deps, &deps);
             plan.watch.extend(added);
             plan.unwatch.extend(removed);
@@ -573,7 +575,7 @@ impl Core {
         // Whatever this render leads to supersedes a retry that was waiting.
         cancel_retry(target, &mut self.retrying, id);
         let (mut deps, outcome) = match &target.producer {
-            Producer::Raw { dep } => (BTreeSet::from([dep.clone()]), raw_outcome(store, dep)),
+            Producer::Raw { dep } => (vec![dep.clone()], raw_outcome(store, dep)),
             Producer::Template(t) => {
                 let r = t.render(store);
                 plan.renders += 1;
@@ -600,7 +602,7 @@ impl Core {
             }
         };
         if let Some(commit) = target.bundle.and_then(|b| self.bundles[b].commit.clone()) {
-            deps.insert(commit);
+            insert_sorted(&mut deps, commit);
         }
         self.set_target_deps(id, deps, plan);
         outcome
@@ -744,13 +746,21 @@ fn cancel_retry(target: &mut Target, retrying: &mut BTreeSet<TargetId>, id: Targ
     }
 }
 
-/// A tree file's contents, and every dependency the walk asked for.
-fn tree_outcome(store: &Store, root: &ZnodePath, format: Format) -> (BTreeSet<Dep>, Outcome) {
-    let mut deps = BTreeSet::new();
+/// Adds `dep` to the sorted `deps` unless it is there.
+fn insert_sorted(deps: &mut Vec<Dep>, dep: Dep) {
+    if let Err(at) = deps.binary_search(&dep) {
+        deps.insert(at, dep);
+    }
+}
+
+/// A tree file's contents, and every dependency the walk asked for (sorted, each once).
+fn tree_outcome(store: &Store, root: &ZnodePath, format: Format) -> (Vec<Dep>, Outcome) {
+    let mut deps = Vec::new();
     let read = render::read_tree(root, |dep| {
-        deps.insert(dep.clone());
+        deps.push(dep.clone());
         store.get(dep)
     });
+    Dep::sort_unique(&mut deps);
     let outcome = match read {
         TreeRead::Pending => Outcome::Pending,
         TreeRead::Missing => Outcome::Failed(Failure {

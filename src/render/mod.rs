@@ -130,8 +130,11 @@ pub enum RenderOutcome {
 /// Outcome plus every dependency the pass touched (watched even when the render failed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendered {
-    /// Every dependency this pass read or tried to read, known or not.
-    pub deps: BTreeSet<Dep>,
+    /// Every dependency this pass read or tried to read, known or not: sorted, each once.
+    /// A list, not a set: the pipeline compares it with the file's last one and keeps that
+    /// when they are equal (nearly always), so building and dropping a tree of 1,000 nodes
+    /// per change would be work for nothing.
+    pub deps: Vec<Dep>,
     /// `Pending` whenever some dependency in `deps` was not in the snapshot.
     pub outcome: RenderOutcome,
 }
@@ -308,9 +311,9 @@ impl Template {
             Ok(text) => RenderOutcome::Done(text.into_bytes()),
             Err(err) => RenderOutcome::Failed(err),
         };
-        let read = scope.deps.take();
-        // Collecting sorts once and drops the repeats, then builds the set in one pass.
-        Rendered { deps: read.into_iter().collect(), outcome }
+        let mut deps = scope.deps.take();
+        Dep::sort_unique(&mut deps);
+        Rendered { deps, outcome }
     }
 }
 
@@ -880,8 +883,11 @@ mod tests {
         assert_eq!(done(&t.render_snap(&Snap::default())), "d");
     }
 
-    fn data_deps(paths: &[&str]) -> BTreeSet<Dep> {
-        paths.iter().map(|path| Dep::data(zp(path))).collect()
+    /// Data dependencies on `paths`, as [`Rendered::deps`] lists them (sorted, each once).
+    fn data_deps(paths: &[&str]) -> Vec<Dep> {
+        let mut deps = paths.iter().map(|path| Dep::data(zp(path))).collect();
+        Dep::sort_unique(&mut deps);
+        deps
     }
 
     #[test]
@@ -957,7 +963,7 @@ mod tests {
         let t = compile("{{ children('/svc') | join(',') }}");
         let r = t.render_snap(&Snap::default().children("/svc", &["b", "c", "a"]));
         assert_eq!(done(&r), "a,b,c");
-        assert_eq!(r.deps, BTreeSet::from([Dep::children(zp("/svc"))]));
+        assert_eq!(r.deps, [Dep::children(zp("/svc"))]);
     }
 
     #[test]
@@ -979,7 +985,7 @@ mod tests {
         let mut snap = Snap::default();
         let r = t.render_snap(&snap);
         assert_eq!(r.outcome, RenderOutcome::Pending);
-        assert_eq!(r.deps, BTreeSet::from([Dep::children(zp("/svc"))]));
+        assert_eq!(r.deps, [Dep::children(zp("/svc"))]);
 
         // Pass 2: all 1,000 children at once.
         snap = snap.children("/svc", &name_refs);
@@ -1037,11 +1043,7 @@ mod tests {
         assert_eq!(done(&r), "u x a");
         assert_eq!(
             r.deps,
-            BTreeSet::from([
-                Dep::data(zp("/app/db/url")),
-                Dep::children(zp("/app/svc")),
-                Dep::data(zp("/abs"))
-            ])
+            [Dep::data(zp("/abs")), Dep::data(zp("/app/db/url")), Dep::children(zp("/app/svc"))]
         );
     }
 
@@ -1151,10 +1153,7 @@ mod tests {
         );
         let r = t.render_snap(&Snap::default().data("/a", "x").no_children("/b").missing("/missing"));
         assert!(failed(&r).contains("znode /missing does not exist"));
-        assert_eq!(
-            r.deps,
-            BTreeSet::from([Dep::data(zp("/a")), Dep::children(zp("/b")), Dep::data(zp("/missing"))])
-        );
+        assert_eq!(r.deps, [Dep::data(zp("/a")), Dep::children(zp("/b")), Dep::data(zp("/missing"))]);
     }
 
     #[test]
@@ -1332,8 +1331,9 @@ mod tests {
             expected.insert(Dep::children(zp(&format!("/app/{path}"))));
         }
         assert_eq!(
-            r.deps, expected,
-            "children of every znode, data of every descendant, not the root's data"
+            r.deps,
+            Vec::from_iter(expected),
+            "children of every znode, data of every descendant, not the root's data (sorted, each once)"
         );
     }
 

@@ -5,21 +5,30 @@
 //! Each memory test is a test binary of its own, so no other test pays for the counting.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 
 /// The system allocator, counting.
 pub struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes allocated and not yet freed, by every thread of the test binary.
+#[allow(dead_code, reason = "each test binary that includes this file uses what it needs")]
 pub fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
+}
+
+/// Allocations made so far (reallocations not included), by every thread of the test binary.
+#[allow(dead_code, reason = "each test binary that includes this file uses what it needs")]
+pub fn allocations() -> usize {
+    ALLOCATIONS.load(Ordering::Relaxed)
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {

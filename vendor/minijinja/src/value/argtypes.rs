@@ -918,7 +918,7 @@ impl<'a> ArgType<'a> for Kwargs {
             Some(value) => {
                 Kwargs::extract(value).ok_or_else(|| Error::from(ErrorKind::MissingArgument))
             }
-            None => Ok(Kwargs::new(Default::default())),
+            None => Ok(Kwargs::empty()),
         }
     }
 
@@ -931,7 +931,7 @@ impl<'a> ArgType<'a> for Kwargs {
             .get(offset)
             .and_then(Kwargs::extract)
             .map(|kwargs| (kwargs, 1))
-            .unwrap_or_else(|| (Kwargs::new(Default::default()), 0));
+            .unwrap_or_else(|| (Kwargs::empty(), 0));
 
         Ok(args)
     }
@@ -947,6 +947,13 @@ impl Kwargs {
             values: map,
             used: RefCell::new(HashSet::new()),
         }
+    }
+
+    /// Kwargs without values, as a call without keyword arguments gets them. They share one
+    /// empty map, so that such a call allocates nothing for them.
+    fn empty() -> Kwargs {
+        static EMPTY: std::sync::OnceLock<Arc<KwargsValues>> = std::sync::OnceLock::new();
+        Kwargs::new(EMPTY.get_or_init(Default::default).clone())
     }
 
     /// Given a value, extracts the kwargs if there are any.
@@ -1070,7 +1077,7 @@ impl TryFrom<Value> for Kwargs {
 
     fn try_from(value: Value) -> Result<Self, Self::Error> {
         match value.0 {
-            ValueRepr::Undefined(_) => Ok(Kwargs::new(Default::default())),
+            ValueRepr::Undefined(_) => Ok(Kwargs::empty()),
             ValueRepr::Object(_) => {
                 Kwargs::extract(&value).ok_or_else(|| Error::from(ErrorKind::InvalidOperation))
             }
