@@ -1,6 +1,6 @@
 //! What a template function call without keyword arguments allocates for them
-//! (vendor/PATCHES.md, minijinja patch 3): nothing. `znode()`, `children()` and `exists()`
-//! take keyword arguments (`default=`, `encoding=`) that most calls do not give, and a render
+//! (vendor/PATCHES.md, minijinja patch 3): nothing. `znode()`, `children()`, `env()` and
+//! `tree()` take keyword arguments (`default=`, `encoding=`) that most calls do not give, and a render
 //! of 1,000 keys calls them 1,000 times. Counted with a counting global allocator (its own test
 //! binary, so nothing else allocates meanwhile).
 

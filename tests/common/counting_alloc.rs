@@ -1,5 +1,5 @@
-//! A global allocator that counts the bytes live on the heap, for the memory tests
-//! (`watch_memory`, `template_memory`). Include it with
+//! A global allocator that counts the bytes live on the heap and the allocations made, for
+//! the memory tests (`watch_memory`, `template_memory`, `kwargs_memory`). Include it with
 //! `#[path = "common/counting_alloc.rs"] mod counting_alloc;` and install it:
 //! `#[global_allocator] static ALLOC: counting_alloc::Counting = counting_alloc::Counting;`.
 //! Each memory test is a test binary of its own, so no other test pays for the counting.

@@ -9,19 +9,18 @@
 #[cfg(feature = "tokio")]
 mod imp {
     use std::future::Future;
+    use std::io::{IoSlice, Result};
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use std::time::{Duration, Instant};
-
-    use std::io::{IoSlice, Result};
 
     use tokio::io::{AsyncRead as _, AsyncWrite as _, ReadBuf};
 
     /// A TCP stream with the `futures` I/O traits, as `async_net::TcpStream` has.
     ///
     /// Not `tokio_util::compat::Compat`: that does not forward `poll_write_vectored`, so the
-    /// trait's default wrote only the first of the queued requests per call, one `send` (and one
-    /// TCP segment for the server to read) per request however many were waiting.
+    /// trait's default wrote only the first of the queued requests per call: one `send`
+    /// system call per request, however many were waiting.
     #[derive(Debug)]
     pub struct TcpStream(tokio::net::TcpStream);
 
