@@ -475,6 +475,72 @@ znode = "/app/raw"
     agent.stop();
 }
 
+/// A file printing 40 znodes: each line `i=VALUE`, `VALUE` from `value(i)`.
+fn forty_lines(value: impl Fn(usize) -> String) -> String {
+    (0..40).map(|i| format!("{i}={}\n", value(i))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_to_a_printed_value_is_patched_into_the_file_and_counted() {
+    let env = Env::new("ops-patched").await;
+    let seed: Vec<(String, Vec<u8>)> = (0..40).map(|i| (format!("/app/k/{i}"), b"v".to_vec())).collect();
+    let seed: Vec<(&str, &[u8])> = seed.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
+    env.seed(&seed).await;
+    let cfg = config(
+        &env,
+        r#"
+[[file]]
+dest = "DIR/big.conf"
+inline = "{% for i in range(40) %}{{ i }}={{ znode('/app/k/' ~ i) }}\n{% endfor %}"
+"#,
+    );
+    let big = env.path("big.conf");
+    let agent = Agent::run(&cfg);
+    let ops = Ops::new(&bound_addr(&agent));
+    wait_for_file(&big, forty_lines(|_| "v".into()).as_bytes(), T);
+    let before = ops.metrics().await;
+    assert_eq!(before.value("zkrender_renders_patched_total"), 0.0, "the first render runs the template");
+
+    env.set("/app/k/7", "seven, a longer value").await;
+    wait_for_file(
+        &big,
+        forty_lines(|i| if i == 7 { "seven, a longer value".into() } else { "v".into() }).as_bytes(),
+        T,
+    );
+    env.set("/app/k/7", "").await;
+    wait_for_file(&big, forty_lines(|i| if i == 7 { String::new() } else { "v".into() }).as_bytes(), T);
+    env.set("/app/k/39", "last").await;
+    let expected = |i| match i {
+        39 => "last".to_owned(),
+        7 => String::new(),
+        _ => "v".to_owned(),
+    };
+    wait_for_file(&big, forty_lines(expected).as_bytes(), T);
+    let patched = eventually("the patches to be counted", T, async || {
+        let m = ops.metrics().await;
+        (m.value("zkrender_files_written_total") - before.value("zkrender_files_written_total") >= 3.0)
+            .then_some(m)
+    })
+    .await;
+    let delta = |name: &str| patched.value(name) - before.value(name);
+    assert!(delta("zkrender_renders_patched_total") >= 3.0, "each change was patched");
+    assert_eq!(delta("zkrender_renders_patched_total"), delta("zkrender_renders_total"));
+
+    // Deleted: the template runs and fails; the last good file stays.
+    env.delete("/app/k/3").await;
+    eventually("the failed render", T, async || {
+        let m = ops.metrics().await;
+        (m.value("zkrender_render_errors_total") > patched.value("zkrender_render_errors_total"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(read(&big), forty_lines(expected));
+    env.set("/app/k/3", "back").await;
+    let expected = |i| if i == 3 { "back".to_owned() } else { expected(i) };
+    wait_for_file(&big, forty_lines(expected).as_bytes(), T);
+    agent.stop();
+}
+
 // ------------------------------------------------------------------ 4. /status
 
 #[tokio::test(flavor = "multi_thread")]

@@ -154,6 +154,9 @@ pub struct Metrics {
     pub renders_total: Counter,
     /// `zkrender_render_errors_total`.
     pub render_errors_total: Counter,
+    /// `zkrender_renders_patched_total`: of the renders, changes patched into a file's last
+    /// output instead of running its template (`render::Incremental`).
+    pub renders_patched_total: Counter,
     /// `zkrender_files_written_total`: writes that changed a file on disk.
     pub files_written_total: Counter,
     /// `zkrender_check_failures_total`: rendered files rejected by their check command.
@@ -201,6 +204,7 @@ impl Metrics {
         let watch_events_total = Counter::default();
         let renders_total = Counter::default();
         let render_errors_total = Counter::default();
+        let renders_patched_total = Counter::default();
         let files_written_total = Counter::default();
         let check_failures_total = Counter::default();
         let reloads_total = Family::<ReloadLabels, Counter>::default();
@@ -234,6 +238,11 @@ impl Metrics {
         r.register("watch_events", "Updates received from ZooKeeper", watch_events_total.clone());
         r.register("renders", "Template renders attempted", renders_total.clone());
         r.register("render_errors", "Template renders that failed", render_errors_total.clone());
+        r.register(
+            "renders_patched",
+            "Template renders done by patching changed values into the last output",
+            renders_patched_total.clone(),
+        );
         r.register("files_written", "Writes that changed a file on disk", files_written_total.clone());
         r.register(
             "check_failures",
@@ -284,6 +293,7 @@ impl Metrics {
             watch_events_total,
             renders_total,
             render_errors_total,
+            renders_patched_total,
             files_written_total,
             check_failures_total,
             reloads_total,
@@ -411,6 +421,7 @@ mod tests {
             "zkrender_watch_events_total",
             "zkrender_renders_total",
             "zkrender_render_errors_total",
+            "zkrender_renders_patched_total",
             "zkrender_files_written_total",
             "zkrender_check_failures_total",
             "zkrender_reload_duration_seconds_bucket",

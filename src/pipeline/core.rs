@@ -63,7 +63,16 @@ pub struct Target {
     retry_at: Option<Instant>,
     /// The `[[bundle]]` (index in [`Core::bundles`]) the file belongs to, if any.
     pub bundle: Option<BundleId>,
+    /// A template file's last output and where its printed values are, when it can be
+    /// patched ([`render::Incremental`]; kept only for renders from the store).
+    incremental: Option<Box<render::Incremental>>,
+    /// With `incremental`: the dependencies whose value changed since that output.
+    changed: Vec<Dep>,
 }
+
+/// How many changes to a file's values are patched into its last output at once
+/// ([`render::Incremental`]); more render it in full.
+const MAX_PATCHED_CHANGES: usize = 64;
 
 /// Index of a `[[bundle]]` in [`Core::bundles`] (config order).
 pub type BundleId = usize;
@@ -111,6 +120,9 @@ pub struct Plan {
     /// Templates rendered, and how many of those failed (for metrics).
     pub renders: u64,
     pub render_errors: u64,
+    /// Of `renders`, how many were a change patched into the last output instead
+    /// ([`render::Incremental`]).
+    pub patched: u64,
 }
 
 /// The pure core: values, targets, and the set of targets to re-render.
@@ -193,6 +205,8 @@ impl Core {
                 failed_attempts: 0,
                 retry_at: None,
                 bundle,
+                incremental: None,
+                changed: Vec::new(),
             });
         }
         if !errors.is_empty() {
@@ -355,6 +369,17 @@ impl Core {
         self.in_flight.remove(&update.dep);
         let dep = update.dep.clone();
         let touched = self.store_mut().apply(update);
+        for &id in &touched {
+            let target = &mut self.targets[id];
+            if target.incremental.is_some() {
+                target.changed.push(dep.clone());
+                // Past a few changes at once a render costs less than the patch's lookups.
+                if target.changed.len() > MAX_PATCHED_CHANGES {
+                    target.incremental = None;
+                    target.changed = Vec::new();
+                }
+            }
+        }
         if !touched.is_empty() {
             // A new value of a bundle's commit znode: the bundle renders (once no read of its
             // files' dependencies is in flight, see `Core::blocked`).
@@ -574,10 +599,25 @@ impl Core {
         let target = &mut self.targets[id];
         // Whatever this render leads to supersedes a retry that was waiting.
         cancel_retry(target, &mut self.retrying, id);
+        let changed = std::mem::take(&mut target.changed);
         let (mut deps, outcome) = match &target.producer {
             Producer::Raw { dep } => (vec![dep.clone()], raw_outcome(store, dep)),
             Producer::Template(t) => {
+                // A change to values the template only prints is applied to its last output:
+                // the same bytes a render would make (`render::Incremental`), and the same
+                // dependencies, so nothing else about the file changes.
+                if snapshot.is_none()
+                    && let Some(incremental) = target.incremental.as_mut()
+                    && let Some(bytes) = incremental.patch(&changed, store.as_ref())
+                {
+                    plan.renders += 1;
+                    plan.patched += 1;
+                    return Outcome::Done(bytes);
+                }
                 let r = t.render(store);
+                // Kept only for a render from the store (changes are tracked against it) of a
+                // file outside a bundle (bundles render together, from one store or snapshot).
+                target.incremental = r.incremental.filter(|_| snapshot.is_none() && target.bundle.is_none());
                 plan.renders += 1;
                 plan.render_errors += u64::from(matches!(r.outcome, RenderOutcome::Failed(_)));
                 let outcome = match r.outcome {
@@ -862,6 +902,105 @@ pub(super) mod tests {
         assert!(core.all_settled());
         assert!(core.on_update(data("/a", "x", 1)).is_empty(), "the same value again marks nothing");
         assert!(!core.has_dirty());
+    }
+
+    /// The text of a file printing `/k/0` .. `/k/39`, where each holds `values(i)`.
+    fn forty(values: impl Fn(usize) -> String) -> String {
+        (0..40).map(|i| format!("{i}={}\n", values(i))).collect()
+    }
+
+    #[test]
+    fn a_change_to_a_printed_value_is_patched_into_the_last_output_and_anything_else_renders() {
+        let text = "{% for i in range(40) %}{{ i }}={{ znode('/k/' ~ i) }}\n{% endfor %}";
+        let mut core = Core::new(&[template(0, text)]).unwrap();
+        core.plan();
+        for i in 0..40 {
+            core.on_update(data(&format!("/k/{i}"), "v", 1));
+        }
+        let plan = core.plan();
+        assert_eq!((plan.renders, plan.patched), (1, 0), "the first render is a render");
+        assert_eq!(plan.actions, vec![install(0, &forty(|_| "v".into()))]);
+        core.on_result(0, &Ok(()));
+
+        core.on_update(data("/k/3", "three", 2));
+        core.on_update(data("/k/39", "", 2));
+        let plan = core.plan();
+        assert_eq!((plan.renders, plan.patched), (1, 1));
+        let expected = |i| match i {
+            3 => "three".to_owned(),
+            39 => String::new(),
+            _ => "v".to_owned(),
+        };
+        assert_eq!(plan.actions, vec![install(0, &forty(expected))]);
+        assert!(plan.watch.is_empty() && plan.unwatch.is_empty());
+
+        // A resync marks the file without a change: the same contents, still patched.
+        core.mark_all_dirty();
+        let plan = core.plan();
+        assert_eq!((plan.patched, plan.actions.clone()), (1, vec![install(0, &forty(expected))]));
+
+        // Deleted: a render, which fails as it always did, and keeps no state.
+        core.on_update(missing("/k/5"));
+        let plan = core.plan();
+        assert_eq!((plan.renders, plan.patched, plan.render_errors), (1, 0, 1));
+        assert_eq!(failure_kind(&core, 0), Some(FailureKind::ZnodeMissing));
+        // The failed render stopped at /k/5, so /k/6 and on were unwatched: read again.
+        core.on_update(data("/k/5", "five", 3));
+        core.plan();
+        for i in 6..40 {
+            core.on_update(data(&format!("/k/{i}"), &expected(i), 2));
+        }
+        let plan = core.plan();
+        assert_eq!((plan.renders, plan.patched), (1, 0), "back from a failure: a render");
+        core.on_update(data("/k/6", "six", 3));
+        let plan = core.plan();
+        assert_eq!(plan.patched, 1);
+        let expected = |i| match i {
+            5 => "five".to_owned(),
+            6 => "six".to_owned(),
+            _ => expected(i),
+        };
+        assert_eq!(plan.actions, vec![install(0, &forty(expected))]);
+    }
+
+    #[test]
+    fn many_changes_at_once_render_in_full() {
+        let text = "{% for i in range(40) %}{{ i }}={{ znode('/k/' ~ i) }}\n{% endfor %}";
+        let mut core = Core::new(&[template(0, text)]).unwrap();
+        core.plan();
+        for i in 0..40 {
+            core.on_update(data(&format!("/k/{i}"), "v", 1));
+        }
+        core.plan();
+        for round in 0..2 {
+            for i in 0..40 {
+                core.on_update(data(&format!("/k/{i}"), &format!("{round}"), round + 2));
+            }
+        }
+        assert!(core.targets()[0].incremental.is_none(), "80 changes: no state kept");
+        let plan = core.plan();
+        assert_eq!((plan.renders, plan.patched), (1, 0));
+        assert_eq!(plan.actions, vec![install(0, &forty(|_| "1".into()))]);
+        assert!(core.targets()[0].incremental.is_some(), "the render keeps a new state");
+    }
+
+    #[test]
+    fn a_render_from_a_snapshot_is_never_patched_and_drops_the_state() {
+        let text = "{% for i in range(40) %}{{ i }}={{ znode('/k/' ~ i) }}\n{% endfor %}";
+        let mut core = Core::new(&[template(0, text)]).unwrap();
+        core.plan();
+        for i in 0..40 {
+            core.on_update(data(&format!("/k/{i}"), "v", 1));
+        }
+        core.plan();
+        assert!(core.targets()[0].incremental.is_some());
+        core.on_reading(Dep::data(zp("/k/1")));
+        core.on_update(data("/k/2", "two", 2));
+        let snapshot: Vec<Update> = (0..40).map(|i| data(&format!("/k/{i}"), "s", 2)).collect();
+        let plan = core.plan_snapshot(snapshot);
+        assert_eq!((plan.renders, plan.patched), (1, 0));
+        assert_eq!(plan.actions, vec![install(0, &forty(|_| "s".into()))]);
+        assert!(core.targets()[0].incremental.is_none(), "its values are not the store's");
     }
 
     /// A file of `/a` and `/b`, both read once ("0"), installed.

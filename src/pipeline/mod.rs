@@ -303,6 +303,7 @@ async fn run_cycle(
     };
     metrics().renders_total.inc_by(plan.renders);
     metrics().render_errors_total.inc_by(plan.render_errors);
+    metrics().renders_patched_total.inc_by(plan.patched);
     if !plan.unwatch.is_empty() {
         core.forget_in_flight(Some(&plan.unwatch));
         let _ = source.send(Command::Unwatch(plan.unwatch));

@@ -137,6 +137,9 @@ pub struct Rendered {
     pub deps: Vec<Dep>,
     /// `Pending` whenever some dependency in `deps` was not in the snapshot.
     pub outcome: RenderOutcome,
+    /// With `Done`, for a template whose printed values can be patched (see [`patch`]): what
+    /// [`Incremental::patch`] needs to apply the next changes without a render.
+    pub incremental: Option<Box<Incremental>>,
 }
 
 /// A compiled template. Compile once at startup (or reload), render on every change.
@@ -155,6 +158,9 @@ pub struct Template {
     key: String,
     env: Arc<Environment<'static>>,
     settings: Arc<Settings>,
+    /// Every `znode()` call is printed as is ([`patch::printed_as_is`]): renders record
+    /// where, and a change to such a value can be patched into the output.
+    patchable: bool,
 }
 
 /// A template's own settings, read by its functions through the per-render scope.
@@ -165,6 +171,10 @@ struct Settings {
     /// `allow_env` names with their values at compile time.
     allowed_env: BTreeMap<String, Option<String>>,
 }
+
+/// A template compiled into the shared environment: its key there, whether it can be
+/// patched ([`patch::printed_as_is`]), its spec and settings.
+type Compiled<'a> = (String, bool, &'a TemplateSpec, Settings);
 
 /// Compiles `templates` (each with the environment variables it may read, see
 /// [`Template::compile_with_env`]) into one shared environment. One result per template,
@@ -177,35 +187,37 @@ pub fn compile_all<'a>(
     // such template's): a thousand files rendered from one template file, each with its own
     // prefix, are one compiled template, not a thousand (about 10 KiB each). Messages name
     // each file's own template (`Template::name`), never the key.
-    let mut by_text: HashMap<&str, String> = HashMap::new();
-    let compiled: Vec<Result<(String, &TemplateSpec, Settings), RenderError>> = templates
+    let mut by_text: HashMap<&str, (String, bool)> = HashMap::new();
+    let compiled: Vec<Result<Compiled<'_>, RenderError>> = templates
         .into_iter()
         .enumerate()
         .map(|(i, (spec, allow_env))| {
-            let key = match by_text.get(spec.text.as_str()) {
-                Some(key) => key.clone(),
+            let (key, patchable) = match by_text.get(spec.text.as_str()) {
+                Some(known) => known.clone(),
                 None => {
                     // The index tells apart templates with the same name.
                     let key = format!("{i}:{}", spec.name);
                     env.add_template_owned(key.clone(), spec.text.clone())
                         .map_err(|err| template_error(&spec.name, &err, &spec.text))?;
-                    by_text.insert(&spec.text, key.clone());
-                    key
+                    let patchable = env.get_template(&key).is_ok_and(|t| patch::printed_as_is(&t));
+                    by_text.insert(&spec.text, (key.clone(), patchable));
+                    (key, patchable)
                 }
             };
             let allowed_env = allow_env.iter().map(|name| (name.clone(), std::env::var(name).ok())).collect();
-            Ok((key, spec, Settings { prefix: spec.prefix.clone(), allowed_env }))
+            Ok((key, patchable, spec, Settings { prefix: spec.prefix.clone(), allowed_env }))
         })
         .collect();
     let env = Arc::new(env);
     compiled
         .into_iter()
         .map(|c| {
-            c.map(|(key, spec, settings)| Template {
+            c.map(|(key, patchable, spec, settings)| Template {
                 name: spec.name.clone(),
                 key,
                 env: env.clone(),
                 settings: Arc::new(settings),
+                patchable,
             })
         })
         .collect()
@@ -278,11 +290,13 @@ impl Template {
     /// returns, so a caller holding the only other `Arc` can mutate it afterwards without
     /// a copy (`Arc::make_mut`).
     pub fn render<S: Snapshot + Send + Sync + 'static>(&self, snapshot: &Arc<S>) -> Rendered {
+        let recorder = self.patchable.then(|| Rc::new(patch::Recorder::default()));
         let scope = Rc::new(Scope {
             snapshot: snapshot.clone(),
             settings: self.settings.clone(),
             deps: RefCell::default(),
             unknown: Cell::new(false),
+            recorder: recorder.clone(),
         });
         let result = match self.env.get_template(&self.key) {
             // A panic inside the template engine (minijinja 2.24 panics on some slices of empty
@@ -290,7 +304,19 @@ impl Template {
             // for this file, which keeps its last good contents.
             Ok(template) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let _current = Current::set(scope.clone());
-                template.render(minijinja::context! {})
+                match &recorder {
+                    // Written through a counting writer, so that each `znode()` call knows
+                    // where its value is printed.
+                    Some(recorder) => {
+                        // Deprecated for `render_captured_to`, which also keeps the render's
+                        // state alive (an allocation we do not need); the same render otherwise.
+                        let mut out = patch::Counted { buf: Vec::new(), recorder: recorder.clone() };
+                        #[allow(deprecated)]
+                        let result = template.render_to_write(minijinja::context! {}, &mut out);
+                        result.map(|_| out.buf)
+                    }
+                    None => template.render(minijinja::context! {}).map(String::into_bytes),
+                }
             }))
             .unwrap_or_else(|payload| {
                 Err(minijinja::Error::new(
@@ -306,18 +332,27 @@ impl Template {
             // Unreachable: compile_all() registered it under this key.
             Err(err) => Err(template_error(&self.name, &err, "")),
         };
+        let mut deps = scope.deps.take();
         let outcome = match result {
             _ if scope.unknown.get() => RenderOutcome::Pending,
-            Ok(text) => RenderOutcome::Done(text.into_bytes()),
+            Ok(bytes) => RenderOutcome::Done(bytes),
             Err(err) => RenderOutcome::Failed(err),
         };
-        let mut deps = scope.deps.take();
+        let incremental = match (&outcome, &recorder) {
+            (RenderOutcome::Done(bytes), Some(recorder)) => {
+                recorder.finish(bytes, &deps, snapshot.as_ref()).map(Box::new)
+            }
+            _ => None,
+        };
         Dep::sort_unique(&mut deps);
-        Rendered { deps, outcome }
+        Rendered { deps, outcome, incremental }
     }
 }
 
 mod lint;
+mod patch;
+
+pub use patch::Incremental;
 
 // --- Per-render state -------------------------------------------------------------------
 //
@@ -380,6 +415,8 @@ struct Scope {
     deps: RefCell<Vec<Dep>>,
     /// Whether some dependency was not in the snapshot.
     unknown: Cell<bool>,
+    /// For a patchable template: where the printed `znode()` values went.
+    recorder: Option<Rc<patch::Recorder>>,
 }
 
 impl fmt::Debug for Scope {
@@ -535,7 +572,13 @@ fn znode(path: &str, kwargs: &Kwargs) -> Result<JValue, minijinja::Error> {
                 Ok(JValue::from(BASE64.encode(data)))
             }
             Some(Value::Data { data, .. }) => match std::str::from_utf8(data) {
-                Ok(text) => Ok(JValue::from(text)),
+                Ok(text) => {
+                    if let Some(recorder) = &scope.recorder {
+                        // Printed next, as is (`patch::printed_as_is`); this read is the last.
+                        recorder.printing(text.len(), scope.deps.borrow().len() - 1);
+                    }
+                    Ok(JValue::from(text))
+                }
                 Err(err) => Err(fail(format!(
                     "znode {} holds data that is not valid UTF-8 (invalid byte at offset {})",
                     dep.znode,
